@@ -1,0 +1,62 @@
+# xdpfw build. `make test` is what CI runs (.ci/run); it needs root for the
+# data-plane tests (BPF_PROG_RUN, XDP on veth pairs in network namespaces).
+GO       ?= go
+CLANG    ?= clang-19
+STRIP    ?= llvm-strip-19
+BIN      := bin
+PKGS     := ./...
+FUZZTIME ?= 10s
+
+export BPF2GO_CC := $(CLANG)
+export BPF2GO_STRIP := $(STRIP)
+
+.PHONY: all build generate check-generated test unit privileged fuzz bench lint demo bpffs clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./tools/xdpfwctl
+
+# Rebuild the BPF objects and their Go bindings from the C source (needs clang-19).
+generate:
+	$(GO) generate ./bpf/...
+
+# CI: the committed objects and bindings must be exactly what the C source gives.
+check-generated: generate
+	@git diff --exit-code -- bpf/ || { echo "bpf/: generated files differ from the C source; run make generate and commit" >&2; exit 1; }
+
+# Everything CI runs: generated files, vet, unit tests, privileged BPF and
+# end-to-end tests (root), and a short fuzzing pass over each fuzz target.
+test: check-generated bpffs
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout 30m $(PKGS)
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+
+unit:
+	$(GO) test -short -count=1 $(PKGS)
+
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+bench: bpffs
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bpf/...
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+
+demo: build bpffs
+	./tools/demo/demo.sh
+
+# The BPF filesystem that pins live in; mounted if the machine has none.
+bpffs:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+
+clean:
+	rm -rf $(BIN)
