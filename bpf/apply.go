@@ -1,0 +1,630 @@
+package bpf
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// ApplyReport says what an apply changed.
+type ApplyReport struct {
+	// Generation is the generation now active (0 or 1).
+	Generation int
+	// Writes counts map entries written or deleted, per map.
+	Writes map[string]int
+	// Rules and Vectors size the applied generation.
+	Rules, Vectors int
+	Digest         [32]byte
+	Duration       time.Duration
+}
+
+// TotalWrites is the number of map entries the apply wrote or deleted.
+func (r *ApplyReport) TotalWrites() int {
+	n := 0
+	for _, w := range r.Writes {
+		n += w
+	}
+	return n
+}
+
+// genState is the content of one generation, in kernel vector ids.
+type genState struct {
+	info                   firewallFwGenInfo
+	vecs                   []Bitvec // MaxVectors entries
+	src4, dst4, src6, dst6 map[netip.Prefix]uint32
+	sport, dport           []uint32
+	proto                  []uint32
+	tcpflags, icmptype     []uint32
+	rules                  []firewallFwRule // MaxRules entries
+}
+
+// Apply makes c the active rule set: it writes c into the inactive
+// generation (only the entries that differ from what that generation holds),
+// then flips the active generation in one map update. A packet sees the old
+// rule set or the new one, never a mix. On error nothing changes for
+// packets: the active generation is untouched.
+func (fw *Firewall) Apply(c *Compiled) (*ApplyReport, error) {
+	return fw.apply(c, fw.flip)
+}
+
+// apply takes the flip as a parameter so tests can make it fail.
+func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyReport, error) {
+	start := time.Now()
+	if fw.objs.XdpfwFilter == nil {
+		return nil, fmt.Errorf("apply to %s: firewall opened read-only", fw.iface)
+	}
+	active, err := fw.ActiveGeneration()
+	if err != nil && !errors.Is(err, ErrNoGeneration) {
+		return nil, err
+	}
+	target := uint32(0)
+	if err == nil {
+		target = 1 - active
+	}
+
+	var infos [2]firewallFwGenInfo
+	for g := uint32(0); g < 2; g++ {
+		if err := fw.objs.GenInfo.Lookup(g, &infos[g]); err != nil {
+			return nil, fmt.Errorf("read gen_info[%d]: %w", g, err)
+		}
+	}
+	cur := fw.cache[target]
+	if cur == nil || cur.info.Seq != infos[target].Seq {
+		if cur, err = fw.readGeneration(target); err != nil {
+			return nil, err
+		}
+	}
+
+	rep := &ApplyReport{Generation: int(target), Writes: map[string]int{}, Rules: len(c.Rules), Vectors: len(c.Vecs), Digest: c.Digest}
+
+	slots, plan, err := fw.assignSlots(c, active, err == nil, rep)
+	if err != nil {
+		return nil, err
+	}
+
+	want, err := place(c, cur, slots)
+	if err != nil {
+		return nil, err
+	}
+	want.info.Seq = max(infos[0].Seq, infos[1].Seq) + 1
+	want.info.AppliedUnixNs = uint64(time.Now().UnixNano())
+
+	fw.cache[target] = nil // until written completely
+	if err := fw.writeGeneration(target, cur, want, rep); err != nil {
+		return nil, err
+	}
+	fw.cache[target] = want
+
+	if err := flip(target); err != nil {
+		return nil, err
+	}
+	if err := fw.releaseSlots(plan, rep); err != nil {
+		return nil, err
+	}
+	rep.Duration = time.Since(start)
+	return rep, nil
+}
+
+// ActiveGeneration reads which generation packets use now.
+func (fw *Firewall) ActiveGeneration() (uint32, error) {
+	var innerID uint32
+	if err := fw.objs.GenSel.Lookup(uint32(0), &innerID); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, ErrNoGeneration
+		}
+		return 0, fmt.Errorf("read gen_sel: %w", err)
+	}
+	inner, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
+	if err != nil {
+		return 0, fmt.Errorf("open gen_sel inner map %d: %w", innerID, err)
+	}
+	defer inner.Close()
+	var gen uint32
+	if err := inner.Lookup(uint32(0), &gen); err != nil {
+		return 0, fmt.Errorf("read active generation: %w", err)
+	}
+	if gen > 1 {
+		return 0, fmt.Errorf("%w %d in gen_sel", errBadGeneration, gen)
+	}
+	return gen, nil
+}
+
+// flip makes gen the active generation. The kernel returns from an update
+// of a map-in-map slot only after an RCU grace period (synchronize_rcu in
+// maybe_wait_bpf_programs), so when flip returns no program runs with the
+// old generation any more and it can be rewritten.
+func (fw *Firewall) flip(gen uint32) error {
+	spec := fw.spec.Maps["gen_sel"].InnerMap.Copy()
+	spec.Contents = []ebpf.MapKV{{Key: uint32(0), Value: gen}}
+	inner, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("create generation selector: %w", err)
+	}
+	defer inner.Close()
+	if err := fw.objs.GenSel.Put(uint32(0), inner); err != nil {
+		return fmt.Errorf("flip to generation %d: %w", gen, err)
+	}
+	return nil
+}
+
+// readGeneration reads a generation's content back from the maps: what a
+// process does when another one wrote the maps last (or after a restart).
+func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
+	st := &genState{}
+	if err := fw.objs.GenInfo.Lookup(gen, &st.info); err != nil {
+		return nil, fmt.Errorf("read gen_info[%d]: %w", gen, err)
+	}
+	raw := make([]firewallFwBitvec, MaxVectors)
+	if err := readArray(fw.objs.Bitvecs, gen*uint32(MaxVectors), raw); err != nil {
+		return nil, fmt.Errorf("read bitvecs: %w", err)
+	}
+	st.vecs = make([]Bitvec, MaxVectors)
+	for i := range raw {
+		st.vecs[i] = raw[i].Words
+	}
+	var err error
+	if st.src4, err = readLPM4(fw.objs.Src4, gen); err != nil {
+		return nil, err
+	}
+	if st.dst4, err = readLPM4(fw.objs.Dst4, gen); err != nil {
+		return nil, err
+	}
+	if st.src6, err = readLPM6(fw.objs.Src6, gen); err != nil {
+		return nil, err
+	}
+	if st.dst6, err = readLPM6(fw.objs.Dst6, gen); err != nil {
+		return nil, err
+	}
+	arrays := []struct {
+		m     *ebpf.Map
+		slots int
+		out   *[]uint32
+	}{
+		{fw.objs.Sport, portSlots, &st.sport}, {fw.objs.Dport, portSlots, &st.dport},
+		{fw.objs.Proto, protoSlots, &st.proto},
+		{fw.objs.Tcpflags, byteSlots, &st.tcpflags}, {fw.objs.Icmptype, byteSlots, &st.icmptype},
+	}
+	for _, a := range arrays {
+		*a.out = make([]uint32, a.slots)
+		if err := readArray(a.m, gen*uint32(a.slots), *a.out); err != nil {
+			return nil, fmt.Errorf("read %s: %w", a.m, err)
+		}
+	}
+	st.rules = make([]firewallFwRule, MaxRules)
+	if err := readArray(fw.objs.Rules, gen*uint32(MaxRules), st.rules); err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
+	}
+	return st, nil
+}
+
+// readArray reads len(out) consecutive entries of an array map from index
+// first, in batches.
+func readArray[T any](m *ebpf.Map, first uint32, out []T) error {
+	const chunk = 4096
+	keys := make([]uint32, chunk)
+	for off := 0; off < len(out); off += chunk {
+		n := min(chunk, len(out)-off)
+		for i := 0; i < n; i++ {
+			keys[i] = first + uint32(off+i)
+		}
+		if err := lookupMany(m, keys[:n], out[off:off+n]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// lookupMany looks up keys one by one into out. (Array batch lookups walk
+// from a cursor, not a key list, so plain lookups keep this simple.)
+func lookupMany[T any](m *ebpf.Map, keys []uint32, out []T) error {
+	for i, k := range keys {
+		if err := m.Lookup(k, &out[i]); err != nil {
+			return fmt.Errorf("lookup %d: %w", k, err)
+		}
+	}
+	return nil
+}
+
+func readLPM4(m *ebpf.Map, gen uint32) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32)
+	var k firewallFwLpm4Key
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if uint32(k.Gen) != gen {
+			continue
+		}
+		out[netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen)-8)] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", m, err)
+	}
+	return out, nil
+}
+
+func readLPM6(m *ebpf.Map, gen uint32) (map[netip.Prefix]uint32, error) {
+	out := make(map[netip.Prefix]uint32)
+	var k firewallFwLpm6Key
+	var v uint32
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if uint32(k.Gen) != gen {
+			continue
+		}
+		out[netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)-8)] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", m, err)
+	}
+	return out, nil
+}
+
+// place translates compiler vector ids into kernel ids of the target
+// generation, reusing an id wherever the generation already holds the same
+// vector, so an unchanged rule set rewrites nothing and a small change
+// writes few entries.
+func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
+	used := make(map[uint32]bool)
+	used[0] = true
+	mark := func(ids ...[]uint32) {
+		for _, list := range ids {
+			for _, id := range list {
+				used[id] = true
+			}
+		}
+	}
+	for _, m := range []map[netip.Prefix]uint32{cur.src4, cur.dst4, cur.src6, cur.dst6} {
+		for _, id := range m {
+			used[id] = true
+		}
+	}
+	mark(cur.sport, cur.dport, cur.proto, cur.tcpflags, cur.icmptype)
+
+	byContent := make(map[Bitvec]uint32)
+	for id := range used {
+		if id != 0 && int(id) < len(cur.vecs) {
+			if _, dup := byContent[cur.vecs[id]]; !dup {
+				byContent[cur.vecs[id]] = id
+			}
+		}
+	}
+
+	kid := make([]uint32, len(c.Vecs))
+	taken := make([]bool, MaxVectors)
+	taken[0] = true
+	for k := 1; k < len(c.Vecs); k++ {
+		if id, ok := byContent[c.Vecs[k]]; ok && !taken[id] {
+			kid[k] = id
+			taken[id] = true
+		}
+	}
+	next := uint32(1)
+	for k := 1; k < len(c.Vecs); k++ {
+		if kid[k] != 0 {
+			continue
+		}
+		// Prefer ids no table of this generation points at.
+		for next < uint32(MaxVectors) && (taken[next] || used[next]) {
+			next++
+		}
+		if next >= uint32(MaxVectors) {
+			// Fall back to any id not taken by the new content.
+			next = 1
+			for next < uint32(MaxVectors) && taken[next] {
+				next++
+			}
+			if next >= uint32(MaxVectors) {
+				return nil, fmt.Errorf("%w: out of vector ids", ErrTooLarge)
+			}
+		}
+		kid[k] = next
+		taken[next] = true
+	}
+
+	want := &genState{
+		vecs: make([]Bitvec, MaxVectors),
+		src4: remap(c.Src4, kid), dst4: remap(c.Dst4, kid),
+		src6: remap(c.Src6, kid), dst6: remap(c.Dst6, kid),
+		sport: remapSlice(c.SrcPort, kid), dport: remapSlice(c.DstPort, kid),
+		proto:    remapSlice(c.Proto, kid),
+		tcpflags: remapSlice(c.TCPFlags, kid), icmptype: remapSlice(c.ICMPType, kid),
+		rules: make([]firewallFwRule, MaxRules),
+	}
+	// Ids this generation no longer uses keep their old content: nothing
+	// points at them, and leaving them saves writes.
+	copy(want.vecs, cur.vecs)
+	for k, id := range kid {
+		want.vecs[id] = c.Vecs[k]
+	}
+	for i, r := range c.Rules {
+		fr := firewallFwRule{Slot: slots[i], Next: uint16(r.Next)}
+		if r.Drop {
+			fr.Action = uint8(firewallFwActionFW_ACTION_DROP)
+		}
+		if r.DryRun {
+			fr.Flags |= uint8(firewallFwRuleFlagFW_RULE_DRY_RUN)
+		}
+		if r.Implicit {
+			fr.Flags |= uint8(firewallFwRuleFlagFW_RULE_IMPLICIT)
+		}
+		want.rules[i] = fr
+	}
+	want.info.Fields = c.Fields
+	want.info.Rules = uint32(len(c.Rules))
+	want.info.Digest = c.Digest
+	return want, nil
+}
+
+func remap(m map[netip.Prefix]VecID, kid []uint32) map[netip.Prefix]uint32 {
+	out := make(map[netip.Prefix]uint32, len(m))
+	for p, id := range m {
+		out[p] = kid[id]
+	}
+	return out
+}
+
+func remapSlice(s []VecID, kid []uint32) []uint32 {
+	out := make([]uint32, len(s))
+	for i, id := range s {
+		out[i] = kid[id]
+	}
+	return out
+}
+
+// writeGeneration writes the difference between cur and want into gen.
+func (fw *Firewall) writeGeneration(gen uint32, cur, want *genState, rep *ApplyReport) error {
+	// Vectors first, then the tables that point at them; the generation is
+	// inactive, so the order only matters for readability.
+	var vkeys []uint32
+	var vvals []firewallFwBitvec
+	for id := range want.vecs {
+		if want.vecs[id] != cur.vecs[id] {
+			vkeys = append(vkeys, gen*uint32(MaxVectors)+uint32(id))
+			vvals = append(vvals, firewallFwBitvec{Summary: want.vecs[id].summary(), Words: want.vecs[id]})
+		}
+	}
+	if err := putMany(fw.objs.Bitvecs, vkeys, vvals, rep, "bitvecs"); err != nil {
+		return err
+	}
+
+	if err := diffLPM(fw.objs.Src4, gen, cur.src4, want.src4, rep, "src4"); err != nil {
+		return err
+	}
+	if err := diffLPM(fw.objs.Dst4, gen, cur.dst4, want.dst4, rep, "dst4"); err != nil {
+		return err
+	}
+	if err := diffLPM(fw.objs.Src6, gen, cur.src6, want.src6, rep, "src6"); err != nil {
+		return err
+	}
+	if err := diffLPM(fw.objs.Dst6, gen, cur.dst6, want.dst6, rep, "dst6"); err != nil {
+		return err
+	}
+	arrays := []struct {
+		name      string
+		m         *ebpf.Map
+		cur, want []uint32
+	}{
+		{"sport", fw.objs.Sport, cur.sport, want.sport}, {"dport", fw.objs.Dport, cur.dport, want.dport},
+		{"proto", fw.objs.Proto, cur.proto, want.proto},
+		{"tcpflags", fw.objs.Tcpflags, cur.tcpflags, want.tcpflags},
+		{"icmptype", fw.objs.Icmptype, cur.icmptype, want.icmptype},
+	}
+	for _, a := range arrays {
+		var keys, vals []uint32
+		for i := range a.want {
+			if a.want[i] != a.cur[i] {
+				keys = append(keys, gen*uint32(len(a.want))+uint32(i))
+				vals = append(vals, a.want[i])
+			}
+		}
+		if err := putMany(a.m, keys, vals, rep, a.name); err != nil {
+			return err
+		}
+	}
+	var rkeys []uint32
+	var rvals []firewallFwRule
+	for i := range want.rules {
+		if want.rules[i] != cur.rules[i] {
+			rkeys = append(rkeys, gen*uint32(MaxRules)+uint32(i))
+			rvals = append(rvals, want.rules[i])
+		}
+	}
+	if err := putMany(fw.objs.Rules, rkeys, rvals, rep, "rules"); err != nil {
+		return err
+	}
+	// gen_info last: its seq says the generation is complete.
+	if err := fw.objs.GenInfo.Put(gen, &want.info); err != nil {
+		return fmt.Errorf("write gen_info[%d]: %w", gen, err)
+	}
+	rep.Writes["gen_info"]++
+	return nil
+}
+
+func putMany[V any](m *ebpf.Map, keys []uint32, vals []V, rep *ApplyReport, name string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := m.BatchUpdate(keys, vals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for i := range keys {
+			if err := m.Put(keys[i], &vals[i]); err != nil {
+				return fmt.Errorf("write %s[%d]: %w", name, keys[i], err)
+			}
+		}
+		n, err = len(keys), nil
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	rep.Writes[name] += n
+	return nil
+}
+
+func diffLPM(m *ebpf.Map, gen uint32, cur, want map[netip.Prefix]uint32, rep *ApplyReport, name string) error {
+	var del, put []netip.Prefix
+	for p := range cur {
+		if _, ok := want[p]; !ok {
+			del = append(del, p)
+		}
+	}
+	for p, id := range want {
+		if old, ok := cur[p]; !ok || old != id {
+			put = append(put, p)
+		}
+	}
+	// Sorted so an apply writes in the same order every time.
+	sortPrefixes(put)
+	sortPrefixes(del)
+	for _, p := range put {
+		if err := m.Put(lpmKey(gen, p), want[p]); err != nil {
+			return fmt.Errorf("write %s %s: %w", name, p, err)
+		}
+	}
+	for _, p := range del {
+		if err := m.Delete(lpmKey(gen, p)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete %s %s: %w", name, p, err)
+		}
+	}
+	rep.Writes[name] += len(put) + len(del)
+	return nil
+}
+
+func lpmKey(gen uint32, p netip.Prefix) any {
+	if p.Addr().Is4() {
+		return &firewallFwLpm4Key{Prefixlen: uint32(8 + p.Bits()), Gen: uint8(gen), Addr: p.Addr().As4()}
+	}
+	return &firewallFwLpm6Key{Prefixlen: uint32(8 + p.Bits()), Gen: uint8(gen), Addr: p.Addr().As16()}
+}
+
+// slotPlan is what releaseSlots needs after the flip.
+type slotPlan struct {
+	named  map[uint32]string // every named slot, after assignment
+	wanted map[string]bool   // identities of the new generation
+}
+
+// assignSlots gives every compiled rule its counter slot: the slot its
+// identity already has (so counters survive swaps), or a free one whose
+// counters are zeroed first. Slots the active generation still counts into
+// are never handed out.
+func (fw *Firewall) assignSlots(c *Compiled, active uint32, hasActive bool, rep *ApplyReport) ([]uint32, *slotPlan, error) {
+	names := make([]firewallFwRuleName, counterSlots)
+	if err := readArray(fw.objs.RuleNames, 0, names); err != nil {
+		return nil, nil, fmt.Errorf("read rule_names: %w", err)
+	}
+	bySlot := make(map[uint32]string)
+	byName := make(map[string]uint32)
+	for i := range names {
+		if n := cString(names[i].Name[:]); n != "" {
+			bySlot[uint32(i)] = n
+			byName[n] = uint32(i)
+		}
+	}
+	busy := make(map[uint32]bool)
+	if hasActive {
+		var info firewallFwGenInfo
+		if err := fw.objs.GenInfo.Lookup(active, &info); err != nil {
+			return nil, nil, fmt.Errorf("read gen_info[%d]: %w", active, err)
+		}
+		rules := make([]firewallFwRule, min(int(info.Rules), MaxRules))
+		if err := readArray(fw.objs.Rules, active*uint32(MaxRules), rules); err != nil {
+			return nil, nil, fmt.Errorf("read active rules: %w", err)
+		}
+		for _, r := range rules {
+			busy[r.Slot] = true
+		}
+	}
+	wantedNames := make(map[string]bool, len(c.Rules))
+	for _, r := range c.Rules {
+		wantedNames[r.Identity] = true
+	}
+
+	slots := make([]uint32, len(c.Rules))
+	next := uint32(0)
+	for i, r := range c.Rules {
+		if s, ok := byName[r.Identity]; ok {
+			slots[i] = s
+			continue
+		}
+		// A free slot: unnamed, or named for a rule that neither the
+		// active generation nor the new one uses (left by a crash).
+		for ; next < uint32(counterSlots); next++ {
+			n, named := bySlot[next]
+			if !busy[next] && (!named || !wantedNames[n]) {
+				break
+			}
+		}
+		if next >= uint32(counterSlots) {
+			return nil, nil, fmt.Errorf("%w: out of counter slots", ErrTooLarge)
+		}
+		s := next
+		next++
+		if err := fw.resetSlot(s, r.Identity); err != nil {
+			return nil, nil, err
+		}
+		rep.Writes["rule_names"]++
+		rep.Writes["rule_stats"]++
+		if old, named := bySlot[s]; named {
+			delete(byName, old)
+		}
+		bySlot[s] = r.Identity
+		byName[r.Identity] = s
+		slots[i] = s
+	}
+	return slots, &slotPlan{named: bySlot, wanted: wantedNames}, nil
+}
+
+// releaseSlots frees, after the flip, the slots of rules that left: no
+// program counts into them any more.
+func (fw *Firewall) releaseSlots(plan *slotPlan, rep *ApplyReport) error {
+	var free []uint32
+	for s, n := range plan.named {
+		if !plan.wanted[n] {
+			free = append(free, s)
+		}
+	}
+	sort.Slice(free, func(i, j int) bool { return free[i] < free[j] })
+	for _, s := range free {
+		if err := fw.resetSlot(s, ""); err != nil {
+			return err
+		}
+		rep.Writes["rule_names"]++
+		rep.Writes["rule_stats"]++
+	}
+	return nil
+}
+
+// resetSlot names a counter slot (or frees it, with name "") and zeroes its
+// per-CPU counters.
+func (fw *Firewall) resetSlot(slot uint32, name string) error {
+	zero := make([]firewallFwCounter, ebpf.MustPossibleCPU())
+	if err := fw.objs.RuleStats.Put(slot, zero); err != nil {
+		return fmt.Errorf("reset rule_stats[%d]: %w", slot, err)
+	}
+	var n firewallFwRuleName
+	if len(name) >= ruleNameLen {
+		return fmt.Errorf("rule identity %q longer than %d bytes", name, ruleNameLen-1)
+	}
+	for i := 0; i < len(name); i++ {
+		n.Name[i] = int8(name[i])
+	}
+	if err := fw.objs.RuleNames.Put(slot, &n); err != nil {
+		return fmt.Errorf("write rule_names[%d]: %w", slot, err)
+	}
+	return nil
+}
+
+func cString(b []int8) string {
+	buf := make([]byte, 0, len(b))
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		buf = append(buf, byte(c))
+	}
+	return string(bytes.Clone(buf))
+}

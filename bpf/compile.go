@@ -1,0 +1,621 @@
+package bpf
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net/netip"
+	"sort"
+
+	"github.com/xdpfw/xdpfw/bpf/reference"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// Layout constants of firewall.h, under Go names.
+const (
+	MaxRules     = int(firewallFwLimitsFW_MAX_RULES)
+	vecWords     = int(firewallFwLimitsFW_VEC_WORDS)
+	MaxVectors   = int(firewallFwLimitsFW_MAX_VECS)
+	counterSlots = int(firewallFwLimitsFW_COUNTER_SLOTS)
+	portNone     = int(firewallFwLimitsFW_PORT_NONE)
+	portSlots    = int(firewallFwLimitsFW_PORT_SLOTS)
+	byteNone     = int(firewallFwLimitsFW_BYTE_NONE)
+	byteSlots    = int(firewallFwLimitsFW_BYTE_SLOTS)
+	protoSlots   = int(firewallFwLimitsFW_PROTO_SLOTS)
+	ruleNameLen  = int(firewallFwLimitsFW_RULE_NAME_LEN)
+)
+
+const (
+	fieldSrc      = uint32(firewallFwFieldFW_FIELD_SRC)
+	fieldDst      = uint32(firewallFwFieldFW_FIELD_DST)
+	fieldSport    = uint32(firewallFwFieldFW_FIELD_SPORT)
+	fieldDport    = uint32(firewallFwFieldFW_FIELD_DPORT)
+	fieldProto    = uint32(firewallFwFieldFW_FIELD_PROTO)
+	fieldTCPFlags = uint32(firewallFwFieldFW_FIELD_TCPFLAGS)
+	fieldICMPType = uint32(firewallFwFieldFW_FIELD_ICMPTYPE)
+)
+
+// ErrTooLarge is returned when compiled rule sets exceed the map layout.
+var ErrTooLarge = errors.New("rule sets exceed the data plane's limits")
+
+// VecID names an interned bit vector of a Compiled.
+type VecID = uint32
+
+// Bitvec is a set of rule indexes: bit i of word i/64 is rule i.
+type Bitvec [vecWords]uint64
+
+func (b *Bitvec) set(i int)            { b[i/64] |= 1 << (i % 64) }
+func (b *Bitvec) has(i int) bool       { return b[i/64]&(1<<(i%64)) != 0 }
+func (b *Bitvec) or(o *Bitvec)         { orInto(b, o) }
+func orInto(dst *Bitvec, src *Bitvec) {
+	for i := range dst {
+		dst[i] |= src[i]
+	}
+}
+
+// summary has bit w set when word w is non-zero.
+func (b *Bitvec) summary() uint64 {
+	var s uint64
+	for w, word := range b {
+		if word != 0 {
+			s |= 1 << w
+		}
+	}
+	return s
+}
+
+// CompiledRule is one entry of the merged, ordered rule list.
+type CompiledRule struct {
+	// Identity is "ruleset/rule-id": the key counters are kept under.
+	Identity string
+	RuleSet  string
+	ID       string
+	Drop     bool
+	DryRun   bool
+	Implicit bool
+	// Next is the index of the first rule after this rule's set.
+	Next int
+}
+
+// Compiled is the content of one generation of the policy maps, with
+// compiler-local vector ids (Apply places them in the kernel's id space).
+// Compile is pure and deterministic: the same rule sets give the same value.
+type Compiled struct {
+	Rules []CompiledRule
+	// Vecs[0] is every rule (FW_VEC_ALL).
+	Vecs                   []Bitvec
+	Src4, Dst4, Src6, Dst6 map[netip.Prefix]VecID
+	SrcPort, DstPort       []VecID // portSlots entries
+	Proto                  []VecID // protoSlots entries
+	TCPFlags, ICMPType     []VecID // byteSlots entries
+	// Fields has a FW_FIELD_* bit for each field some rule matches on.
+	Fields uint32
+	// Digest identifies the input (sha256 of the canonical rule sets).
+	Digest [32]byte
+	// RuleSets names the compiled sets in evaluation order.
+	RuleSets []string
+}
+
+// interner gives each distinct bit vector one id and memoizes unions.
+type interner struct {
+	ids    map[Bitvec]VecID
+	vecs   []Bitvec
+	unions map[[2]VecID]VecID
+}
+
+func newInterner() *interner {
+	return &interner{ids: make(map[Bitvec]VecID), unions: make(map[[2]VecID]VecID)}
+}
+
+func (in *interner) intern(b *Bitvec) VecID {
+	if id, ok := in.ids[*b]; ok {
+		return id
+	}
+	id := VecID(len(in.vecs))
+	in.ids[*b] = id
+	in.vecs = append(in.vecs, *b)
+	return id
+}
+
+func (in *interner) union(a, b VecID) VecID {
+	if a == b {
+		return a
+	}
+	if a > b {
+		a, b = b, a
+	}
+	key := [2]VecID{a, b}
+	if id, ok := in.unions[key]; ok {
+		return id
+	}
+	v := in.vecs[a]
+	v.or(&in.vecs[b])
+	id := in.intern(&v)
+	in.unions[key] = id
+	return id
+}
+
+// ruleFields is a rule with its match fields parsed.
+type ruleFields struct {
+	src, dst           []netip.Prefix
+	srcSets, dstSets   []string
+	proto              int // -1 any
+	sports, dports     [][2]uint16
+	hasFlags           bool
+	flagValue, flagMsk uint8
+	icmpType           int // -1 any
+	ruleSet            *proto.RuleSet
+}
+
+// Compile merges the rule sets that apply to interface iface (DESIGN.md
+// section 3: by priority, then name; within a set in order) and computes the
+// content of every policy map. Each set is validated first; an invalid set
+// fails the whole compile, so nothing is applied half-way.
+func Compile(sets []proto.RuleSet, iface string) (*Compiled, error) {
+	ordered, err := orderSets(sets, iface)
+	if err != nil {
+		return nil, err
+	}
+
+	c := &Compiled{}
+	var fields []ruleFields
+	for i := range ordered {
+		rs := &ordered[i]
+		c.RuleSets = append(c.RuleSets, rs.Name)
+		dry := rs.EffectiveEnforcement() == proto.EnforcementDryRun
+		first := len(c.Rules)
+		for j, r := range rs.Rules {
+			rf, err := parseRule(rs, r)
+			if err != nil {
+				return nil, fmt.Errorf("rule set %s: rules[%d]: %w", rs.Name, j, err)
+			}
+			fields = append(fields, rf)
+			c.Rules = append(c.Rules, CompiledRule{
+				Identity: reference.Identity(rs.Name, r.ID), RuleSet: rs.Name, ID: r.ID,
+				Drop: r.Action == proto.ActionDrop, DryRun: dry,
+			})
+		}
+		if rs.Mode == proto.ModeAllow {
+			fields = append(fields, ruleFields{proto: -1, icmpType: -1, ruleSet: rs})
+			c.Rules = append(c.Rules, CompiledRule{
+				Identity: reference.Identity(rs.Name, reference.ImplicitDropID), RuleSet: rs.Name,
+				ID: reference.ImplicitDropID, Drop: true, DryRun: dry, Implicit: true,
+			})
+		}
+		for k := first; k < len(c.Rules); k++ {
+			c.Rules[k].Next = len(c.Rules)
+		}
+		if len(c.Rules) > MaxRules {
+			return nil, fmt.Errorf("%w: more than %d rules (allow-mode sets count one more each)", ErrTooLarge, MaxRules)
+		}
+	}
+
+	in := newInterner()
+	var all Bitvec
+	for i := range c.Rules {
+		all.set(i)
+	}
+	in.intern(&all) // id 0: FW_VEC_ALL
+
+	for _, f := range fields {
+		if len(f.src) > 0 || len(f.srcSets) > 0 {
+			c.Fields |= fieldSrc
+		}
+		if len(f.dst) > 0 || len(f.dstSets) > 0 {
+			c.Fields |= fieldDst
+		}
+		if len(f.sports) > 0 {
+			c.Fields |= fieldSport
+		}
+		if len(f.dports) > 0 {
+			c.Fields |= fieldDport
+		}
+		if f.proto >= 0 {
+			c.Fields |= fieldProto
+		}
+		if f.hasFlags {
+			c.Fields |= fieldTCPFlags
+		}
+		if f.icmpType >= 0 {
+			c.Fields |= fieldICMPType
+		}
+	}
+
+	if c.Src4, c.Src6, err = compilePrefixes(in, fields, false); err != nil {
+		return nil, err
+	}
+	if c.Dst4, c.Dst6, err = compilePrefixes(in, fields, true); err != nil {
+		return nil, err
+	}
+	c.SrcPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.sports })
+	c.DstPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.dports })
+	c.Proto = compileBytes(in, fields, protoSlots, -1, func(f *ruleFields, b int) (bool, bool) {
+		return f.proto < 0, f.proto == b
+	})
+	c.TCPFlags = compileBytes(in, fields, byteSlots, byteNone, func(f *ruleFields, b int) (bool, bool) {
+		return !f.hasFlags, uint8(b)&f.flagMsk == f.flagValue
+	})
+	c.ICMPType = compileBytes(in, fields, byteSlots, byteNone, func(f *ruleFields, b int) (bool, bool) {
+		return f.icmpType < 0, f.icmpType == b
+	})
+
+	if len(in.vecs) > MaxVectors {
+		return nil, fmt.Errorf("%w: %d distinct rule combinations, the limit is %d", ErrTooLarge, len(in.vecs), MaxVectors)
+	}
+	c.Vecs = in.vecs
+
+	digest, err := digestOf(ordered, iface)
+	if err != nil {
+		return nil, err
+	}
+	c.Digest = digest
+	return c, nil
+}
+
+// orderSets validates, filters by interface and sorts the rule sets.
+func orderSets(sets []proto.RuleSet, iface string) ([]proto.RuleSet, error) {
+	seen := make(map[string]bool)
+	var ordered []proto.RuleSet
+	for _, rs := range sets {
+		if err := rs.Validate(); err != nil {
+			return nil, fmt.Errorf("rule set %q: %w", rs.Name, err)
+		}
+		if seen[rs.Name] {
+			return nil, fmt.Errorf("rule set %q given twice", rs.Name)
+		}
+		seen[rs.Name] = true
+		if !appliesTo(rs, iface) {
+			continue
+		}
+		ordered = append(ordered, rs)
+	}
+	if len(ordered) > proto.MaxRuleSetsPerHost {
+		return nil, fmt.Errorf("%w: %d rule sets, the limit is %d", ErrTooLarge, len(ordered), proto.MaxRuleSetsPerHost)
+	}
+	sort.SliceStable(ordered, func(i, j int) bool {
+		if ordered[i].Priority != ordered[j].Priority {
+			return ordered[i].Priority < ordered[j].Priority
+		}
+		return ordered[i].Name < ordered[j].Name
+	})
+	return ordered, nil
+}
+
+func appliesTo(rs proto.RuleSet, iface string) bool {
+	if iface == "" || len(rs.Interfaces) == 0 {
+		return true
+	}
+	for _, name := range rs.Interfaces {
+		if name == iface {
+			return true
+		}
+	}
+	return false
+}
+
+func parseRule(rs *proto.RuleSet, r proto.Rule) (ruleFields, error) {
+	f := ruleFields{proto: -1, icmpType: -1, ruleSet: rs}
+	for _, item := range r.Src {
+		m, err := proto.ParseAddrMatch(item)
+		if err != nil {
+			return f, err
+		}
+		if m.Set != "" {
+			f.srcSets = append(f.srcSets, m.Set)
+		} else {
+			f.src = append(f.src, m.Prefix)
+		}
+	}
+	for _, item := range r.Dst {
+		m, err := proto.ParseAddrMatch(item)
+		if err != nil {
+			return f, err
+		}
+		if m.Set != "" {
+			f.dstSets = append(f.dstSets, m.Set)
+		} else {
+			f.dst = append(f.dst, m.Prefix)
+		}
+	}
+	if num, any := proto.ProtocolNumber(r.Protocol); !any {
+		f.proto = int(num)
+	}
+	for _, p := range r.SrcPorts {
+		lo, hi, err := proto.ParsePortSpec(p)
+		if err != nil {
+			return f, err
+		}
+		f.sports = append(f.sports, [2]uint16{lo, hi})
+	}
+	for _, p := range r.DstPorts {
+		lo, hi, err := proto.ParsePortSpec(p)
+		if err != nil {
+			return f, err
+		}
+		f.dports = append(f.dports, [2]uint16{lo, hi})
+	}
+	if r.TCPFlags != "" {
+		v, m, err := proto.ParseTCPFlags(r.TCPFlags)
+		if err != nil {
+			return f, err
+		}
+		f.hasFlags, f.flagValue, f.flagMsk = true, v, m
+	}
+	if r.ICMPType != nil {
+		f.icmpType = *r.ICMPType
+	}
+	return f, nil
+}
+
+// compilePrefixes builds the src (or dst) prefix tables of both families.
+// Each prefix maps to the rules of that prefix and of every shorter prefix
+// that contains it, plus the rules with no address match, so that one
+// longest-prefix lookup returns every rule the address satisfies. Both
+// tables always hold a /0 entry: the rules that match any address.
+func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, err error) {
+	var wild Bitvec
+	own := make(map[netip.Prefix]VecID)
+	add := func(p netip.Prefix, id VecID) {
+		if cur, ok := own[p]; ok {
+			own[p] = in.union(cur, id)
+		} else {
+			own[p] = id
+		}
+	}
+	type setKey struct {
+		rs   *proto.RuleSet
+		name string
+	}
+	setRules := make(map[setKey]*Bitvec)
+	var setOrder []setKey
+	for i := range fields {
+		f := &fields[i]
+		lits, sets := f.src, f.srcSets
+		if dst {
+			lits, sets = f.dst, f.dstSets
+		}
+		if len(lits) == 0 && len(sets) == 0 {
+			wild.set(i)
+			continue
+		}
+		var one Bitvec
+		one.set(i)
+		id := in.intern(&one)
+		for _, p := range lits {
+			add(p, id)
+		}
+		for _, s := range sets {
+			k := setKey{f.ruleSet, s}
+			if setRules[k] == nil {
+				setRules[k] = new(Bitvec)
+				setOrder = append(setOrder, k)
+			}
+			setRules[k].set(i)
+		}
+	}
+	for _, k := range setOrder {
+		members, err := k.rs.SetPrefixes(k.name)
+		if err != nil {
+			return nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
+		}
+		id := in.intern(setRules[k])
+		for _, p := range members {
+			add(p, id)
+		}
+	}
+	wildID := in.intern(&wild)
+	for _, zero := range []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)} {
+		add(zero, wildID)
+	}
+
+	prefixes := make([]netip.Prefix, 0, len(own))
+	for p := range own {
+		prefixes = append(prefixes, p)
+	}
+	sortPrefixes(prefixes)
+
+	// Sorted by address then length, every prefix comes after the prefixes
+	// that contain it: a stack of the enclosing prefixes gives each one's
+	// inherited rules in one pass.
+	v4 = make(map[netip.Prefix]VecID)
+	v6 = make(map[netip.Prefix]VecID)
+	type frame struct {
+		p  netip.Prefix
+		id VecID
+	}
+	var stack []frame
+	for _, p := range prefixes {
+		for len(stack) > 0 && !(stack[len(stack)-1].p.Bits() <= p.Bits() && stack[len(stack)-1].p.Contains(p.Addr())) {
+			stack = stack[:len(stack)-1]
+		}
+		id := own[p]
+		if len(stack) > 0 {
+			id = in.union(stack[len(stack)-1].id, id)
+		}
+		stack = append(stack, frame{p, id})
+		if p.Addr().Is4() {
+			v4[p] = id
+		} else {
+			v6[p] = id
+		}
+	}
+	return v4, v6, nil
+}
+
+// sortPrefixes orders prefixes v4 first, then by address, then shorter first.
+func sortPrefixes(ps []netip.Prefix) {
+	sort.Slice(ps, func(i, j int) bool {
+		if c := ps[i].Addr().Compare(ps[j].Addr()); c != 0 {
+			return c < 0
+		}
+		return ps[i].Bits() < ps[j].Bits()
+	})
+}
+
+// compilePorts maps every port (and FW_PORT_NONE) to the rules it satisfies,
+// sweeping the range boundaries once.
+func compilePorts(in *interner, fields []ruleFields, ranges func(*ruleFields) [][2]uint16) []VecID {
+	var wild Bitvec
+	type event struct {
+		at    int
+		rule  int
+		delta int
+	}
+	var events []event
+	for i := range fields {
+		rs := ranges(&fields[i])
+		if len(rs) == 0 {
+			wild.set(i)
+			continue
+		}
+		for _, r := range rs {
+			events = append(events, event{int(r[0]), i, +1}, event{int(r[1]) + 1, i, -1})
+		}
+	}
+	sort.Slice(events, func(a, b int) bool { return events[a].at < events[b].at })
+
+	out := make([]VecID, portSlots)
+	active := make([]int, len(fields))
+	cur := wild
+	curID := in.intern(&cur)
+	e := 0
+	for port := 0; port < portNone; {
+		changed := false
+		for e < len(events) && events[e].at == port {
+			ev := events[e]
+			active[ev.rule] += ev.delta
+			if active[ev.rule] > 0 {
+				cur.set(ev.rule)
+			} else {
+				cur[ev.rule/64] &^= 1 << (ev.rule % 64)
+			}
+			changed = true
+			e++
+		}
+		if changed {
+			curID = in.intern(&cur)
+		}
+		next := portNone
+		if e < len(events) && events[e].at < next {
+			next = events[e].at
+		}
+		for ; port < next; port++ {
+			out[port] = curID
+		}
+	}
+	out[portNone] = in.intern(&wild)
+	return out
+}
+
+// compileBytes maps each value of a one-byte field (protocol, TCP flags,
+// ICMP type) to the rules it satisfies; none, when >= 0, is the index of
+// packets without the field, where only rules without the field match.
+func compileBytes(in *interner, fields []ruleFields, slots, none int, match func(f *ruleFields, b int) (wild, hit bool)) []VecID {
+	out := make([]VecID, slots)
+	for b := 0; b < slots; b++ {
+		var v Bitvec
+		for i := range fields {
+			wild, hit := match(&fields[i], b)
+			if wild || (b != none && hit) {
+				v.set(i)
+			}
+		}
+		out[b] = in.intern(&v)
+	}
+	return out
+}
+
+func digestOf(ordered []proto.RuleSet, iface string) ([32]byte, error) {
+	doc, err := json.Marshal(struct {
+		Interface string          `json:"interface"`
+		Sets      []proto.RuleSet `json:"sets"`
+	}{iface, ordered})
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("digest: %w", err)
+	}
+	return sha256.Sum256(doc), nil
+}
+
+// Classify runs the compiled tables in Go, exactly as the XDP program does:
+// one lookup per field, AND, lowest set bit. Tests check it against the
+// reference classifier, and the kernel against it.
+func (c *Compiled) Classify(p reference.Packet) reference.Result {
+	var res reference.Result
+	v := [7]*Bitvec{}
+	for i := range v {
+		v[i] = &c.Vecs[0]
+	}
+	lookup := func(table4, table6 map[netip.Prefix]VecID, a netip.Addr) *Bitvec {
+		table, bits := table4, 32
+		if a.Is6() {
+			table, bits = table6, 128
+		}
+		for l := bits; l >= 0; l-- {
+			pfx, _ := a.Prefix(l)
+			if id, ok := table[pfx]; ok {
+				return &c.Vecs[id]
+			}
+		}
+		return &Bitvec{}
+	}
+	idx := func(val, none int) int {
+		if val == reference.NoValue {
+			return none
+		}
+		return val
+	}
+	if c.Fields&fieldSrc != 0 {
+		v[0] = lookup(c.Src4, c.Src6, p.Src)
+	}
+	if c.Fields&fieldDst != 0 {
+		v[1] = lookup(c.Dst4, c.Dst6, p.Dst)
+	}
+	if c.Fields&fieldSport != 0 {
+		v[2] = &c.Vecs[c.SrcPort[idx(p.SrcPort, portNone)]]
+	}
+	if c.Fields&fieldDport != 0 {
+		v[3] = &c.Vecs[c.DstPort[idx(p.DstPort, portNone)]]
+	}
+	if c.Fields&fieldProto != 0 {
+		v[4] = &c.Vecs[c.Proto[p.Proto]]
+	}
+	if c.Fields&fieldTCPFlags != 0 {
+		v[5] = &c.Vecs[c.TCPFlags[idx(p.TCPFlags, byteNone)]]
+	}
+	if c.Fields&fieldICMPType != 0 {
+		v[6] = &c.Vecs[c.ICMPType[idx(p.ICMPType, byteNone)]]
+	}
+	summary := ^uint64(0)
+	for _, b := range v {
+		summary &= b.summary()
+	}
+	start := 0
+	for summary != 0 {
+		w := bits.TrailingZeros64(summary)
+		word := ^uint64(0)
+		for _, b := range v {
+			word &= b[w]
+		}
+		if w == start/64 {
+			word &= ^uint64(0) << (start % 64)
+		}
+		if word == 0 {
+			summary &= summary - 1
+			continue
+		}
+		r := c.Rules[w*64+bits.TrailingZeros64(word)]
+		if !r.DryRun {
+			res.Rule, res.Drop = r.Identity, r.Drop
+			return res
+		}
+		res.DryRun = append(res.DryRun, reference.DryRunDecision{Rule: r.Identity, Drop: r.Drop})
+		start = r.Next
+		if start >= MaxRules {
+			break
+		}
+		summary &= ^uint64(0) << (start / 64)
+	}
+	return res
+}

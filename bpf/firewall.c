@@ -1,0 +1,588 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * xdpfw: the XDP packet filter.
+ *
+ * A packet is parsed into the fields rules match on, each field is looked up
+ * in its own table to get a bit vector of the rules that field allows, the
+ * vectors are ANDed, and the lowest set bit is the first matching rule (the
+ * Linear Bit Vector Search of bpf-iptables). Every table is keyed by the
+ * generation read once at the start, so rule-set swaps are atomic. Map
+ * layouts are documented in firewall.h.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "firewall.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Keeps the enums of firewall.h in BTF, so bpf2go exports them to Go. */
+struct fw_btf_anchor {
+	enum fw_limits limits;
+	enum fw_field field;
+	enum fw_action action;
+	enum fw_rule_flag rule_flag;
+	enum fw_stat stat;
+};
+const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));
+
+#define ETH_P_8021Q_ 0x8100
+#define ETH_P_8021AD_ 0x88A8
+#define MAX_VLAN_TAGS 2
+#define MAX_IPV6_EXT_HEADERS 8
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+/* IPv6 extension headers the parser walks through. */
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+
+/* ---- maps (layouts in firewall.h) ---- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src4 SEC(".maps"), dst4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6 SEC(".maps"), dst6 SEC(".maps");
+
+/* sport, dport: [gen * FW_PORT_SLOTS + port] -> vector id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_PORT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sport SEC(".maps"), dport SEC(".maps");
+
+/* proto: [gen * FW_PROTO_SLOTS + IP protocol] -> vector id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_PROTO_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proto SEC(".maps");
+
+/* tcpflags, icmptype: [gen * FW_BYTE_SLOTS + byte, or FW_BYTE_NONE] -> id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_BYTE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tcpflags SEC(".maps"), icmptype SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_MAX_VECS);
+	__type(key, __u32);
+	__type(value, struct fw_bitvec);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bitvecs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_rule);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct fw_gen_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gen_info SEC(".maps");
+
+/* gen_sel[0] -> a one-entry array holding the active generation (0 or 1).
+ * User space flips generations by replacing the inner map; the kernel
+ * returns from that update after an RCU grace period. */
+struct gen_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct gen_inner);
+} gen_sel SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_STAT_MAX);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} action_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_rule_name);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_names SEC(".maps");
+
+/* ---- parsing ---- */
+
+/* The fields of a packet that rules match on. Ports, flags and the ICMP
+ * type hold their FW_*_NONE index when the packet has none. */
+struct packet {
+	__u32 sport;
+	__u32 dport;
+	__u32 tcpflags;
+	__u32 icmptype;
+	__u8 family; /* 4 or 6 */
+	__u8 proto;
+	__u8 fragment; /* non-first fragment */
+	__u8 addr_src[16];
+	__u8 addr_dst[16];
+};
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_NON_IP,
+	PARSE_ERROR,
+};
+
+/* A cursor check: true when [p, p+len) lies inside the frame. */
+#define fits(p, len, end) ((void *)(p) + (len) <= (void *)(end))
+
+static __always_inline int parse_l4(void *l4, void *end, struct packet *pkt)
+{
+	pkt->sport = FW_PORT_NONE;
+	pkt->dport = FW_PORT_NONE;
+	pkt->tcpflags = FW_BYTE_NONE;
+	pkt->icmptype = FW_BYTE_NONE;
+	if (pkt->fragment)
+		return PARSE_OK;
+
+	switch (pkt->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+		if (!fits(tcp, sizeof(*tcp), end))
+			return PARSE_ERROR;
+		if (tcp->doff < 5)
+			return PARSE_ERROR;
+		pkt->sport = bpf_ntohs(tcp->source);
+		pkt->dport = bpf_ntohs(tcp->dest);
+		/* Byte 13 of the header: CWR ECE URG ACK PSH RST SYN FIN. */
+		pkt->tcpflags = ((__u8 *)tcp)[13];
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *udp = l4;
+		if (!fits(udp, sizeof(*udp), end))
+			return PARSE_ERROR;
+		pkt->sport = bpf_ntohs(udp->source);
+		pkt->dport = bpf_ntohs(udp->dest);
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		/* type, code, checksum: a shorter ICMP header is malformed. */
+		__u8 *icmp = l4;
+		if (!fits(icmp, 4, end))
+			return PARSE_ERROR;
+		pkt->icmptype = icmp[0];
+		return PARSE_OK;
+	}
+	default:
+		/* Other protocols are matched on addresses and protocol. */
+		return PARSE_OK;
+	}
+}
+
+static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt)
+{
+	struct iphdr *ip = l3;
+	if (!fits(ip, sizeof(*ip), end))
+		return PARSE_ERROR;
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_ERROR;
+	__u32 hdr_len = ip->ihl * 4;
+	if (!fits(l3, hdr_len, end))
+		return PARSE_ERROR;
+	if (bpf_ntohs(ip->tot_len) < hdr_len)
+		return PARSE_ERROR;
+
+	pkt->family = 4;
+	pkt->proto = ip->protocol;
+	pkt->fragment = (bpf_ntohs(ip->frag_off) & IP_OFFSET) != 0;
+	__builtin_memcpy(pkt->addr_src, &ip->saddr, 4);
+	__builtin_memcpy(pkt->addr_dst, &ip->daddr, 4);
+	return parse_l4(l3 + hdr_len, end, pkt);
+}
+
+/* An IPv6 extension header's first two bytes: next header and length. */
+struct ext_hdr {
+	__u8 nexthdr;
+	__u8 hdrlen;
+};
+
+/* The fragment extension header (RFC 8200 section 4.5). */
+struct frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; /* offset in 8-byte units << 3, then 2 bits, then M */
+	__be32 id;
+};
+
+static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt)
+{
+	struct ipv6hdr *ip6 = l3;
+	if (!fits(ip6, sizeof(*ip6), end))
+		return PARSE_ERROR;
+	if (ip6->version != 6)
+		return PARSE_ERROR;
+
+	pkt->family = 6;
+	pkt->fragment = 0;
+	__builtin_memcpy(pkt->addr_src, &ip6->saddr, 16);
+	__builtin_memcpy(pkt->addr_dst, &ip6->daddr, 16);
+
+	__u8 next = ip6->nexthdr;
+	void *cur = l3 + sizeof(*ip6);
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
+		struct ext_hdr *ext = cur;
+		switch (next) {
+		case NEXTHDR_HOP:
+		case NEXTHDR_ROUTING:
+		case NEXTHDR_DEST:
+			if (!fits(ext, sizeof(*ext), end))
+				return PARSE_ERROR;
+			next = ext->nexthdr;
+			cur += (ext->hdrlen + 1) * 8;
+			break;
+		case NEXTHDR_AUTH:
+			if (!fits(ext, sizeof(*ext), end))
+				return PARSE_ERROR;
+			next = ext->nexthdr;
+			cur += (ext->hdrlen + 2) * 4;
+			break;
+		case NEXTHDR_FRAGMENT: {
+			struct frag_hdr *frag = cur;
+			if (!fits(frag, sizeof(*frag), end))
+				return PARSE_ERROR;
+			next = frag->nexthdr;
+			if (bpf_ntohs(frag->frag_off) & 0xFFF8)
+				pkt->fragment = 1;
+			cur += sizeof(*frag);
+			break;
+		}
+		default:
+			goto done;
+		}
+		if (pkt->fragment)
+			goto done;
+	}
+	/* More extension headers than we walk: refuse to guess the protocol. */
+	switch (next) {
+	case NEXTHDR_HOP:
+	case NEXTHDR_ROUTING:
+	case NEXTHDR_DEST:
+	case NEXTHDR_AUTH:
+	case NEXTHDR_FRAGMENT:
+		return PARSE_ERROR;
+	}
+done:
+	pkt->proto = next;
+	/* cur may lie past the end after a header length that overruns the
+	 * frame; parse_l4 checks before it reads. */
+	return parse_l4(cur, end, pkt);
+}
+
+static __always_inline int parse(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if (!fits(eth, sizeof(*eth), end))
+		return PARSE_ERROR;
+
+	__u16 h_proto = eth->h_proto;
+	void *cur = data + sizeof(*eth);
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (h_proto != bpf_htons(ETH_P_8021Q_) && h_proto != bpf_htons(ETH_P_8021AD_))
+			break;
+		/* TCI then the encapsulated EtherType. */
+		if (!fits(cur, 4, end))
+			return PARSE_ERROR;
+		h_proto = ((__be16 *)cur)[1];
+		cur += 4;
+	}
+
+	if (h_proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(cur, end, pkt);
+	if (h_proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(cur, end, pkt);
+	if (h_proto == bpf_htons(ETH_P_8021Q_) || h_proto == bpf_htons(ETH_P_8021AD_))
+		return PARSE_ERROR; /* a third tag: deeper than we look */
+	return PARSE_NON_IP;
+}
+
+/* ---- classification ---- */
+
+/* Index of the lowest set bit of x (x != 0), without branches: isolate the
+ * bit, multiply by a de Bruijn constant, and read the index from a table. */
+static const __u8 debruijn64[64] = {
+	0,  1,  48, 2,  57, 49, 28, 3,  61, 58, 50, 42, 38, 29, 17, 4,
+	62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
+	63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
+	46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9,  13, 8,  7,  6,
+};
+
+static __always_inline __u32 ctz64(__u64 x)
+{
+	__u32 n = debruijn64[(((x & -x) * 0x03F79D71B4CB0A89ULL) >> 58) & 63];
+	/* The compiler knows every table entry is below 64 and would drop a
+	 * plain mask; the verifier does not know the table, so mask in asm. */
+	asm volatile("%0 &= 63" : "+r"(n));
+	return n;
+}
+
+static __always_inline struct fw_bitvec *vec(__u32 gen, __u32 *id)
+{
+	if (!id)
+		return 0;
+	__u32 key = gen * FW_MAX_VECS + (*id % FW_MAX_VECS);
+	return bpf_map_lookup_elem(&bitvecs, &key);
+}
+
+static __always_inline __u32 *lookup_array(void *map, __u32 gen, __u32 slots, __u32 idx)
+{
+	__u32 key = gen * slots + idx;
+	return bpf_map_lookup_elem(map, &key);
+}
+
+static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, int dst)
+{
+	if (pkt->family == 4) {
+		struct fw_lpm4_key k = {.prefixlen = 8 + 32, .gen = gen};
+		__builtin_memcpy(k.addr, dst ? pkt->addr_dst : pkt->addr_src, 4);
+		return bpf_map_lookup_elem(dst ? (void *)&dst4 : (void *)&src4, &k);
+	}
+	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
+	__builtin_memcpy(k.addr, dst ? pkt->addr_dst : pkt->addr_src, 16);
+	return bpf_map_lookup_elem(dst ? (void *)&dst6 : (void *)&src6, &k);
+}
+
+/* The outcome of classification. */
+struct verdict {
+	int stat; /* enum fw_stat */
+	int xdp;  /* XDP_PASS or XDP_DROP */
+};
+
+static __always_inline void count(void *map, __u32 idx, __u64 bytes)
+{
+	struct fw_counter *c = bpf_map_lookup_elem(map, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
+
+#define FW_FIELDS 7
+
+/* State of the first-match search over the ANDed field vectors. */
+struct search {
+	struct fw_bitvec *v[FW_FIELDS];
+	__u64 summary; /* AND of the summaries, minus words already searched */
+	__u32 start;   /* first rule index still in play */
+	__u32 gen;
+	__u64 bytes;
+	struct verdict result;
+};
+
+/* One round: take the lowest word where every field has a rule, AND it;
+ * the lowest bit is the first rule that matches every field. A rule of a
+ * dry-run set is counted and the search goes on at the next set. Returns 1
+ * when the search is over. */
+static long search_step(__u64 round, void *ctx)
+{
+	struct search *st = ctx;
+	if (!st->summary)
+		return 1;
+	__u32 w = ctz64(st->summary);
+	__u64 bits = ~0ULL;
+	int f;
+#pragma clang loop unroll(full)
+	for (f = 0; f < FW_FIELDS; f++) {
+		struct fw_bitvec *v = st->v[f];
+		if (!v)
+			return 1;
+		bits &= v->words[w];
+	}
+	if (w == st->start >> 6)
+		bits &= ~0ULL << (st->start & 63);
+	if (!bits) {
+		st->summary &= st->summary - 1;
+		return 0;
+	}
+	__u32 rkey = st->gen * FW_MAX_RULES + w * 64 + ctz64(bits);
+	struct fw_rule *r = bpf_map_lookup_elem(&rules, &rkey);
+	if (!r)
+		return 1;
+	count(&rule_stats, r->slot % FW_COUNTER_SLOTS, st->bytes);
+
+	if (!(r->flags & FW_RULE_DRY_RUN)) {
+		if (r->action == FW_ACTION_DROP)
+			st->result = (struct verdict){FW_STAT_DROP_RULE, XDP_DROP};
+		else
+			st->result = (struct verdict){FW_STAT_PASS_RULE, XDP_PASS};
+		return 1;
+	}
+	/* Dry run: note what the set decided, go on with the next set. */
+	if (r->action == FW_ACTION_DROP)
+		count(&action_stats, FW_STAT_WOULD_DROP, st->bytes);
+	st->start = r->next;
+	if (st->start >= FW_MAX_RULES)
+		return 1;
+	st->summary &= ~0ULL << (st->start >> 6);
+	return 0;
+}
+
+static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
+{
+	struct verdict pass = {FW_STAT_PASS_DEFAULT, XDP_PASS};
+	__u32 zero = 0;
+
+	void *inner = bpf_map_lookup_elem(&gen_sel, &zero);
+	if (!inner)
+		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
+	__u32 *genp = bpf_map_lookup_elem(inner, &zero);
+	if (!genp)
+		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
+	__u32 gen = *genp & 1;
+
+	struct fw_gen_info *info = bpf_map_lookup_elem(&gen_info, &gen);
+	if (!info)
+		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
+	__u32 fields = info->fields;
+
+	/* One vector per field; a field no rule uses keeps the all-rules
+	 * vector and costs no lookup. */
+	__u32 all = FW_VEC_ALL;
+	struct fw_bitvec *v_all = vec(gen, &all);
+	if (!v_all)
+		return pass;
+	struct fw_bitvec *v_src = v_all, *v_dst = v_all, *v_sport = v_all, *v_dport = v_all;
+	struct fw_bitvec *v_proto = v_all, *v_flags = v_all, *v_icmp = v_all;
+
+	if (fields & FW_FIELD_SRC)
+		v_src = vec(gen, lookup_addr(pkt, gen, 0));
+	if (fields & FW_FIELD_DST)
+		v_dst = vec(gen, lookup_addr(pkt, gen, 1));
+	if (fields & FW_FIELD_SPORT)
+		v_sport = vec(gen, lookup_array(&sport, gen, FW_PORT_SLOTS, pkt->sport % FW_PORT_SLOTS));
+	if (fields & FW_FIELD_DPORT)
+		v_dport = vec(gen, lookup_array(&dport, gen, FW_PORT_SLOTS, pkt->dport % FW_PORT_SLOTS));
+	if (fields & FW_FIELD_PROTO)
+		v_proto = vec(gen, lookup_array(&proto, gen, FW_PROTO_SLOTS, pkt->proto));
+	if (fields & FW_FIELD_TCPFLAGS)
+		v_flags = vec(gen, lookup_array(&tcpflags, gen, FW_BYTE_SLOTS, pkt->tcpflags % FW_BYTE_SLOTS));
+	if (fields & FW_FIELD_ICMPTYPE)
+		v_icmp = vec(gen, lookup_array(&icmptype, gen, FW_BYTE_SLOTS, pkt->icmptype % FW_BYTE_SLOTS));
+	/* A missing entry means no rule can match (the compiler always writes
+	 * a catch-all entry, so this only happens mid-way through a bad map). */
+	if (!v_src || !v_dst || !v_sport || !v_dport || !v_proto || !v_flags || !v_icmp)
+		return pass;
+
+	struct search st = {
+		.v = {v_src, v_dst, v_sport, v_dport, v_proto, v_flags, v_icmp},
+		.summary = v_src->summary & v_dst->summary & v_sport->summary & v_dport->summary &
+			   v_proto->summary & v_flags->summary & v_icmp->summary,
+		.gen = gen,
+		.bytes = bytes,
+		.result = pass,
+	};
+	/* bpf_loop: the verifier checks the step once, not once per round. */
+	bpf_loop(FW_MAX_ITER, search_step, &st, 0);
+	return st.result;
+}
+
+static __always_inline __u32 policy_action(int which)
+{
+	__u32 zero = 0;
+	struct fw_settings *s = bpf_map_lookup_elem(&settings, &zero);
+	if (!s)
+		return FW_ACTION_PASS;
+	return which == PARSE_ERROR ? s->parse_error_action : s->non_ip_action;
+}
+
+SEC("xdp")
+int xdpfw_filter(struct xdp_md *ctx)
+{
+	__u64 bytes = ctx->data_end - ctx->data;
+	struct packet pkt = {};
+	struct verdict v;
+
+	int res = parse(ctx, &pkt);
+	if (res != PARSE_OK) {
+		v.stat = res == PARSE_ERROR ? FW_STAT_PARSE_ERROR : FW_STAT_NON_IP;
+		v.xdp = policy_action(res) == FW_ACTION_DROP ? XDP_DROP : XDP_PASS;
+		goto out;
+	}
+	if (pkt.fragment)
+		count(&action_stats, FW_STAT_FRAGMENT, bytes);
+	v = classify(&pkt, bytes);
+
+out:
+	/* Every verdict leaves through here and is counted once. */
+	count(&action_stats, v.stat, bytes);
+	return v.xdp;
+}

@@ -1,0 +1,72 @@
+package bpf
+
+import (
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// XDP verdicts as BPF_PROG_RUN returns them.
+const (
+	xdpDrop = 1
+	xdpPass = 2
+)
+
+// openTestFirewall opens a firewall pinned in a fresh bpffs directory, on
+// the loopback interface (programs are run with BPF_PROG_RUN, not attached).
+func openTestFirewall(t testing.TB) *Firewall {
+	t.Helper()
+	if err := checkBPFFS(DefaultPinPath); err != nil {
+		t.Fatalf("BPF tests need root and a bpffs at /sys/fs/bpf: %v", err)
+	}
+	dir, err := os.MkdirTemp("/sys/fs/bpf", "xdpfw-test-")
+	if err != nil {
+		t.Fatalf("make pin dir: %v", err)
+	}
+	fw, err := Open(Options{PinPath: dir, Interface: "lo"})
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("open firewall: %v", err)
+	}
+	t.Cleanup(func() {
+		fw.Close()
+		os.RemoveAll(dir)
+	})
+	return fw
+}
+
+// mustDecode decodes and validates rule sets written in YAML.
+func mustDecode(t testing.TB, doc string) []proto.RuleSet {
+	t.Helper()
+	sets, err := proto.DecodeRuleSets([]byte(doc))
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	return sets
+}
+
+// mustApply compiles and applies rule sets.
+func mustApply(t testing.TB, fw *Firewall, sets []proto.RuleSet) *ApplyReport {
+	t.Helper()
+	c, err := Compile(sets, fw.Interface())
+	if err != nil {
+		t.Fatalf("compile: %v", err)
+	}
+	rep, err := fw.Apply(c)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return rep
+}
+
+// run runs the program once on a frame and returns the XDP verdict.
+func run(t testing.TB, fw *Firewall, frame []byte) uint32 {
+	t.Helper()
+	ret, err := fw.Program().Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		t.Fatalf("BPF_PROG_RUN: %v", err)
+	}
+	return ret
+}
