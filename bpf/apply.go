@@ -203,29 +203,35 @@ func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
 }
 
 // readArray reads len(out) consecutive entries of an array map from index
-// first, in batches.
+// first. Batch lookups walk an array from its start, so it reads from 0 in
+// large batches and keeps the wanted range.
 func readArray[T any](m *ebpf.Map, first uint32, out []T) error {
-	const chunk = 4096
+	end := int(first) + len(out)
+	if end > int(m.MaxEntries()) {
+		return fmt.Errorf("read %s[%d:%d]: past its %d entries", m, first, end, m.MaxEntries())
+	}
+	const chunk = 8192
 	keys := make([]uint32, chunk)
-	for off := 0; off < len(out); off += chunk {
-		n := min(chunk, len(out)-off)
+	vals := make([]T, chunk)
+	var cursor ebpf.MapBatchCursor
+	read := 0
+	for read < end {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			keys[i] = first + uint32(off+i)
+			if k := int(keys[i]); k >= int(first) && k < end {
+				out[k-int(first)] = vals[i]
+			}
 		}
-		if err := lookupMany(m, keys[:n], out[off:off+n]); err != nil {
-			return err
+		read += n
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("batch lookup %s: %w", m, err)
 		}
 	}
-	return nil
-}
-
-// lookupMany looks up keys one by one into out. (Array batch lookups walk
-// from a cursor, not a key list, so plain lookups keep this simple.)
-func lookupMany[T any](m *ebpf.Map, keys []uint32, out []T) error {
-	for i, k := range keys {
-		if err := m.Lookup(k, &out[i]); err != nil {
-			return fmt.Errorf("lookup %d: %w", k, err)
-		}
+	if read < end {
+		return fmt.Errorf("read %s: got %d of %d entries", m, read, end)
 	}
 	return nil
 }

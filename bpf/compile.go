@@ -25,6 +25,7 @@ const (
 	byteSlots    = int(firewallFwLimitsFW_BYTE_SLOTS)
 	protoSlots   = int(firewallFwLimitsFW_PROTO_SLOTS)
 	ruleNameLen  = int(firewallFwLimitsFW_RULE_NAME_LEN)
+	maxRounds    = int(firewallFwLimitsFW_MAX_ITER)
 )
 
 const (
@@ -46,9 +47,9 @@ type VecID = uint32
 // Bitvec is a set of rule indexes: bit i of word i/64 is rule i.
 type Bitvec [vecWords]uint64
 
-func (b *Bitvec) set(i int)            { b[i/64] |= 1 << (i % 64) }
-func (b *Bitvec) has(i int) bool       { return b[i/64]&(1<<(i%64)) != 0 }
-func (b *Bitvec) or(o *Bitvec)         { orInto(b, o) }
+func (b *Bitvec) set(i int)      { b[i/64] |= 1 << (i % 64) }
+func (b *Bitvec) has(i int) bool { return b[i/64]&(1<<(i%64)) != 0 }
+func (b *Bitvec) or(o *Bitvec)   { orInto(b, o) }
 func orInto(dst *Bitvec, src *Bitvec) {
 	for i := range dst {
 		dst[i] |= src[i]
@@ -592,7 +593,7 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 		summary &= b.summary()
 	}
 	start := 0
-	for summary != 0 {
+	for round := 0; summary != 0 && round < maxRounds; round++ {
 		w := bits.TrailingZeros64(summary)
 		word := ^uint64(0)
 		for _, b := range v {

@@ -196,7 +196,9 @@ enum parse_result {
 /* A cursor check: true when [p, p+len) lies inside the frame. */
 #define fits(p, len, end) ((void *)(p) + (len) <= (void *)(end))
 
-static __always_inline int parse_l4(void *l4, void *end, struct packet *pkt)
+/* avail is how many bytes the IP header says follow l4: an L4 header must
+ * lie inside the IP packet, not in the Ethernet padding after it. */
+static __always_inline int parse_l4(void *l4, void *end, __u32 avail, struct packet *pkt)
 {
 	pkt->sport = FW_PORT_NONE;
 	pkt->dport = FW_PORT_NONE;
@@ -208,7 +210,7 @@ static __always_inline int parse_l4(void *l4, void *end, struct packet *pkt)
 	switch (pkt->proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr *tcp = l4;
-		if (!fits(tcp, sizeof(*tcp), end))
+		if (!fits(tcp, sizeof(*tcp), end) || avail < sizeof(*tcp))
 			return PARSE_ERROR;
 		if (tcp->doff < 5)
 			return PARSE_ERROR;
@@ -220,7 +222,7 @@ static __always_inline int parse_l4(void *l4, void *end, struct packet *pkt)
 	}
 	case IPPROTO_UDP: {
 		struct udphdr *udp = l4;
-		if (!fits(udp, sizeof(*udp), end))
+		if (!fits(udp, sizeof(*udp), end) || avail < sizeof(*udp))
 			return PARSE_ERROR;
 		pkt->sport = bpf_ntohs(udp->source);
 		pkt->dport = bpf_ntohs(udp->dest);
@@ -230,7 +232,7 @@ static __always_inline int parse_l4(void *l4, void *end, struct packet *pkt)
 	case IPPROTO_ICMPV6: {
 		/* type, code, checksum: a shorter ICMP header is malformed. */
 		__u8 *icmp = l4;
-		if (!fits(icmp, 4, end))
+		if (!fits(icmp, 4, end) || avail < 4)
 			return PARSE_ERROR;
 		pkt->icmptype = icmp[0];
 		return PARSE_OK;
@@ -251,7 +253,8 @@ static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt)
 	__u32 hdr_len = ip->ihl * 4;
 	if (!fits(l3, hdr_len, end))
 		return PARSE_ERROR;
-	if (bpf_ntohs(ip->tot_len) < hdr_len)
+	__u32 tot_len = bpf_ntohs(ip->tot_len);
+	if (tot_len < hdr_len)
 		return PARSE_ERROR;
 
 	pkt->family = 4;
@@ -259,7 +262,7 @@ static __always_inline int parse_ipv4(void *l3, void *end, struct packet *pkt)
 	pkt->fragment = (bpf_ntohs(ip->frag_off) & IP_OFFSET) != 0;
 	__builtin_memcpy(pkt->addr_src, &ip->saddr, 4);
 	__builtin_memcpy(pkt->addr_dst, &ip->daddr, 4);
-	return parse_l4(l3 + hdr_len, end, pkt);
+	return parse_l4(l3 + hdr_len, end, tot_len - hdr_len, pkt);
 }
 
 /* An IPv6 extension header's first two bytes: next header and length. */
@@ -339,8 +342,14 @@ static __always_inline int parse_ipv6(void *l3, void *end, struct packet *pkt)
 done:
 	pkt->proto = next;
 	/* cur may lie past the end after a header length that overruns the
-	 * frame; parse_l4 checks before it reads. */
-	return parse_l4(cur, end, pkt);
+	 * frame; parse_l4 checks before it reads. A payload length of 0 is a
+	 * jumbogram: no limit from the header. */
+	__u32 payload = bpf_ntohs(ip6->payload_len);
+	__u32 used = cur - (l3 + sizeof(*ip6));
+	__u32 avail = 0xFFFFFFFF;
+	if (payload)
+		avail = payload > used ? payload - used : 0;
+	return parse_l4(cur, end, avail, pkt);
 }
 
 static __always_inline int parse(struct xdp_md *ctx, struct packet *pkt)

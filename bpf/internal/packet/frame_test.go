@@ -124,6 +124,16 @@ func TestChecksumsAndLengths(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := tc.frame
 			b := f.Bytes()
+			if f.Pad {
+				// The IP lengths and checksums leave out the padding.
+				unpadded := f
+				unpadded.Pad = false
+				n := len(unpadded.Bytes())
+				if len(b) != max(n, MinFrameLen) || !bytes.Equal(b[:n], unpadded.Bytes()) {
+					t.Fatalf("padding %d bytes to %d changed the frame", n, len(b))
+				}
+				b = b[:n]
+			}
 			if !f.Src.IsValid() {
 				return
 			}

@@ -2,6 +2,7 @@ package packet
 
 import (
 	"encoding/binary"
+	"math"
 	"net/netip"
 
 	"github.com/xdpfw/xdpfw/bpf/reference"
@@ -80,7 +81,8 @@ func parseIPv4(frame []byte, l3 int) (reference.Packet, reference.ParseResult) {
 		Proto:    frame[l3+9],
 		Fragment: binary.BigEndian.Uint16(frame[l3+6:])&ipOffsetMask != 0,
 	}
-	return parseL4(frame, l3+hdrLen, pkt)
+	totLen := int(binary.BigEndian.Uint16(frame[l3+2:]))
+	return parseL4(frame, l3+hdrLen, totLen-hdrLen, pkt)
 }
 
 func parseIPv6(frame []byte, l3 int) (reference.Packet, reference.ParseResult) {
@@ -100,8 +102,13 @@ func parseIPv6(frame []byte, l3 int) (reference.Packet, reference.ParseResult) {
 	}
 	pkt.Proto, pkt.Fragment = proto, fragment
 	// l4 may lie past the end after a header length that overruns the
-	// frame; parseL4 checks before it reads, as in the C.
-	return parseL4(frame, l4, pkt)
+	// frame; parseL4 checks before it reads, as in the C. A payload
+	// length of 0 (a jumbogram) sets no limit.
+	avail := math.MaxUint32
+	if payload := int(binary.BigEndian.Uint16(frame[l3+4:])); payload != 0 {
+		avail = max(payload-(l4-l3-IPv6HeaderLen), 0)
+	}
+	return parseL4(frame, l4, avail, pkt)
 }
 
 // walkIPv6ExtHeaders skips the extension headers starting at cur, next
@@ -155,7 +162,10 @@ func walkIPv6ExtHeaders(frame []byte, next uint8, cur int) (proto uint8, l4 int,
 // parseL4 is parse_l4: it fills the ports, TCP flags and ICMP type of pkt
 // from the header at l4. ICMP and ICMPv6 are both read whatever the IP
 // version, as in the C.
-func parseL4(frame []byte, l4 int, pkt reference.Packet) (reference.Packet, reference.ParseResult) {
+//
+// avail is how many bytes the IP header says follow l4: an L4 header must
+// lie inside the IP packet, not in Ethernet padding after it.
+func parseL4(frame []byte, l4, avail int, pkt reference.Packet) (reference.Packet, reference.ParseResult) {
 	pkt.SrcPort, pkt.DstPort = reference.NoValue, reference.NoValue
 	pkt.TCPFlags, pkt.ICMPType = reference.NoValue, reference.NoValue
 	if pkt.Fragment {
@@ -163,7 +173,7 @@ func parseL4(frame []byte, l4 int, pkt reference.Packet) (reference.Packet, refe
 	}
 	switch pkt.Proto {
 	case ProtoTCP:
-		if !fits(frame, l4, TCPHeaderLen) {
+		if !fits(frame, l4, TCPHeaderLen) || avail < TCPHeaderLen {
 			return reference.Packet{}, reference.ParseError
 		}
 		// Data offset, the top 4 bits of byte 12, counts 32-bit words. A
@@ -176,14 +186,14 @@ func parseL4(frame []byte, l4 int, pkt reference.Packet) (reference.Packet, refe
 		pkt.DstPort = int(binary.BigEndian.Uint16(frame[l4+2:]))
 		pkt.TCPFlags = int(frame[l4+13])
 	case ProtoUDP:
-		if !fits(frame, l4, UDPHeaderLen) {
+		if !fits(frame, l4, UDPHeaderLen) || avail < UDPHeaderLen {
 			return reference.Packet{}, reference.ParseError
 		}
 		pkt.SrcPort = int(binary.BigEndian.Uint16(frame[l4:]))
 		pkt.DstPort = int(binary.BigEndian.Uint16(frame[l4+2:]))
 	case ProtoICMP, ProtoICMPv6:
 		// Type, code, checksum: a shorter ICMP header is malformed.
-		if !fits(frame, l4, 4) {
+		if !fits(frame, l4, 4) || avail < 4 {
 			return reference.Packet{}, reference.ParseError
 		}
 		pkt.ICMPType = int(frame[l4])

@@ -1,0 +1,171 @@
+package bpf
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Counter is a packet and byte count, summed over CPUs.
+type Counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// RuleStats is the counter of one rule of the active rule set.
+type RuleStats struct {
+	Index   int    `json:"index"`
+	RuleSet string `json:"ruleSet"`
+	ID      string `json:"id"`
+	Action  string `json:"action"`
+	DryRun  bool   `json:"dryRun,omitempty"`
+	Counter
+}
+
+// Action counter names, in firewall.h's enum fw_stat order.
+var actionNames = [...]string{
+	"pass-rule", "drop-rule", "pass-default", "parse-error", "non-ip", "would-drop", "fragment", "no-policy",
+}
+
+// Stats are the firewall's counters: per rule of the active rule set, in
+// evaluation order, and per action (how packets ended).
+type Stats struct {
+	Rules   []RuleStats        `json:"rules"`
+	Actions map[string]Counter `json:"actions"`
+}
+
+// Stats reads and sums the per-CPU counters.
+func (fw *Firewall) Stats() (*Stats, error) {
+	st := &Stats{Actions: make(map[string]Counter)}
+	for i, name := range actionNames {
+		c, err := sumCounter(fw.objs.ActionStats, uint32(i))
+		if err != nil {
+			return nil, fmt.Errorf("read action_stats[%s]: %w", name, err)
+		}
+		st.Actions[name] = c
+	}
+	gen, err := fw.ActiveGeneration()
+	if errors.Is(err, ErrNoGeneration) {
+		return st, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info firewallFwGenInfo
+	if err := fw.objs.GenInfo.Lookup(gen, &info); err != nil {
+		return nil, fmt.Errorf("read gen_info[%d]: %w", gen, err)
+	}
+	rules := make([]firewallFwRule, min(int(info.Rules), MaxRules))
+	if err := readArray(fw.objs.Rules, gen*uint32(MaxRules), rules); err != nil {
+		return nil, fmt.Errorf("read rules: %w", err)
+	}
+	for i, r := range rules {
+		var name firewallFwRuleName
+		if err := fw.objs.RuleNames.Lookup(r.Slot, &name); err != nil {
+			return nil, fmt.Errorf("read rule_names[%d]: %w", r.Slot, err)
+		}
+		c, err := sumCounter(fw.objs.RuleStats, r.Slot)
+		if err != nil {
+			return nil, fmt.Errorf("read rule_stats[%d]: %w", r.Slot, err)
+		}
+		set, id, _ := strings.Cut(cString(name.Name[:]), "/")
+		action := "pass"
+		if r.Action == uint8(firewallFwActionFW_ACTION_DROP) {
+			action = "drop"
+		}
+		st.Rules = append(st.Rules, RuleStats{
+			Index: i, RuleSet: set, ID: id, Action: action,
+			DryRun: r.Flags&uint8(firewallFwRuleFlagFW_RULE_DRY_RUN) != 0, Counter: c,
+		})
+	}
+	return st, nil
+}
+
+func sumCounter(m *ebpf.Map, key uint32) (Counter, error) {
+	var per []firewallFwCounter
+	if err := m.Lookup(key, &per); err != nil {
+		return Counter{}, err
+	}
+	var c Counter
+	for _, p := range per {
+		c.Packets += p.Packets
+		c.Bytes += p.Bytes
+	}
+	return c, nil
+}
+
+// State describes what is attached and enforced on an interface.
+type State struct {
+	Interface  string     `json:"interface"`
+	PinDir     string     `json:"pinDir"`
+	Attached   bool       `json:"attached"`
+	ProgramID  uint32     `json:"programId,omitempty"`
+	Mode       AttachMode `json:"mode,omitempty"`
+	Generation int        `json:"generation"`
+	Seq        uint64     `json:"applySeq"`
+	AppliedAt  time.Time  `json:"appliedAt"`
+	Digest     string     `json:"digest"`
+	Rules      int        `json:"rules"`
+	RuleSets   []string   `json:"ruleSets"`
+}
+
+// State reads the firewall's state from the pinned objects.
+func (fw *Firewall) State() (*State, error) {
+	s := &State{Interface: fw.iface, PinDir: fw.dir, Generation: -1}
+	if l, err := link.LoadPinnedLink(filepath.Join(fw.dir, linkPin), nil); err == nil {
+		if info, err := l.Info(); err == nil {
+			s.Attached, s.ProgramID = true, uint32(info.Program)
+		}
+		l.Close()
+		s.Mode = currentMode(fw.iface)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load pinned link: %w", err)
+	}
+	gen, err := fw.ActiveGeneration()
+	if errors.Is(err, ErrNoGeneration) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info firewallFwGenInfo
+	if err := fw.objs.GenInfo.Lookup(gen, &info); err != nil {
+		return nil, fmt.Errorf("read gen_info[%d]: %w", gen, err)
+	}
+	s.Generation, s.Seq, s.Rules = int(gen), info.Seq, int(info.Rules)
+	s.AppliedAt = time.Unix(0, int64(info.AppliedUnixNs)).UTC()
+	s.Digest = hex.EncodeToString(info.Digest[:])
+	st, err := fw.Stats()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range st.Rules {
+		if len(s.RuleSets) == 0 || s.RuleSets[len(s.RuleSets)-1] != r.RuleSet {
+			s.RuleSets = append(s.RuleSets, r.RuleSet)
+		}
+	}
+	return s, nil
+}
+
+// SetPolicy sets what happens to frames the parser cannot read and to
+// non-IP frames (both pass by default).
+func (fw *Firewall) SetPolicy(dropParseErrors, dropNonIP bool) error {
+	var s firewallFwSettings
+	if dropParseErrors {
+		s.ParseErrorAction = uint32(firewallFwActionFW_ACTION_DROP)
+	}
+	if dropNonIP {
+		s.NonIpAction = uint32(firewallFwActionFW_ACTION_DROP)
+	}
+	if err := fw.objs.Settings.Put(uint32(0), &s); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
