@@ -41,6 +41,8 @@ type genState struct {
 	proto                  []uint32
 	tcpflags, icmptype     []uint32
 	rules                  []firewallFwRule // MaxRules entries
+	// vecWrites lists the vector ids place changed (to write).
+	vecWrites []uint32
 }
 
 // Apply makes c the active rule set: it writes c into the inactive
@@ -275,7 +277,7 @@ func readLPM6(m *ebpf.Map, gen uint32) (map[netip.Prefix]uint32, error) {
 // vector, so an unchanged rule set rewrites nothing and a small change
 // writes few entries.
 func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
-	used := make(map[uint32]bool)
+	used := make([]bool, MaxVectors)
 	used[0] = true
 	mark := func(ids ...[]uint32) {
 		for _, list := range ids {
@@ -292,10 +294,10 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 	mark(cur.sport, cur.dport, cur.proto, cur.tcpflags, cur.icmptype)
 
 	byContent := make(map[Bitvec]uint32)
-	for id := range used {
-		if id != 0 && int(id) < len(cur.vecs) {
+	for id, u := range used {
+		if u && id != 0 {
 			if _, dup := byContent[cur.vecs[id]]; !dup {
-				byContent[cur.vecs[id]] = id
+				byContent[cur.vecs[id]] = uint32(id)
 			}
 		}
 	}
@@ -333,7 +335,10 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 	}
 
 	want := &genState{
-		vecs: make([]Bitvec, MaxVectors),
+		// Ids this generation no longer uses keep their old content:
+		// nothing points at them, and leaving them saves writes. The
+		// slice is cur's own: cur is stale once want is written.
+		vecs: cur.vecs,
 		src4: remap(c.Src4, kid), dst4: remap(c.Dst4, kid),
 		src6: remap(c.Src6, kid), dst6: remap(c.Dst6, kid),
 		sport: remapSlice(c.SrcPort, kid), dport: remapSlice(c.DstPort, kid),
@@ -341,12 +346,13 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		tcpflags: remapSlice(c.TCPFlags, kid), icmptype: remapSlice(c.ICMPType, kid),
 		rules: make([]firewallFwRule, MaxRules),
 	}
-	// Ids this generation no longer uses keep their old content: nothing
-	// points at them, and leaving them saves writes.
-	copy(want.vecs, cur.vecs)
 	for k, id := range kid {
-		want.vecs[id] = c.Vecs[k]
+		if want.vecs[id] != c.Vecs[k] {
+			want.vecs[id] = c.Vecs[k]
+			want.vecWrites = append(want.vecWrites, id)
+		}
 	}
+	sort.Slice(want.vecWrites, func(i, j int) bool { return want.vecWrites[i] < want.vecWrites[j] })
 	for i, r := range c.Rules {
 		fr := firewallFwRule{Slot: slots[i], Next: uint16(r.Next)}
 		if r.Drop {
@@ -388,11 +394,9 @@ func (fw *Firewall) writeGeneration(gen uint32, cur, want *genState, rep *ApplyR
 	// inactive, so the order only matters for readability.
 	var vkeys []uint32
 	var vvals []firewallFwBitvec
-	for id := range want.vecs {
-		if want.vecs[id] != cur.vecs[id] {
-			vkeys = append(vkeys, gen*uint32(MaxVectors)+uint32(id))
-			vvals = append(vvals, firewallFwBitvec{Summary: want.vecs[id].summary(), Words: want.vecs[id]})
-		}
+	for _, id := range want.vecWrites {
+		vkeys = append(vkeys, gen*uint32(MaxVectors)+id)
+		vvals = append(vvals, firewallFwBitvec{Summary: want.vecs[id].summary(), Words: want.vecs[id]})
 	}
 	if err := putMany(fw.objs.Bitvecs, vkeys, vvals, rep, "bitvecs"); err != nil {
 		return err
@@ -518,17 +522,25 @@ type slotPlan struct {
 // counters are zeroed first. Slots the active generation still counts into
 // are never handed out.
 func (fw *Firewall) assignSlots(c *Compiled, active uint32, hasActive bool, rep *ApplyReport) ([]uint32, *slotPlan, error) {
-	names := make([]firewallFwRuleName, counterSlots)
-	if err := readArray(fw.objs.RuleNames, 0, names); err != nil {
-		return nil, nil, fmt.Errorf("read rule_names: %w", err)
-	}
-	bySlot := make(map[uint32]string)
-	byName := make(map[string]uint32)
-	for i := range names {
-		if n := cString(names[i].Name[:]); n != "" {
-			bySlot[uint32(i)] = n
-			byName[n] = uint32(i)
+	// Slot names are read once per Open: this process holds the writer
+	// lock, so only it changes them (resetSlot keeps the copy current).
+	if fw.slotNames == nil {
+		names := make([]firewallFwRuleName, counterSlots)
+		if err := readArray(fw.objs.RuleNames, 0, names); err != nil {
+			return nil, nil, fmt.Errorf("read rule_names: %w", err)
 		}
+		fw.slotNames = make(map[uint32]string)
+		for i := range names {
+			if n := cString(names[i].Name[:]); n != "" {
+				fw.slotNames[uint32(i)] = n
+			}
+		}
+	}
+	bySlot := make(map[uint32]string, len(fw.slotNames))
+	byName := make(map[string]uint32, len(fw.slotNames))
+	for slot, n := range fw.slotNames {
+		bySlot[slot] = n
+		byName[n] = slot
 	}
 	busy := make(map[uint32]bool)
 	if hasActive {
@@ -536,9 +548,14 @@ func (fw *Firewall) assignSlots(c *Compiled, active uint32, hasActive bool, rep 
 		if err := fw.objs.GenInfo.Lookup(active, &info); err != nil {
 			return nil, nil, fmt.Errorf("read gen_info[%d]: %w", active, err)
 		}
-		rules := make([]firewallFwRule, min(int(info.Rules), MaxRules))
-		if err := readArray(fw.objs.Rules, active*uint32(MaxRules), rules); err != nil {
-			return nil, nil, fmt.Errorf("read active rules: %w", err)
+		var rules []firewallFwRule
+		if cached := fw.cache[active]; cached != nil && cached.info.Seq == info.Seq {
+			rules = cached.rules[:min(int(info.Rules), MaxRules)]
+		} else {
+			rules = make([]firewallFwRule, min(int(info.Rules), MaxRules))
+			if err := readArray(fw.objs.Rules, active*uint32(MaxRules), rules); err != nil {
+				return nil, nil, fmt.Errorf("read active rules: %w", err)
+			}
 		}
 		for _, r := range rules {
 			busy[r.Slot] = true
@@ -619,7 +636,15 @@ func (fw *Firewall) resetSlot(slot uint32, name string) error {
 		n.Name[i] = int8(name[i])
 	}
 	if err := fw.objs.RuleNames.Put(slot, &n); err != nil {
+		fw.slotNames = nil // unknown now: read again next time
 		return fmt.Errorf("write rule_names[%d]: %w", slot, err)
+	}
+	if fw.slotNames != nil {
+		if name == "" {
+			delete(fw.slotNames, slot)
+		} else {
+			fw.slotNames[slot] = name
+		}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -84,6 +85,8 @@ type Firewall struct {
 	// process, so an apply reads the maps back only when another process
 	// wrote them since (gen_info.seq tells).
 	cache [2]*genState
+	// slotNames mirrors rule_names (counter slot -> rule identity).
+	slotNames map[uint32]string
 }
 
 // Open loads the firewall of an interface, creating and pinning its maps or
@@ -357,18 +360,35 @@ func checkBPFFS(pinPath string) error {
 	}
 }
 
+// LockTimeout is how long Open and Detach wait for another writer.
+var LockTimeout = 10 * time.Second
+
+// ErrLocked means another process holds an interface's writer lock.
+var ErrLocked = errors.New("another xdpfw process is changing this firewall")
+
 // lockDir takes the writer lock of an interface directory: one writer at a
-// time, so two applies cannot interleave their generations.
+// time, so two applies cannot interleave their generations. It waits up to
+// LockTimeout for the holder (an agent mid-apply, say) rather than forever.
 func lockDir(dir string) (*os.File, error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", dir, wrapPerm(err))
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	deadline := time.Now().Add(LockTimeout)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("lock %s: %w (waited %v; is an agent running?)", dir, ErrLocked, LockTimeout)
+			}
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return f, nil
 }
 
 // wrapPerm adds what to do to a permission error.
