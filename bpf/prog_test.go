@@ -375,3 +375,39 @@ func frameFor(p reference.Packet) packet.Frame {
 	return f
 }
 
+// FuzzProgram feeds random frames to the XDP program through BPF_PROG_RUN
+// and compares its verdict with the Go mirror of the parser and the
+// reference classifier.
+func FuzzProgram(f *testing.F) {
+	fw := openTestFirewall(f)
+	sets := mustDecode(f, fieldRules)
+	mustApply(f, fw, sets)
+	ref, err := reference.New(sets, "")
+	if err != nil {
+		f.Fatal(err)
+	}
+	seeds := []packet.Frame{
+		packet.TCP("198.51.100.7", "198.18.0.2", 40000, 22, syn),
+		packet.UDP("2001:db8::1", "2001:db8:bad:1::9", 5353, 80),
+		packet.ICMP("198.18.0.1", "198.18.0.2", 8, 0),
+		packet.ICMP("2001:db8::1", "2001:db8::2", 128, 0),
+		withVLANs(packet.TCP("203.0.113.5", "198.18.0.2", 1, 8000, ack), packet.EtherTypeQinQ, packet.EtherTypeVLAN),
+		withFragment(packet.UDP("192.0.2.9", "198.18.0.2", 1, 9), 100, true),
+	}
+	for _, s := range seeds {
+		f.Add(s.Bytes())
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) < 14 {
+			return // BPF_PROG_RUN refuses frames shorter than Ethernet
+		}
+		want := uint32(xdpPass)
+		if p, res := packet.Parse(frame); res == reference.ParseOK && ref.Classify(p).Drop {
+			want = xdpDrop
+		}
+		if got := run(t, fw, frame); got != want {
+			p, res := packet.Parse(frame)
+			t.Fatalf("frame %x: kernel %d, Go parser %s %+v wants %d", frame, got, res, p, want)
+		}
+	})
+}

@@ -280,4 +280,3 @@ func TestSecondProcessAdoptsWithoutDetaching(t *testing.T) {
 		t.Fatal("still attached after detach")
 	}
 }
-
