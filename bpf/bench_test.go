@@ -30,11 +30,6 @@ import (
 
 const xdpFilterObject = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_dny_all.o"
 
-type benchRow struct {
-	name string
-	ns   float64
-}
-
 // repeatNs is the kernel's mean ns per run of one packet repeated.
 func repeatNs(b *testing.B, prog *ebpf.Program, frame []byte) float64 {
 	b.Helper()

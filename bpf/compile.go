@@ -47,12 +47,11 @@ type VecID = uint32
 // Bitvec is a set of rule indexes: bit i of word i/64 is rule i.
 type Bitvec [vecWords]uint64
 
-func (b *Bitvec) set(i int)      { b[i/64] |= 1 << (i % 64) }
-func (b *Bitvec) has(i int) bool { return b[i/64]&(1<<(i%64)) != 0 }
-func (b *Bitvec) or(o *Bitvec)   { orInto(b, o) }
-func orInto(dst *Bitvec, src *Bitvec) {
-	for i := range dst {
-		dst[i] |= src[i]
+func (b *Bitvec) set(i int) { b[i/64] |= 1 << (i % 64) }
+
+func (b *Bitvec) or(o *Bitvec) {
+	for i := range b {
+		b[i] |= o[i]
 	}
 }
 
