@@ -28,10 +28,14 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Keeps the enums of firewall.h in BTF, so bpf2go exports them to Go. */
 struct fw_btf_anchor {
 	enum fw_limits limits;
+	enum fw_dir24 dir24;
 	enum fw_field field;
 	enum fw_action action;
 	enum fw_rule_flag rule_flag;
 	enum fw_stat stat;
+	/* Inner map value types, which BTF would otherwise only forward-declare. */
+	struct fw_v4_block v4_block;
+	struct fw_v4_t8 v4_t8;
 };
 const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));
 
@@ -69,6 +73,58 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } src6 SEC(".maps"), dst6 SEC(".maps");
+
+/* src4_t24, dst4_t24 (and _blk, _t8): the DIR-24 tables of big IPv4
+ * prefix sets, one inner map per generation (slot = generation), created by
+ * user space only for a generation whose field needs one. Entry of /24 i:
+ * t24[i / 2] >> (32 * (i % 2)), see enum fw_dir24. */
+struct t24_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_DIR24_PAIRS);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+/* Blocks and t8 tables are sized to what a generation needs. */
+struct blk_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, struct fw_v4_block);
+};
+
+struct t8_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, struct fw_v4_t8);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct t24_inner);
+} src4_t24 SEC(".maps"), dst4_t24 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct blk_inner);
+} src4_blk SEC(".maps"), dst4_blk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct t8_inner);
+} src4_t8 SEC(".maps"), dst4_t8 SEC(".maps");
 
 /* sport, dport: [gen * FW_PORT_SLOTS + port] -> vector id. */
 struct {
@@ -418,9 +474,83 @@ static __always_inline __u32 *lookup_array(void *map, __u32 gen, __u32 slots, __
 	return bpf_map_lookup_elem(map, &key);
 }
 
-static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, int dst)
+#define FW_NO_ID 0xFFFFFFFF
+
+/* The vector id of an IPv4 address (host order) in a DIR-24 table: one
+ * read for most addresses, two where its /24 is cut into intervals. */
+static __always_inline __u32 dir24_lookup(void *t24s, void *blks, void *t8s, __u32 gen, __u32 a)
+{
+	void *t24 = bpf_map_lookup_elem(t24s, &gen);
+	if (!t24)
+		return FW_NO_ID;
+	__u32 idx = a >> 8;
+	__u32 key = idx >> 1;
+	__u64 *pair = bpf_map_lookup_elem(t24, &key);
+	if (!pair)
+		return FW_NO_ID;
+	__u32 e = (idx & 1) ? (__u32)(*pair >> 32) : (__u32)*pair;
+	__u32 low = a & 0xFF;
+	__u32 index = e & FW_DIR24_INDEX_MASK;
+
+	switch (e >> FW_DIR24_SHIFT) {
+	case FW_DIR24_VEC:
+		return e & 0xFFFF;
+	case FW_DIR24_BLOCK: {
+		void *blk = bpf_map_lookup_elem(blks, &gen);
+		if (!blk)
+			return FW_NO_ID;
+		struct fw_v4_block *b = bpf_map_lookup_elem(blk, &index);
+		if (!b)
+			return FW_NO_ID;
+		/* The interval is the number of bounds at or below the address.
+		 * Bounds are >= 1 and unused ones are 0, so "0 < bound <= low"
+		 * is "bound - 1 < low" in unsigned arithmetic: the sign of a
+		 * 64-bit difference, without a branch (the asm keeps clang
+		 * from turning it back into 15 branches, 2^15 verifier paths). */
+		__u64 i = 0;
+		int x;
+#pragma clang loop unroll(full)
+		for (x = 0; x < FW_V4_BLOCK_BOUNDS; x++) {
+			__u64 d = (__u64)(__u32)(b->bounds[x] - 1) - low;
+			asm volatile("" : "+r"(d));
+			i += d >> 63;
+		}
+		return b->ids[i & FW_V4_BLOCK_BOUNDS];
+	}
+	case FW_DIR24_T8: {
+		void *t8 = bpf_map_lookup_elem(t8s, &gen);
+		if (!t8)
+			return FW_NO_ID;
+		struct fw_v4_t8 *t = bpf_map_lookup_elem(t8, &index);
+		if (!t)
+			return FW_NO_ID;
+		return t->ids[low];
+	}
+	}
+	return FW_NO_ID;
+}
+
+/* Global functions: the verifier checks each once, on its own, instead of
+ * once per path through the classifier. */
+__noinline __u32 fw_dir24_src(__u32 gen, __u32 addr)
+{
+	return dir24_lookup(&src4_t24, &src4_blk, &src4_t8, gen, addr);
+}
+
+__noinline __u32 fw_dir24_dst(__u32 gen, __u32 addr)
+{
+	return dir24_lookup(&dst4_t24, &dst4_blk, &dst4_t8, gen, addr);
+}
+
+static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, __u32 fields, int dst, __u32 *id)
 {
 	if (pkt->family == 4) {
+		if (fields & (dst ? FW_FIELD_DST4_DIR24 : FW_FIELD_SRC4_DIR24)) {
+			const __u8 *b = dst ? pkt->addr_dst : pkt->addr_src;
+			__u32 a = (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
+			*id = dst ? fw_dir24_dst(gen, a) : fw_dir24_src(gen, a);
+			return *id == FW_NO_ID ? 0 : id;
+		}
 		struct fw_lpm4_key k = {.prefixlen = 8 + 32, .gen = gen};
 		__builtin_memcpy(k.addr, dst ? pkt->addr_dst : pkt->addr_src, 4);
 		return bpf_map_lookup_elem(dst ? (void *)&dst4 : (void *)&src4, &k);
@@ -532,10 +662,11 @@ static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
 	struct fw_bitvec *v_src = v_all, *v_dst = v_all, *v_sport = v_all, *v_dport = v_all;
 	struct fw_bitvec *v_proto = v_all, *v_flags = v_all, *v_icmp = v_all;
 
+	__u32 src_id, dst_id;
 	if (fields & FW_FIELD_SRC)
-		v_src = vec(gen, lookup_addr(pkt, gen, 0));
+		v_src = vec(gen, lookup_addr(pkt, gen, fields, 0, &src_id));
 	if (fields & FW_FIELD_DST)
-		v_dst = vec(gen, lookup_addr(pkt, gen, 1));
+		v_dst = vec(gen, lookup_addr(pkt, gen, fields, 1, &dst_id));
 	if (fields & FW_FIELD_SPORT)
 		v_sport = vec(gen, lookup_array(&sport, gen, FW_PORT_SLOTS, pkt->sport % FW_PORT_SLOTS));
 	if (fields & FW_FIELD_DPORT)

@@ -56,6 +56,23 @@ enum fw_field {
 	FW_FIELD_PROTO = 1 << 4,
 	FW_FIELD_TCPFLAGS = 1 << 5,
 	FW_FIELD_ICMPTYPE = 1 << 6,
+	/* IPv4 source (destination) addresses are looked up in the DIR-24
+	 * table of this generation instead of the LPM trie. */
+	FW_FIELD_SRC4_DIR24 = 1 << 8,
+	FW_FIELD_DST4_DIR24 = 1 << 9,
+};
+
+/* DIR-24 entries (a __u32 per /24): the top two bits say what the rest is. */
+enum fw_dir24 {
+	FW_DIR24_VEC = 0,   /* low 16 bits: the vector id of the whole /24 */
+	FW_DIR24_BLOCK = 1, /* low 30 bits: index of a struct fw_v4_block */
+	FW_DIR24_T8 = 2,    /* low 30 bits: index of a struct fw_v4_t8 */
+	FW_DIR24_SHIFT = 30,
+	FW_DIR24_INDEX_MASK = (1 << 30) - 1,
+	/* src4_t24/dst4_t24 inner maps: 1 << 24 entries, two per 8-byte value
+	 * (array values are 8-byte aligned: a 4-byte value would cost 8). */
+	FW_DIR24_PAIRS = 1 << 23,
+	FW_V4_BLOCK_BOUNDS = 15,
 };
 
 /* What a rule (or a policy) does with a packet. */
@@ -137,6 +154,20 @@ struct fw_gen_info {
 struct fw_settings {
 	__u32 parse_error_action; /* enum fw_action, default pass */
 	__u32 non_ip_action;      /* enum fw_action, default pass */
+};
+
+/* A /24 cut into up to 16 intervals: interval 0 starts at .0, interval i
+ * (1 <= i <= n) at .bounds[i-1] (ascending, >= 1); unused bounds are 0;
+ * ids[i] is interval i's vector id. 48 bytes: one cache line. */
+struct fw_v4_block {
+	__u8 n;
+	__u8 bounds[FW_V4_BLOCK_BOUNDS];
+	__u16 ids[FW_V4_BLOCK_BOUNDS + 1];
+};
+
+/* A /24 cut into more intervals: one vector id per last address byte. */
+struct fw_v4_t8 {
+	__u16 ids[256];
 };
 
 /* rule_stats[slot] and action_stats[stat]: per-CPU, summed in user space. */

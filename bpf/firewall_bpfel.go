@@ -32,16 +32,30 @@ type firewallFwCounter struct {
 	Bytes   uint64
 }
 
+type firewallFwDir24 uint32
+
+const (
+	firewallFwDir24FW_DIR24VEC        firewallFwDir24 = 0
+	firewallFwDir24FW_DIR24BLOCK      firewallFwDir24 = 1
+	firewallFwDir24FW_DIR24T8         firewallFwDir24 = 2
+	firewallFwDir24FW_DIR24SHIFT      firewallFwDir24 = 30
+	firewallFwDir24FW_DIR24INDEX_MASK firewallFwDir24 = 1073741823
+	firewallFwDir24FW_DIR24PAIRS      firewallFwDir24 = 8388608
+	firewallFwDir24FW_V4BLOCK_BOUNDS  firewallFwDir24 = 15
+)
+
 type firewallFwField uint32
 
 const (
-	firewallFwFieldFW_FIELD_SRC      firewallFwField = 1
-	firewallFwFieldFW_FIELD_DST      firewallFwField = 2
-	firewallFwFieldFW_FIELD_SPORT    firewallFwField = 4
-	firewallFwFieldFW_FIELD_DPORT    firewallFwField = 8
-	firewallFwFieldFW_FIELD_PROTO    firewallFwField = 16
-	firewallFwFieldFW_FIELD_TCPFLAGS firewallFwField = 32
-	firewallFwFieldFW_FIELD_ICMPTYPE firewallFwField = 64
+	firewallFwFieldFW_FIELD_SRC       firewallFwField = 1
+	firewallFwFieldFW_FIELD_DST       firewallFwField = 2
+	firewallFwFieldFW_FIELD_SPORT     firewallFwField = 4
+	firewallFwFieldFW_FIELD_DPORT     firewallFwField = 8
+	firewallFwFieldFW_FIELD_PROTO     firewallFwField = 16
+	firewallFwFieldFW_FIELD_TCPFLAGS  firewallFwField = 32
+	firewallFwFieldFW_FIELD_ICMPTYPE  firewallFwField = 64
+	firewallFwFieldFW_FIELD_SRC4DIR24 firewallFwField = 256
+	firewallFwFieldFW_FIELD_DST4DIR24 firewallFwField = 512
 )
 
 type firewallFwGenInfo struct {
@@ -127,6 +141,18 @@ const (
 	firewallFwStatFW_STAT_MAX          firewallFwStat = 8
 )
 
+type firewallFwV4Block struct {
+	_      structs.HostLayout
+	N      uint8
+	Bounds [15]uint8
+	Ids    [16]uint16
+}
+
+type firewallFwV4T8 struct {
+	_   structs.HostLayout
+	Ids [256]uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -135,6 +161,9 @@ const (
 	firewallMapBitvecs      = "bitvecs"
 	firewallMapDport        = "dport"
 	firewallMapDst4         = "dst4"
+	firewallMapDst4Blk      = "dst4_blk"
+	firewallMapDst4T24      = "dst4_t24"
+	firewallMapDst4T8       = "dst4_t8"
 	firewallMapDst6         = "dst6"
 	firewallMapGenInfo      = "gen_info"
 	firewallMapGenSel       = "gen_sel"
@@ -146,6 +175,9 @@ const (
 	firewallMapSettings     = "settings"
 	firewallMapSport        = "sport"
 	firewallMapSrc4         = "src4"
+	firewallMapSrc4Blk      = "src4_blk"
+	firewallMapSrc4T24      = "src4_t24"
+	firewallMapSrc4T8       = "src4_t8"
 	firewallMapSrc6         = "src6"
 	firewallMapTcpflags     = "tcpflags"
 	firewallProgXdpfwFilter = "xdpfw_filter"
@@ -205,6 +237,9 @@ type firewallMapSpecs struct {
 	Bitvecs     *ebpf.MapSpec `ebpf:"bitvecs"`
 	Dport       *ebpf.MapSpec `ebpf:"dport"`
 	Dst4        *ebpf.MapSpec `ebpf:"dst4"`
+	Dst4Blk     *ebpf.MapSpec `ebpf:"dst4_blk"`
+	Dst4T24     *ebpf.MapSpec `ebpf:"dst4_t24"`
+	Dst4T8      *ebpf.MapSpec `ebpf:"dst4_t8"`
 	Dst6        *ebpf.MapSpec `ebpf:"dst6"`
 	GenInfo     *ebpf.MapSpec `ebpf:"gen_info"`
 	GenSel      *ebpf.MapSpec `ebpf:"gen_sel"`
@@ -216,6 +251,9 @@ type firewallMapSpecs struct {
 	Settings    *ebpf.MapSpec `ebpf:"settings"`
 	Sport       *ebpf.MapSpec `ebpf:"sport"`
 	Src4        *ebpf.MapSpec `ebpf:"src4"`
+	Src4Blk     *ebpf.MapSpec `ebpf:"src4_blk"`
+	Src4T24     *ebpf.MapSpec `ebpf:"src4_t24"`
+	Src4T8      *ebpf.MapSpec `ebpf:"src4_t8"`
 	Src6        *ebpf.MapSpec `ebpf:"src6"`
 	Tcpflags    *ebpf.MapSpec `ebpf:"tcpflags"`
 }
@@ -251,6 +289,9 @@ type firewallMaps struct {
 	Bitvecs     *ebpf.Map `ebpf:"bitvecs"`
 	Dport       *ebpf.Map `ebpf:"dport"`
 	Dst4        *ebpf.Map `ebpf:"dst4"`
+	Dst4Blk     *ebpf.Map `ebpf:"dst4_blk"`
+	Dst4T24     *ebpf.Map `ebpf:"dst4_t24"`
+	Dst4T8      *ebpf.Map `ebpf:"dst4_t8"`
 	Dst6        *ebpf.Map `ebpf:"dst6"`
 	GenInfo     *ebpf.Map `ebpf:"gen_info"`
 	GenSel      *ebpf.Map `ebpf:"gen_sel"`
@@ -262,6 +303,9 @@ type firewallMaps struct {
 	Settings    *ebpf.Map `ebpf:"settings"`
 	Sport       *ebpf.Map `ebpf:"sport"`
 	Src4        *ebpf.Map `ebpf:"src4"`
+	Src4Blk     *ebpf.Map `ebpf:"src4_blk"`
+	Src4T24     *ebpf.Map `ebpf:"src4_t24"`
+	Src4T8      *ebpf.Map `ebpf:"src4_t8"`
 	Src6        *ebpf.Map `ebpf:"src6"`
 	Tcpflags    *ebpf.Map `ebpf:"tcpflags"`
 }
@@ -272,6 +316,9 @@ func (m *firewallMaps) Close() error {
 		m.Bitvecs,
 		m.Dport,
 		m.Dst4,
+		m.Dst4Blk,
+		m.Dst4T24,
+		m.Dst4T8,
 		m.Dst6,
 		m.GenInfo,
 		m.GenSel,
@@ -283,6 +330,9 @@ func (m *firewallMaps) Close() error {
 		m.Settings,
 		m.Sport,
 		m.Src4,
+		m.Src4Blk,
+		m.Src4T24,
+		m.Src4T8,
 		m.Src6,
 		m.Tcpflags,
 	)
