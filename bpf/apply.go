@@ -43,6 +43,9 @@ type genState struct {
 	rules                  []firewallFwRule // MaxRules entries
 	// vecWrites lists the vector ids place changed (to write).
 	vecWrites []uint32
+	// src4d and dst4d are the field's DIR-24 tables, nil when the field
+	// uses the LPM trie for IPv4.
+	src4d, dst4d *dir24State
 }
 
 // Apply makes c the active rule set: it writes c into the inactive
@@ -201,6 +204,12 @@ func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
 	if err := readArray(fw.objs.Rules, gen*uint32(MaxRules), st.rules); err != nil {
 		return nil, fmt.Errorf("read rules: %w", err)
 	}
+	if st.src4d, err = readDir24(fw.dir24Maps(false), gen); err != nil {
+		return nil, err
+	}
+	if st.dst4d, err = readDir24(fw.dir24Maps(true), gen); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -292,6 +301,26 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		}
 	}
 	mark(cur.sport, cur.dport, cur.proto, cur.tcpflags, cur.icmptype)
+	for _, d := range []*dir24State{cur.src4d, cur.dst4d} {
+		if d == nil {
+			continue
+		}
+		for _, e := range d.t24 {
+			if e&dir24Kind == dir24Vec {
+				used[e&0xFFFF] = true
+			}
+		}
+		for _, b := range d.blocks {
+			for x := 0; x <= int(b.n) && x < len(b.ids); x++ {
+				used[b.ids[x]] = true
+			}
+		}
+		for _, t := range d.t8 {
+			for _, id := range t {
+				used[id] = true
+			}
+		}
+	}
 
 	byContent := make(map[Bitvec]uint32)
 	for id, u := range used {
@@ -366,6 +395,14 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		}
 		want.rules[i] = fr
 	}
+	if c.Src4Dir24 != nil {
+		want.src4 = map[netip.Prefix]uint32{} // IPv4 sources go to the table
+		want.src4d = placeDir24(c.Src4Dir24, cur.src4d, kid)
+	}
+	if c.Dst4Dir24 != nil {
+		want.dst4 = map[netip.Prefix]uint32{}
+		want.dst4d = placeDir24(c.Dst4Dir24, cur.dst4d, kid)
+	}
 	want.info.Fields = c.Fields
 	want.info.Rules = uint32(len(c.Rules))
 	want.info.Digest = c.Digest
@@ -435,6 +472,12 @@ func (fw *Firewall) writeGeneration(gen uint32, cur, want *genState, rep *ApplyR
 		if err := putMany(a.m, keys, vals, rep, a.name); err != nil {
 			return err
 		}
+	}
+	if err := fw.writeDir24(gen, fw.dir24Maps(false), cur.src4d, want.src4d, rep); err != nil {
+		return err
+	}
+	if err := fw.writeDir24(gen, fw.dir24Maps(true), cur.dst4d, want.dst4d, rep); err != nil {
+		return err
 	}
 	var rkeys []uint32
 	var rvals []firewallFwRule

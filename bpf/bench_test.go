@@ -199,9 +199,22 @@ func randomSourceFrames(r *rand.Rand, n int) [][]byte {
 // mapMemory sums the kernel memory (fdinfo memlock) of the firewall's maps.
 func mapMemory(b *testing.B, fw *Firewall) uint64 {
 	var total uint64
-	for _, m := range []*ebpf.Map{fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
+	maps := []*ebpf.Map{fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
 		fw.objs.Dport, fw.objs.Proto, fw.objs.Tcpflags, fw.objs.Icmptype, fw.objs.Bitvecs, fw.objs.Rules,
-		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings} {
+		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings}
+	for _, outer := range []*ebpf.Map{fw.objs.Src4T24, fw.objs.Src4Blk, fw.objs.Src4T8, fw.objs.Dst4T24, fw.objs.Dst4Blk, fw.objs.Dst4T8} {
+		for gen := uint32(0); gen < 2; gen++ {
+			inner, err := innerMap(outer, gen)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if inner != nil {
+				defer inner.Close()
+				maps = append(maps, inner)
+			}
+		}
+	}
+	for _, m := range maps {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))
 		if err != nil {
 			b.Fatal(err)
@@ -274,47 +287,56 @@ func BenchmarkDataPlane(b *testing.B) {
 	bareDropPool := poolNs(b, drop, frames[:20_000])
 	fmt.Fprintf(out, "bare XDP_DROP\t%.1f\t\n", bareDropPool)
 	fmt.Fprintf(out, "xdp-filter (deny, 4 addrs, 2 ports)\t%.1f\t\n", poolNs(b, filter, frames[:20_000]))
-	for _, n := range []int{10, 100_000, 1_000_000} {
+	for _, n := range []int{10, 10_000, 100_000, 1_000_000} {
+		// The last member is one the change removes: a /32 in a range no
+		// random prefix is likely to cover (so removing it changes lookups).
+		members := append(randomPrefixes(r, n-1), "198.18.255.255/32")
 		rs := proto.RuleSet{
 			APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench", Mode: proto.ModeDeny,
-			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: randomPrefixes(r, n)}},
+			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: members}},
 			Rules: []proto.Rule{{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:big"}}},
 		}
-		start := time.Now()
-		c, err := Compile([]proto.RuleSet{rs}, "lo")
-		if err != nil {
-			b.Fatal(err)
-		}
-		compileTime := time.Since(start)
-		rep, err := fw.Apply(c)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ns := poolNs(b, fw.Program(), frames)
-		fmt.Fprintf(out, "xdpfw %d-prefix set (LPM trie)\t%.1f\tcompile %v, apply %v, %d map writes\t\n",
-			n, ns, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites())
-		if n == 1_000_000 {
-			// One prefix less: compile again, apply the difference.
-			members := rs.Sets["big"].Prefixes
-			rs.Sets["big"] = proto.PrefixSet{Prefixes: members[:len(members)-1]}
+		for _, layout := range []struct {
+			name      string
+			threshold int
+		}{{"LPM trie", -1}, {"DIR-24", 1}} {
+			opts := CompileOptions{Dir24Threshold: layout.threshold}
 			start := time.Now()
-			c2, err := Compile([]proto.RuleSet{rs}, "lo")
+			c, err := CompileWith([]proto.RuleSet{rs}, "lo", opts)
 			if err != nil {
 				b.Fatal(err)
 			}
 			compileTime := time.Since(start)
-			// The inactive generation still holds the 100k set: apply
-			// twice so both hold the 1M set, then time the one-prefix change.
-			if _, err := fw.Apply(c); err != nil {
-				b.Fatal(err)
-			}
-			rep, err := fw.Apply(c2)
+			rep, err := fw.Apply(c)
 			if err != nil {
 				b.Fatal(err)
 			}
-			fmt.Fprintf(out, "one-prefix change to the 1M set\t\tcompile %v, apply %v, %d map writes\t\n",
-				compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites())
-			fmt.Fprintf(out, "kernel memory of the maps at 1M prefixes (both generations)\t%d MB\t\n", mapMemory(b, fw)>>20)
+			// Apply again so both generations hold the set (memory).
+			if _, err := fw.Apply(c); err != nil {
+				b.Fatal(err)
+			}
+			ns := poolNs(b, fw.Program(), frames)
+			fmt.Fprintf(out, "xdpfw %d-prefix set, %s\t%.1f\t%.2fx bare\tcompile %v, apply %v, %d map writes, %d MB both generations\t\n",
+				n, layout.name, ns, ns/bareDropPool, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond),
+				rep.TotalWrites(), mapMemory(b, fw)>>20)
+			if n != 1_000_000 {
+				continue
+			}
+			// One prefix less: compile again, apply the difference.
+			small := rs
+			small.Sets = map[string]proto.PrefixSet{"big": {Prefixes: members[:len(members)-1]}}
+			start = time.Now()
+			c2, err := CompileWith([]proto.RuleSet{small}, "lo", opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			compileTime = time.Since(start)
+			rep, err = fw.Apply(c2)
+			if err != nil {
+				b.Fatal(err)
+			}
+			fmt.Fprintf(out, "  one-prefix change, %s\t\t\tcompile %v, apply %v, %d map writes %v\t\n",
+				layout.name, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites(), rep.Writes)
 		}
 	}
 }

@@ -81,6 +81,9 @@ struct {
 struct t24_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, FW_DIR24_PAIRS);
+	/* User space writes and reads these tables through mmap: a 64 MB
+	 * table is one memcpy, not eight million syscalls. */
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, __u64);
 };
@@ -89,7 +92,7 @@ struct t24_inner {
 struct blk_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct fw_v4_block);
 };
@@ -97,7 +100,7 @@ struct blk_inner {
 struct t8_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct fw_v4_t8);
 };

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/xdpfw/xdpfw/bpf/internal/packet"
@@ -323,7 +324,19 @@ func TestKernelMatchesReference(t *testing.T) {
 	for seed := uint64(1); seed <= 25; seed++ {
 		g := newRuleGen(seed * 7919)
 		sets := g.ruleSets(1+g.r.IntN(3), 15)
-		mustApply(t, fw, sets)
+		// Seeds alternate between the LPM trie and the DIR-24 table for
+		// IPv4 prefixes, so applies also switch between the two.
+		opts := CompileOptions{Dir24Threshold: -1}
+		if seed%2 == 0 {
+			opts.Dir24Threshold = 1
+		}
+		c, err := CompileWith(sets, fw.Interface(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Apply(c); err != nil {
+			t.Fatalf("seed %d: apply: %v", seed, err)
+		}
 		ref, err := reference.New(sets, "")
 		if err != nil {
 			t.Fatal(err)
@@ -410,4 +423,67 @@ func FuzzProgram(f *testing.F) {
 			t.Fatalf("frame %x: kernel %d, Go parser %s %+v wants %d", frame, got, res, p, want)
 		}
 	})
+}
+
+// TestDir24EveryAddressOfDenseSlash24 fills one /24 with more prefixes than
+// a block holds (a t8 table), another with a few (a block), and checks every
+// address of both, and of their neighbours, in the kernel against the
+// reference classifier.
+func TestDir24EveryAddressOfDenseSlash24(t *testing.T) {
+	fw := openTestFirewall(t)
+	dense := []string{}
+	for i := 0; i < 40; i++ {
+		dense = append(dense, fmt.Sprintf("203.0.113.%d/32", i*6))
+	}
+	doc := `
+apiVersion: xdpfw/v1
+kind: RuleSet
+name: dense
+mode: deny
+sets:
+  dense: [` + strings.Join(dense, ", ") + `]
+rules:
+  - id: few
+    action: drop
+    src: [198.51.100.64/26, 198.51.100.77/32, 198.51.100.200/30]
+  - id: pass-nested
+    action: pass
+    src: [203.0.113.12/32]
+  - id: many
+    action: drop
+    src: [set:dense]
+  - id: wide
+    action: drop
+    src: [203.0.112.0/23]
+    protocol: tcp
+`
+	sets := mustDecode(t, doc)
+	c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Src4Dir24 == nil || len(c.Src4Dir24.blocks) == 0 || len(c.Src4Dir24.t8) == 0 {
+		t.Fatal("the rule set does not exercise both blocks and t8 tables")
+	}
+	if _, err := fw.Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := reference.New(sets, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, net := range []string{"203.0.112", "203.0.113", "203.0.114", "198.51.100", "198.51.101"} {
+		for host := 0; host < 256; host++ {
+			for _, f := range []packet.Frame{
+				packet.UDP(fmt.Sprintf("%s.%d", net, host), "198.18.0.2", 1, 2),
+				packet.TCP(fmt.Sprintf("%s.%d", net, host), "198.18.0.2", 1, 2, ack),
+			} {
+				p, _ := packet.Parse(f.Bytes())
+				want := ref.Classify(p).Drop
+				if got := run(t, fw, f.Bytes()); (got == xdpDrop) != want {
+					t.Fatalf("%s proto %d: verdict %d, reference drop=%v", p.Src, p.Proto, got, want)
+				}
+			}
+		}
+	}
 }

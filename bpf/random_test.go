@@ -237,7 +237,12 @@ func TestCompiledMatchesReference(t *testing.T) {
 				t.Fatalf("seed %d: generated an invalid rule set: %v", seed, err)
 			}
 		}
-		c, err := Compile(sets, "")
+		// Every fourth seed puts every IPv4 prefix field in a DIR-24 table.
+		opts := CompileOptions{Dir24Threshold: -1}
+		if seed%4 == 1 {
+			opts.Dir24Threshold = 1
+		}
+		c, err := CompileWith(sets, "", opts)
 		if err != nil {
 			t.Fatalf("seed %d: compile: %v", seed, err)
 		}
