@@ -150,16 +150,18 @@ type probe struct {
 	frame []byte
 }
 
+// probes are 64-byte frames on the wire (60 bytes without the FCS).
 func probes() []probe {
+	pad := func(f packet.Frame) packet.Frame { f.Pad = true; return f }
 	return []probe{
-		{"udp4 last", packet.UDP("198.19.0.1", "198.18.0.2", 1000, 8080).Bytes()},
-		{"tcp4 last", packet.TCP("198.19.0.1", "198.18.0.2", 1000, 8080, proto.TCPFlagACK).Bytes()},
-		{"udp6 last", packet.UDP("2001:db8:ffff::1", "2001:db8::2", 1000, 8080).Bytes()},
-		{"tcp6 last", packet.TCP("2001:db8:ffff::1", "2001:db8::2", 1000, 8080, proto.TCPFlagACK).Bytes()},
-		{"udp4 none", packet.UDP("198.18.7.1", "198.18.0.2", 1000, 8080).Bytes()},
-		{"tcp4 none", packet.TCP("198.18.7.1", "198.18.0.2", 1000, 8080, proto.TCPFlagACK).Bytes()},
-		{"udp6 none", packet.UDP("2001:db8:7::1", "2001:db8::2", 1000, 8080).Bytes()},
-		{"tcp6 none", packet.TCP("2001:db8:7::1", "2001:db8::2", 1000, 8080, proto.TCPFlagACK).Bytes()},
+		{"udp4 last", pad(packet.UDP("198.19.0.1", "198.18.0.2", 1000, 8080)).Bytes()},
+		{"tcp4 last", pad(packet.TCP("198.19.0.1", "198.18.0.2", 1000, 8080, proto.TCPFlagACK)).Bytes()},
+		{"udp6 last", pad(packet.UDP("2001:db8:ffff::1", "2001:db8::2", 1000, 8080)).Bytes()},
+		{"tcp6 last", pad(packet.TCP("2001:db8:ffff::1", "2001:db8::2", 1000, 8080, proto.TCPFlagACK)).Bytes()},
+		{"udp4 none", pad(packet.UDP("198.18.7.1", "198.18.0.2", 1000, 8080)).Bytes()},
+		{"tcp4 none", pad(packet.TCP("198.18.7.1", "198.18.0.2", 1000, 8080, proto.TCPFlagACK)).Bytes()},
+		{"udp6 none", pad(packet.UDP("2001:db8:7::1", "2001:db8::2", 1000, 8080)).Bytes()},
+		{"tcp6 none", pad(packet.TCP("2001:db8:7::1", "2001:db8::2", 1000, 8080, proto.TCPFlagACK)).Bytes()},
 	}
 }
 

@@ -201,10 +201,14 @@ func (fw *Firewall) Attach(mode AttachMode) (AttachMode, error) {
 	pin := filepath.Join(fw.dir, linkPin)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 		defer l.Close()
+		cur := currentMode(fw.iface)
+		if mode != ModeAuto && mode != "" && cur != "" && mode != cur {
+			return "", fmt.Errorf("%s is attached in %s mode: changing the mode means detaching (`xdpfwctl local detach --iface %s`), which stops filtering until the next apply", fw.iface, cur, fw.iface)
+		}
 		if err := fw.updateProgram(l); err != nil {
 			return "", err
 		}
-		return currentMode(fw.iface), nil
+		return cur, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("load pinned link %s: %w", pin, wrapPerm(err))
 	}

@@ -183,8 +183,12 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\n", r.Index, r.RuleSet, r.ID, action, r.Packets, r.Bytes)
 	}
-	fmt.Fprintln(tw, "\t\t\t\t\t")
-	fmt.Fprintln(tw, "OUTCOME\t\t\t\tPACKETS\tBYTES")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout)
+	tw = tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "OUTCOME\tPACKETS\tBYTES")
 	names := make([]string, 0, len(st.Actions))
 	for n := range st.Actions {
 		names = append(names, n)
@@ -192,7 +196,7 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 	sort.Strings(names)
 	for _, n := range names {
 		c := st.Actions[n]
-		fmt.Fprintf(tw, "%s\t\t\t\t%d\t%d\n", n, c.Packets, c.Bytes)
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", n, c.Packets, c.Bytes)
 	}
 	return tw.Flush()
 }

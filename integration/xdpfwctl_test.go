@@ -1,0 +1,220 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// ctlBin is the xdpfwctl binary under test, built once by TestMain.
+var ctlBin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run()) // every test skips itself in newPair
+	}
+	os.Exit(setUpAndRun(m))
+}
+
+func setUpAndRun(m *testing.M) int {
+	if err := checkMachine(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		return 1
+	}
+	if err := removeLeftovers(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		return 1
+	}
+
+	dir, err := os.MkdirTemp("", "xdpfw-integration-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctlBin = filepath.Join(dir, "xdpfwctl")
+	build := exec.Command("go", "build", "-o", ctlBin, "github.com/xdpfw/xdpfw/tools/xdpfwctl")
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: build xdpfwctl: %v\n%s", err, out)
+		return 1
+	}
+
+	pinRoot = filepath.Join(bpffsRoot, fmt.Sprintf("%s%d", namePrefix, os.Getpid()))
+	if err := os.Mkdir(pinRoot, 0o700); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(pinRoot)
+	return m.Run()
+}
+
+// checkMachine fails early, with what to do, when the machine cannot run
+// the tests: they would all fail for the same reason otherwise.
+func checkMachine() error {
+	if os.Geteuid() != 0 {
+		return errors.New("end-to-end tests need root (network namespaces, XDP, bpffs); run them as root or with -short to leave them out")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffsRoot, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("no BPF filesystem at %s: mount one with `mount -t bpf bpf %s` (or `make bpffs`)", bpffsRoot, bpffsRoot)
+	}
+	for tool, pkg := range map[string]string{"nsenter": "util-linux", "ping": "iputils-ping", "go": "the Go toolchain"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found: install %s", tool, pkg)
+		}
+	}
+	return nil
+}
+
+// cliResult is how one xdpfwctl run ended.
+type cliResult struct {
+	args           []string
+	code           int
+	stdout, stderr string
+}
+
+func (r cliResult) String() string {
+	return fmt.Sprintf("xdpfwctl %q: exit %d\nstdout: %s\nstderr: %s", r.args, r.code, r.stdout, r.stderr)
+}
+
+// ctl runs xdpfwctl with args in h's network namespace.
+func (h *host) ctl(args ...string) cliResult {
+	cmd := h.nsenter(ctlBin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	r := cliResult{args: args, stdout: stdout.String(), stderr: stderr.String()}
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		r.code = exit.ExitCode()
+	case err != nil:
+		r.code = -1
+		r.stderr += err.Error()
+	}
+	return r
+}
+
+// local runs `xdpfwctl local CMD` on h's eth0 with h's pin path.
+func (h *host) local(cmd string, args ...string) cliResult {
+	return h.ctl(append([]string{"local", cmd, "--iface", ifaceName, "--pin-path", h.pinPath}, args...)...)
+}
+
+// writeRules puts a rules document in a file of the test's own.
+func writeRules(t *testing.T, rules string) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "rules-*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(rules); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
+}
+
+// tryApply runs `xdpfwctl local apply` with rules on h's eth0.
+func (h *host) tryApply(t *testing.T, rules string, args ...string) cliResult {
+	t.Helper()
+	return h.local("apply", append([]string{"-f", writeRules(t, rules)}, args...)...)
+}
+
+// apply applies rules on h's eth0, fails the test if that fails, and
+// returns what the command printed.
+func (h *host) apply(t *testing.T, rules string, args ...string) string {
+	t.Helper()
+	r := h.tryApply(t, rules, args...)
+	if r.code != 0 {
+		t.Fatalf("%s: apply failed: %s", h, r)
+	}
+	return r.stdout
+}
+
+// detach runs `xdpfwctl local detach` and fails the test if that fails.
+func (h *host) detach(t *testing.T) {
+	t.Helper()
+	if r := h.local("detach"); r.code != 0 {
+		t.Fatalf("%s: detach failed: %s", h, r)
+	}
+}
+
+// counter, ruleStats and stats mirror `xdpfwctl local stats -o json`.
+type counter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+type ruleStats struct {
+	Index   int    `json:"index"`
+	RuleSet string `json:"ruleSet"`
+	ID      string `json:"id"`
+	Action  string `json:"action"`
+	DryRun  bool   `json:"dryRun"`
+	counter
+}
+
+type stats struct {
+	Rules   []ruleStats        `json:"rules"`
+	Actions map[string]counter `json:"actions"`
+}
+
+// rule is the counter of the rule with this id; the test fails if there is
+// none.
+func (s stats) rule(t *testing.T, id string) ruleStats {
+	t.Helper()
+	for _, r := range s.Rules {
+		if r.ID == id {
+			return r
+		}
+	}
+	t.Fatalf("stats: no rule %q in %+v", id, s.Rules)
+	return ruleStats{}
+}
+
+// state mirrors `xdpfwctl local show -o json`.
+type state struct {
+	Interface  string   `json:"interface"`
+	Attached   bool     `json:"attached"`
+	ProgramID  uint32   `json:"programId"`
+	Mode       string   `json:"mode"`
+	Generation int      `json:"generation"`
+	Seq        uint64   `json:"applySeq"`
+	Digest     string   `json:"digest"`
+	Rules      int      `json:"rules"`
+	RuleSets   []string `json:"ruleSets"`
+}
+
+func (h *host) stats(t *testing.T) stats {
+	t.Helper()
+	var s stats
+	h.readJSON(t, &s, "stats")
+	return s
+}
+
+func (h *host) show(t *testing.T) state {
+	t.Helper()
+	var s state
+	h.readJSON(t, &s, "show")
+	return s
+}
+
+func (h *host) readJSON(t *testing.T, v any, cmd string) {
+	t.Helper()
+	r := h.local(cmd, "-o", "json")
+	if r.code != 0 {
+		t.Fatalf("%s: %s", h, r)
+	}
+	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
+		t.Fatalf("%s: decode %s output: %v\n%s", h, cmd, err, r.stdout)
+	}
+}
