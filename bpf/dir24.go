@@ -1,9 +1,6 @@
 package bpf
 
-import (
-	"net/netip"
-	"sort"
-)
+import "net/netip"
 
 // The IPv4 prefix table for big sets (DESIGN.md section 4): the kernel's
 // LPM trie costs one cache miss per trie level, over 1 µs a lookup at a
@@ -195,9 +192,4 @@ func (d *dir24) lookup(a netip.Addr) VecID {
 		return VecID(d.t8[e&dir24Index][low])
 	}
 	return VecID(e & 0xFFFF)
-}
-
-// sortIntervals is used by tests to check flatten's order.
-func sortedIntervals(iv []interval) bool {
-	return sort.SliceIsSorted(iv, func(i, j int) bool { return iv[i].start < iv[j].start })
 }
