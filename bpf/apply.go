@@ -100,7 +100,7 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 	want.info.AppliedUnixNs = uint64(time.Now().UnixNano())
 
 	fw.cache[target] = nil // until written completely
-	if err := fw.writeGeneration(target, cur, want, rep); err != nil {
+	if err := fw.writeGeneration(target, c, cur, want, rep); err != nil {
 		return nil, err
 	}
 	fw.cache[target] = want
@@ -426,7 +426,7 @@ func remapSlice(s []VecID, kid []uint32) []uint32 {
 }
 
 // writeGeneration writes the difference between cur and want into gen.
-func (fw *Firewall) writeGeneration(gen uint32, cur, want *genState, rep *ApplyReport) error {
+func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState, rep *ApplyReport) error {
 	// Vectors first, then the tables that point at them; the generation is
 	// inactive, so the order only matters for readability.
 	var vkeys []uint32
@@ -488,6 +488,9 @@ func (fw *Firewall) writeGeneration(gen uint32, cur, want *genState, rep *ApplyR
 		}
 	}
 	if err := putMany(fw.objs.Rules, rkeys, rvals, rep, "rules"); err != nil {
+		return err
+	}
+	if err := fw.writeDocs(gen, c, rep); err != nil {
 		return err
 	}
 	// gen_info last: its seq says the generation is complete.

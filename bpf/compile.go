@@ -112,6 +112,11 @@ type Compiled struct {
 	Digest [32]byte
 	// RuleSets names the compiled sets in evaluation order.
 	RuleSets []string
+	// What was compiled, kept with the generation (see AppliedRuleSets).
+	iface   string
+	options CompileOptions
+	sources []proto.RuleSet
+
 	// Src4Dir24 and Dst4Dir24, when set, hold the field's IPv4 prefixes as a
 	// DIR-24 table (built from Src4/Dst4), which the kernel uses instead of
 	// the LPM trie.
@@ -184,7 +189,7 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		return nil, err
 	}
 
-	c := &Compiled{}
+	c := &Compiled{iface: iface, options: opts, sources: ordered}
 	var fields []ruleFields
 	for i := range ordered {
 		rs := &ordered[i]

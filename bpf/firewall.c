@@ -36,6 +36,7 @@ struct fw_btf_anchor {
 	/* Inner map value types, which BTF would otherwise only forward-declare. */
 	struct fw_v4_block v4_block;
 	struct fw_v4_t8 v4_t8;
+	struct fw_page page;
 };
 const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));
 
@@ -128,6 +129,26 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct t8_inner);
 } src4_t8 SEC(".maps"), dst4_t8 SEC(".maps");
+
+/* docs[gen]: the rule sets generation gen was compiled from, as user space
+ * wrote them (gzip'd JSON; page 0 starts with the __u64 length), so a tool
+ * can change one set of what is applied without the original files. The
+ * program never reads it. */
+struct docs_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_page);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct docs_inner);
+} docs SEC(".maps");
 
 /* sport, dport: [gen * FW_PORT_SLOTS + port] -> vector id. */
 struct {

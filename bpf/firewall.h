@@ -170,6 +170,11 @@ struct fw_v4_t8 {
 	__u16 ids[256];
 };
 
+/* A page of the docs maps (see firewall.c). */
+struct fw_page {
+	__u8 data[4096];
+};
+
 /* rule_stats[slot] and action_stats[stat]: per-CPU, summed in user space. */
 struct fw_counter {
 	__u64 packets;

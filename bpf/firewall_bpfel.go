@@ -101,6 +101,11 @@ type firewallFwLpm6Key struct {
 	Pad       [3]uint8
 }
 
+type firewallFwPage struct {
+	_    structs.HostLayout
+	Data [4096]uint8
+}
+
 type firewallFwRule struct {
 	_      structs.HostLayout
 	Slot   uint32
@@ -159,6 +164,7 @@ type firewallFwV4T8 struct {
 const (
 	firewallMapActionStats  = "action_stats"
 	firewallMapBitvecs      = "bitvecs"
+	firewallMapDocs         = "docs"
 	firewallMapDport        = "dport"
 	firewallMapDst4         = "dst4"
 	firewallMapDst4Blk      = "dst4_blk"
@@ -235,6 +241,7 @@ type firewallProgramSpecs struct {
 type firewallMapSpecs struct {
 	ActionStats *ebpf.MapSpec `ebpf:"action_stats"`
 	Bitvecs     *ebpf.MapSpec `ebpf:"bitvecs"`
+	Docs        *ebpf.MapSpec `ebpf:"docs"`
 	Dport       *ebpf.MapSpec `ebpf:"dport"`
 	Dst4        *ebpf.MapSpec `ebpf:"dst4"`
 	Dst4Blk     *ebpf.MapSpec `ebpf:"dst4_blk"`
@@ -287,6 +294,7 @@ func (o *firewallObjects) Close() error {
 type firewallMaps struct {
 	ActionStats *ebpf.Map `ebpf:"action_stats"`
 	Bitvecs     *ebpf.Map `ebpf:"bitvecs"`
+	Docs        *ebpf.Map `ebpf:"docs"`
 	Dport       *ebpf.Map `ebpf:"dport"`
 	Dst4        *ebpf.Map `ebpf:"dst4"`
 	Dst4Blk     *ebpf.Map `ebpf:"dst4_blk"`
@@ -314,6 +322,7 @@ func (m *firewallMaps) Close() error {
 	return _FirewallClose(
 		m.ActionStats,
 		m.Bitvecs,
+		m.Docs,
 		m.Dport,
 		m.Dst4,
 		m.Dst4Blk,

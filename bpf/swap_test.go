@@ -280,3 +280,35 @@ func TestSecondProcessAdoptsWithoutDetaching(t *testing.T) {
 		t.Fatal("still attached after detach")
 	}
 }
+
+// TestAppliedRuleSetsTravelWithTheGeneration: the rule sets a generation was
+// compiled from are stored with it and come back after the flip, and a
+// failed flip leaves the active generation's documents in place.
+func TestAppliedRuleSetsTravelWithTheGeneration(t *testing.T) {
+	fw := openTestFirewall(t)
+	if _, _, err := fw.AppliedRuleSets(); !errors.Is(err, ErrNoGeneration) {
+		t.Fatalf("before any apply: %v, want ErrNoGeneration", err)
+	}
+	mustApply(t, fw, mustDecode(t, swapA))
+	sets, _, err := fw.AppliedRuleSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sets) != 1 || len(sets[0].Rules) != 1 || sets[0].Rules[0].ID != "a-hit" {
+		t.Fatalf("applied rule sets after A: %+v", sets)
+	}
+	b, err := Compile(mustDecode(t, swapB), "lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.apply(b, func(uint32) error { return errors.New("no flip") }); err == nil {
+		t.Fatal("apply with a failing flip succeeded")
+	}
+	if sets, _, err = fw.AppliedRuleSets(); err != nil || sets[0].Rules[0].ID != "a-hit" {
+		t.Fatalf("after a failed flip: %+v, %v; want A still", sets, err)
+	}
+	mustApply(t, fw, mustDecode(t, swapB))
+	if sets, _, err = fw.AppliedRuleSets(); err != nil || len(sets[0].Rules) != 2 {
+		t.Fatalf("after B: %+v, %v", sets, err)
+	}
+}

@@ -21,6 +21,7 @@ var localCommands = map[string]command{
 	"stats":  {runLocalStats, "counters per rule and per action"},
 	"show":   {runLocalShow, "what is attached, its mode, the active rule set and its digest"},
 	"detach": {runLocalDetach, "detach the program and unpin everything"},
+	"set":    {runLocalSet, "add, remove or load the prefixes of one set of the applied rule sets"},
 }
 
 func runLocal(args []string, stdout, stderr io.Writer) error {
