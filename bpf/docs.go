@@ -105,4 +105,3 @@ func (fw *Firewall) AppliedRuleSets() ([]proto.RuleSet, CompileOptions, error) {
 }
 
 var errNoDocs = errors.New("no applied rule sets stored (applied by an older version?)")
-
