@@ -1,12 +1,15 @@
 package bpf
 
 import (
+	"cmp"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/xdpfw/xdpfw/bpf/reference"
@@ -112,10 +115,9 @@ type Compiled struct {
 	Digest [32]byte
 	// RuleSets names the compiled sets in evaluation order.
 	RuleSets []string
-	// What was compiled, kept with the generation (see AppliedRuleSets).
-	iface   string
-	options CompileOptions
-	sources []proto.RuleSet
+	// doc is the JSON of what was compiled (an appliedDoc), kept with the
+	// generation (see AppliedRuleSets).
+	doc []byte
 
 	// Src4Dir24 and Dst4Dir24, when set, hold the field's IPv4 prefixes as a
 	// DIR-24 table (built from Src4/Dst4), which the kernel uses instead of
@@ -189,7 +191,7 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		return nil, err
 	}
 
-	c := &Compiled{iface: iface, options: opts, sources: ordered}
+	c := &Compiled{}
 	var fields []ruleFields
 	for i := range ordered {
 		rs := &ordered[i]
@@ -253,10 +255,11 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		}
 	}
 
-	if c.Src4, c.Src6, err = compilePrefixes(in, fields, false); err != nil {
+	var src4Sorted, dst4Sorted []netip.Prefix
+	if c.Src4, c.Src6, src4Sorted, err = compilePrefixes(in, fields, false); err != nil {
 		return nil, err
 	}
-	if c.Dst4, c.Dst6, err = compilePrefixes(in, fields, true); err != nil {
+	if c.Dst4, c.Dst6, dst4Sorted, err = compilePrefixes(in, fields, true); err != nil {
 		return nil, err
 	}
 	c.SrcPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.sports })
@@ -276,11 +279,11 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		threshold = DefaultDir24Threshold
 	}
 	if threshold > 0 && len(c.Src4) > threshold {
-		c.Src4Dir24 = buildDir24(c.Src4)
+		c.Src4Dir24 = buildDir24(c.Src4, src4Sorted)
 		c.Fields |= fieldSrc4Dir
 	}
 	if threshold > 0 && len(c.Dst4) > threshold {
-		c.Dst4Dir24 = buildDir24(c.Dst4)
+		c.Dst4Dir24 = buildDir24(c.Dst4, dst4Sorted)
 		c.Fields |= fieldDst4Dir
 	}
 
@@ -289,11 +292,13 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	}
 	c.Vecs = in.vecs
 
-	digest, err := digestOf(ordered, iface)
+	// The canonical JSON of what was compiled is both the digest's input
+	// and what the generation stores (see AppliedRuleSets).
+	c.doc, err = json.Marshal(appliedDoc{Interface: iface, Options: opts, RuleSets: ordered})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("encode compiled rule sets: %w", err)
 	}
-	c.Digest = digest
+	c.Digest = sha256.Sum256(c.doc)
 	return c, nil
 }
 
@@ -397,9 +402,22 @@ func parseRule(rs *proto.RuleSet, r proto.Rule) (ruleFields, error) {
 // that contains it, plus the rules with no address match, so that one
 // longest-prefix lookup returns every rule the address satisfies. Both
 // tables always hold a /0 entry: the rules that match any address.
-func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, err error) {
+//
+// It also returns the IPv4 prefixes in sortPrefixes order (for buildDir24).
+func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, sorted4 []netip.Prefix, err error) {
 	var wild Bitvec
-	own := make(map[netip.Prefix]VecID)
+	size := 2
+	for i := range fields {
+		size += len(fields[i].src) + len(fields[i].dst)
+	}
+	for _, f := range fields {
+		for _, s := range append(f.srcSets, f.dstSets...) {
+			if ps, ok := f.ruleSet.Sets[s]; ok {
+				size += len(ps.Prefixes)
+			}
+		}
+	}
+	own := make(map[netip.Prefix]VecID, size)
 	add := func(p netip.Prefix, id VecID) {
 		if cur, ok := own[p]; ok {
 			own[p] = in.union(cur, id)
@@ -441,7 +459,7 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 	for _, k := range setOrder {
 		members, err := k.rs.SetPrefixes(k.name)
 		if err != nil {
-			return nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
+			return nil, nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
 		}
 		id := in.intern(setRules[k])
 		for _, p := range members {
@@ -462,7 +480,7 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 	// Sorted by address then length, every prefix comes after the prefixes
 	// that contain it: a stack of the enclosing prefixes gives each one's
 	// inherited rules in one pass.
-	v4 = make(map[netip.Prefix]VecID)
+	v4 = make(map[netip.Prefix]VecID, len(prefixes))
 	v6 = make(map[netip.Prefix]VecID)
 	type frame struct {
 		p  netip.Prefix
@@ -484,17 +502,53 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 			v6[p] = id
 		}
 	}
-	return v4, v6, nil
+	n4 := 0
+	for n4 < len(prefixes) && prefixes[n4].Addr().Is4() {
+		n4++
+	}
+	return v4, v6, prefixes[:n4], nil
 }
 
-// sortPrefixes orders prefixes v4 first, then by address, then shorter first.
+// sortPrefixes orders prefixes v4 first, then by address, then shorter
+// first. It sorts integer keys: netip's comparisons cost three times more,
+// which shows at a million prefixes.
 func sortPrefixes(ps []netip.Prefix) {
-	sort.Slice(ps, func(i, j int) bool {
-		if c := ps[i].Addr().Compare(ps[j].Addr()); c != 0 {
-			return c < 0
+	type keyed struct {
+		v6     bool
+		hi, lo uint64
+		bits   int
+		p      netip.Prefix
+	}
+	ks := make([]keyed, len(ps))
+	for i, p := range ps {
+		k := keyed{bits: p.Bits(), p: p}
+		if a := p.Addr(); a.Is4() {
+			b := a.As4()
+			k.hi = uint64(binary.BigEndian.Uint32(b[:]))
+		} else {
+			b := a.As16()
+			k.v6, k.hi, k.lo = true, binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
 		}
-		return ps[i].Bits() < ps[j].Bits()
+		ks[i] = k
+	}
+	slices.SortFunc(ks, func(x, y keyed) int {
+		if x.v6 != y.v6 {
+			if x.v6 {
+				return 1
+			}
+			return -1
+		}
+		if c := cmp.Compare(x.hi, y.hi); c != 0 {
+			return c
+		}
+		if c := cmp.Compare(x.lo, y.lo); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.bits, y.bits)
 	})
+	for i := range ks {
+		ps[i] = ks[i].p
+	}
 }
 
 // compilePorts maps every port (and FW_PORT_NONE) to the rules it satisfies,
@@ -568,17 +622,6 @@ func compileBytes(in *interner, fields []ruleFields, slots, none int, match func
 		out[b] = in.intern(&v)
 	}
 	return out
-}
-
-func digestOf(ordered []proto.RuleSet, iface string) ([32]byte, error) {
-	doc, err := json.Marshal(struct {
-		Interface string          `json:"interface"`
-		Sets      []proto.RuleSet `json:"sets"`
-	}{iface, ordered})
-	if err != nil {
-		return [32]byte{}, fmt.Errorf("digest: %w", err)
-	}
-	return sha256.Sum256(doc), nil
 }
 
 // Classify runs the compiled tables in Go, exactly as the XDP program does:

@@ -53,16 +53,9 @@ type interval struct {
 // flatten turns IPv4 prefixes (each mapped to the vector of every rule it
 // and the prefixes containing it satisfy, as compilePrefixes computes, with
 // a /0 entry) into the sorted list of intervals a longest-prefix match
-// gives over the whole address space.
-func flatten(prefixes map[netip.Prefix]VecID) []interval {
-	ps := make([]netip.Prefix, 0, len(prefixes))
-	for p := range prefixes {
-		if p.Addr().Is4() {
-			ps = append(ps, p)
-		}
-	}
-	sortPrefixes(ps)
-
+// gives over the whole address space. ps lists the IPv4 prefixes in
+// sortPrefixes order.
+func flatten(prefixes map[netip.Prefix]VecID, ps []netip.Prefix) []interval {
 	type open struct {
 		end uint64 // last address, inclusive
 		id  VecID
@@ -109,10 +102,10 @@ func v4Uint(a netip.Addr) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// buildDir24 flattens a field's IPv4 prefixes into a DIR-24 table.
-// Identical blocks are stored once.
-func buildDir24(prefixes map[netip.Prefix]VecID) *dir24 {
-	iv := flatten(prefixes)
+// buildDir24 flattens a field's IPv4 prefixes into a DIR-24 table; sorted
+// lists them in sortPrefixes order. Identical blocks are stored once.
+func buildDir24(prefixes map[netip.Prefix]VecID, sorted []netip.Prefix) *dir24 {
+	iv := flatten(prefixes, sorted)
 	d := &dir24{t24: make([]uint32, dir24Entries)}
 	blockIdx := make(map[v4Block]uint32)
 	t8Idx := make(map[v4T8]uint32)

@@ -48,7 +48,12 @@ func TestDir24MatchesLongestPrefix(t *testing.T) {
 				prefixes[p] = VecID(1 + r.IntN(200))
 			}
 		}
-		d := buildDir24(prefixes)
+		sorted := make([]netip.Prefix, 0, len(prefixes))
+		for p := range prefixes {
+			sorted = append(sorted, p)
+		}
+		sortPrefixes(sorted)
+		d := buildDir24(prefixes, sorted)
 		if len(d.blocks) == 0 || len(d.t8) == 0 {
 			t.Fatalf("seed %d: %d blocks and %d t8 tables: the test does not cover both", seed, len(d.blocks), len(d.t8))
 		}

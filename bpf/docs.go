@@ -31,8 +31,8 @@ func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
 	if err != nil {
 		return err
 	}
-	if err := json.NewEncoder(zw).Encode(appliedDoc{Interface: c.iface, Options: c.options, RuleSets: c.sources}); err != nil {
-		return fmt.Errorf("encode applied rule sets: %w", err)
+	if _, err := zw.Write(c.doc); err != nil {
+		return fmt.Errorf("compress applied rule sets: %w", err)
 	}
 	if err := zw.Close(); err != nil {
 		return fmt.Errorf("compress applied rule sets: %w", err)
