@@ -46,6 +46,9 @@ type genState struct {
 	// src4d and dst4d are the field's DIR-24 tables, nil when the field
 	// uses the LPM trie for IPv4.
 	src4d, dst4d *dir24State
+	// src6h and dst6h are the field's H48 tables, nil when the field uses
+	// the LPM trie alone for IPv6.
+	src6h, dst6h *h48State
 }
 
 // Apply makes c the active rule set: it writes c into the inactive
@@ -210,6 +213,12 @@ func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
 	if st.dst4d, err = readDir24(fw.dir24Maps(true), gen); err != nil {
 		return nil, err
 	}
+	if st.src6h, err = readH48(fw.h48Maps(false), gen); err != nil {
+		return nil, err
+	}
+	if st.dst6h, err = readH48(fw.h48Maps(true), gen); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
@@ -321,6 +330,27 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 			}
 		}
 	}
+	for _, h := range []*h48State{cur.src6h, cur.dst6h} {
+		if h == nil {
+			continue
+		}
+		for _, e := range h.entries {
+			switch e >> 62 {
+			case h48Vec:
+				used[e&0xFFFF] = true
+			case h48One:
+				used[e&0xFFFF], used[(e>>16)&0xFFFF] = true, true
+			}
+		}
+		for _, b := range h.blocks {
+			for x := 0; x <= int(b.n) && x < len(b.ids); x++ {
+				used[b.ids[x]] = true
+			}
+		}
+		for _, id := range h.long {
+			used[id] = true
+		}
+	}
 
 	byContent := make(map[Bitvec]uint32)
 	for id, u := range used {
@@ -403,6 +433,14 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		want.dst4 = map[netip.Prefix]uint32{}
 		want.dst4d = placeDir24(c.Dst4Dir24, cur.dst4d, kid)
 	}
+	if c.Src6H48 != nil {
+		want.src6 = remap(c.Src6H48.short, kid) // the trie keeps the short prefixes only
+		want.src6h = placeH48(c.Src6H48, cur.src6h, kid)
+	}
+	if c.Dst6H48 != nil {
+		want.dst6 = remap(c.Dst6H48.short, kid)
+		want.dst6h = placeH48(c.Dst6H48, cur.dst6h, kid)
+	}
 	want.info.Fields = c.Fields
 	want.info.Rules = uint32(len(c.Rules))
 	want.info.Digest = c.Digest
@@ -477,6 +515,12 @@ func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState
 		return err
 	}
 	if err := fw.writeDir24(gen, fw.dir24Maps(true), cur.dst4d, want.dst4d, rep); err != nil {
+		return err
+	}
+	if err := fw.writeH48(gen, fw.h48Maps(false), cur.src6h, want.src6h, rep); err != nil {
+		return err
+	}
+	if err := fw.writeH48(gen, fw.h48Maps(true), cur.dst6h, want.dst6h, rep); err != nil {
 		return err
 	}
 	var rkeys []uint32

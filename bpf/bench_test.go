@@ -186,6 +186,36 @@ func randomPrefixes(r *rand.Rand, n int) []string {
 	return out
 }
 
+// randomPrefixes6 makes n distinct IPv6 prefixes of the benchmark mix:
+// /48 to /64 in 2000::/3.
+func randomPrefixes6(r *rand.Rand, n int) []string {
+	seen := make(map[netip.Prefix]bool, n)
+	out := make([]string, 0, n)
+	for len(out) < n {
+		var a [16]byte
+		binary.BigEndian.PutUint64(a[:8], 0x2000_0000_0000_0000|r.Uint64()>>3)
+		p, _ := netip.AddrFrom16(a).Prefix(48 + r.IntN(17))
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p.String())
+		}
+	}
+	return out
+}
+
+func randomSourceFrames6(r *rand.Rand, n int) [][]byte {
+	frames := make([][]byte, n)
+	for i := range frames {
+		var a [16]byte
+		binary.BigEndian.PutUint64(a[:8], 0x2000_0000_0000_0000|r.Uint64()>>3)
+		binary.BigEndian.PutUint64(a[8:], r.Uint64())
+		f := packet.UDP("2001:db8::1", "2001:db8::2", 1000, 53)
+		f.Src = netip.AddrFrom16(a)
+		frames[i] = f.Bytes()
+	}
+	return frames
+}
+
 func randomSourceFrames(r *rand.Rand, n int) [][]byte {
 	frames := make([][]byte, n)
 	for i := range frames {
@@ -201,10 +231,12 @@ func randomSourceFrames(r *rand.Rand, n int) [][]byte {
 // mapMemory sums the kernel memory (fdinfo memlock) of the firewall's maps.
 func mapMemory(b *testing.B, fw *Firewall) uint64 {
 	var total uint64
-	maps := []*ebpf.Map{fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
+	maps := []*ebpf.Map{fw.objs.Src6H48, fw.objs.Dst6H48, fw.objs.Src6Long, fw.objs.Dst6Long,
+		fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
 		fw.objs.Dport, fw.objs.Proto, fw.objs.Tcpflags, fw.objs.Icmptype, fw.objs.Bitvecs, fw.objs.Rules,
 		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings}
-	for _, outer := range []*ebpf.Map{fw.objs.Src4T24, fw.objs.Src4Blk, fw.objs.Src4T8, fw.objs.Dst4T24, fw.objs.Dst4Blk, fw.objs.Dst4T8} {
+	for _, outer := range []*ebpf.Map{fw.objs.Src4T24, fw.objs.Src4Blk, fw.objs.Src4T8, fw.objs.Dst4T24, fw.objs.Dst4Blk, fw.objs.Dst4T8,
+		fw.objs.Src6Blk, fw.objs.Dst6Blk, fw.objs.Docs} {
 		for gen := uint32(0); gen < 2; gen++ {
 			inner, err := innerMap(outer, gen)
 			if err != nil {
@@ -339,6 +371,39 @@ func BenchmarkDataPlane(b *testing.B) {
 			}
 			fmt.Fprintf(out, "  one-prefix change, %s\t\t\tcompile %v, apply %v, %d map writes %v\t\n",
 				layout.name, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites(), rep.Writes)
+		}
+	}
+
+	frames6 := randomSourceFrames6(r, 100_000)
+	fmt.Fprintf(out, "\nns/packet, pool mode: %d distinct random IPv6 sources\t\t\n", len(frames6))
+	fmt.Fprintf(out, "bare XDP_DROP\t%.1f\t\n", poolNs(b, drop, frames6[:20_000]))
+	for _, n := range []int{100_000, 1_000_000} {
+		rs := proto.RuleSet{
+			APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench6", Mode: proto.ModeDeny,
+			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: randomPrefixes6(r, n)}},
+			Rules: []proto.Rule{{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:big"}}},
+		}
+		for _, layout := range []struct {
+			name      string
+			threshold int
+		}{{"LPM trie", -1}, {"/48 hash", 1}} {
+			start := time.Now()
+			c, err := CompileWith([]proto.RuleSet{rs}, "lo", CompileOptions{Dir24Threshold: layout.threshold})
+			if err != nil {
+				b.Fatal(err)
+			}
+			compileTime := time.Since(start)
+			rep, err := fw.Apply(c)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := fw.Apply(c); err != nil {
+				b.Fatal(err)
+			}
+			ns := poolNs(b, fw.Program(), frames6)
+			fmt.Fprintf(out, "xdpfw %d-prefix IPv6 set, %s\t%.1f\t%.2fx bare\tcompile %v, apply %v, %d map writes, %d MB both generations\t\n",
+				n, layout.name, ns, ns/bareDropPool, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond),
+				rep.TotalWrites(), mapMemory(b, fw)>>20)
 		}
 	}
 }

@@ -41,10 +41,13 @@ const (
 	fieldICMPType = uint32(firewallFwFieldFW_FIELD_ICMPTYPE)
 	fieldSrc4Dir  = uint32(firewallFwFieldFW_FIELD_SRC4DIR24)
 	fieldDst4Dir  = uint32(firewallFwFieldFW_FIELD_DST4DIR24)
+	fieldSrc6H48  = uint32(firewallFwFieldFW_FIELD_SRC6H48)
+	fieldDst6H48  = uint32(firewallFwFieldFW_FIELD_DST6H48)
 )
 
 // DefaultDir24Threshold is the number of IPv4 prefixes of one field (src or
-// dst) from which that field uses a DIR-24 table instead of the LPM trie.
+// dst) from which that field uses a DIR-24 table instead of the LPM trie
+// (and, for IPv6 prefixes, the /48 hash).
 // Measured (make bench, pool mode): the LPM trie costs about as much as the
 // table's two reads at a few thousand random prefixes and grows with the
 // count; the table costs 64 MB per generation, so small sets keep the trie.
@@ -123,6 +126,9 @@ type Compiled struct {
 	// DIR-24 table (built from Src4/Dst4), which the kernel uses instead of
 	// the LPM trie.
 	Src4Dir24, Dst4Dir24 *dir24
+	// Src6H48 and Dst6H48, when set, hold the field's IPv6 prefixes split
+	// at /48 (built from Src6/Dst6).
+	Src6H48, Dst6H48 *h48
 }
 
 // interner gives each distinct bit vector one id and memoizes unions.
@@ -255,11 +261,11 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		}
 	}
 
-	var src4Sorted, dst4Sorted []netip.Prefix
-	if c.Src4, c.Src6, src4Sorted, err = compilePrefixes(in, fields, false); err != nil {
+	var src4Sorted, dst4Sorted, src6Sorted, dst6Sorted []netip.Prefix
+	if c.Src4, c.Src6, src4Sorted, src6Sorted, err = compilePrefixes(in, fields, false); err != nil {
 		return nil, err
 	}
-	if c.Dst4, c.Dst6, dst4Sorted, err = compilePrefixes(in, fields, true); err != nil {
+	if c.Dst4, c.Dst6, dst4Sorted, dst6Sorted, err = compilePrefixes(in, fields, true); err != nil {
 		return nil, err
 	}
 	c.SrcPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.sports })
@@ -285,6 +291,14 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	if threshold > 0 && len(c.Dst4) > threshold {
 		c.Dst4Dir24 = buildDir24(c.Dst4, dst4Sorted)
 		c.Fields |= fieldDst4Dir
+	}
+	if threshold > 0 && len(c.Src6) > threshold {
+		c.Src6H48 = buildH48(c.Src6, src6Sorted)
+		c.Fields |= fieldSrc6H48
+	}
+	if threshold > 0 && len(c.Dst6) > threshold {
+		c.Dst6H48 = buildH48(c.Dst6, dst6Sorted)
+		c.Fields |= fieldDst6H48
 	}
 
 	if len(in.vecs) > MaxVectors {
@@ -403,8 +417,8 @@ func parseRule(rs *proto.RuleSet, r proto.Rule) (ruleFields, error) {
 // longest-prefix lookup returns every rule the address satisfies. Both
 // tables always hold a /0 entry: the rules that match any address.
 //
-// It also returns the IPv4 prefixes in sortPrefixes order (for buildDir24).
-func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, sorted4 []netip.Prefix, err error) {
+// It also returns the prefixes of each family in sortPrefixes order.
+func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, sorted4, sorted6 []netip.Prefix, err error) {
 	var wild Bitvec
 	size := 2
 	for i := range fields {
@@ -459,7 +473,7 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 	for _, k := range setOrder {
 		members, err := k.rs.SetPrefixes(k.name)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
+			return nil, nil, nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
 		}
 		id := in.intern(setRules[k])
 		for _, p := range members {
@@ -506,7 +520,7 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 	for n4 < len(prefixes) && prefixes[n4].Addr().Is4() {
 		n4++
 	}
-	return v4, v6, prefixes[:n4], nil
+	return v4, v6, prefixes[:n4], prefixes[n4:], nil
 }
 
 // sortPrefixes orders prefixes v4 first, then by address, then shorter
@@ -633,9 +647,12 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 	for i := range v {
 		v[i] = &c.Vecs[0]
 	}
-	lookup := func(table4, table6 map[netip.Prefix]VecID, dir *dir24, a netip.Addr) *Bitvec {
+	lookup := func(table4, table6 map[netip.Prefix]VecID, dir *dir24, h *h48, a netip.Addr) *Bitvec {
 		if dir != nil && a.Is4() {
 			return &c.Vecs[dir.lookup(a)]
+		}
+		if h != nil && a.Is6() {
+			return &c.Vecs[h.lookup(a)]
 		}
 		table, bits := table4, 32
 		if a.Is6() {
@@ -656,10 +673,10 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 		return val
 	}
 	if c.Fields&fieldSrc != 0 {
-		v[0] = lookup(c.Src4, c.Src6, c.Src4Dir24, p.Src)
+		v[0] = lookup(c.Src4, c.Src6, c.Src4Dir24, c.Src6H48, p.Src)
 	}
 	if c.Fields&fieldDst != 0 {
-		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Dir24, p.Dst)
+		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Dir24, c.Dst6H48, p.Dst)
 	}
 	if c.Fields&fieldSport != 0 {
 		v[2] = &c.Vecs[c.SrcPort[idx(p.SrcPort, portNone)]]

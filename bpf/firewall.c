@@ -29,6 +29,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 struct fw_btf_anchor {
 	enum fw_limits limits;
 	enum fw_dir24 dir24;
+	enum fw_h48 h48;
 	enum fw_field field;
 	enum fw_action action;
 	enum fw_rule_flag rule_flag;
@@ -37,6 +38,7 @@ struct fw_btf_anchor {
 	struct fw_v4_block v4_block;
 	struct fw_v4_t8 v4_t8;
 	struct fw_page page;
+	struct fw_v6_block v6_block;
 };
 const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));
 
@@ -129,6 +131,46 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__array(values, struct t8_inner);
 } src4_t8 SEC(".maps"), dst4_t8 SEC(".maps");
+
+/* src6_h48, dst6_h48: the /48 hash of big IPv6 prefix sets. Key: the top
+ * 48 bits of the address in the top 48 bits of a __u64 (host order), the
+ * generation in the low byte. Value: a __u64 entry, see enum fw_h48. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6_h48 SEC(".maps"), dst6_h48 SEC(".maps");
+
+/* src6_long, dst6_long: the prefixes of the /48s that a block cannot
+ * describe (longer than /64, or too many), each /48 with its own /48 entry;
+ * keys as in src6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6_long SEC(".maps"), dst6_long SEC(".maps");
+
+struct v6blk_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_v6_block);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct v6blk_inner);
+} src6_blk SEC(".maps"), dst6_blk SEC(".maps");
 
 /* docs[gen]: the rule sets generation gen was compiled from, as user space
  * wrote them (gzip'd JSON; page 0 starts with the __u64 length), so a tool
@@ -566,6 +608,69 @@ __noinline __u32 fw_dir24_dst(__u32 gen, __u32 addr)
 	return dir24_lookup(&dst4_t24, &dst4_blk, &dst4_t8, gen, addr);
 }
 
+/* The vector id of an IPv6 address (first and last 8 bytes, host order) in
+ * the H48 tables; short is the LPM trie of the prefixes shorter than /48. */
+static __always_inline __u32 h48_lookup(void *h48, void *blks, void *longs, void *shorts, __u32 gen,
+					__u64 hi, __u64 lo)
+{
+	__u64 key = (hi & ~0xFFFFULL) | gen;
+	__u64 *e = bpf_map_lookup_elem(h48, &key);
+	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
+	__u64 be_hi = __builtin_bswap64(hi), be_lo = __builtin_bswap64(lo);
+	__builtin_memcpy(k.addr, &be_hi, 8);
+	__builtin_memcpy(k.addr + 8, &be_lo, 8);
+	if (!e) {
+		__u32 *id = bpf_map_lookup_elem(shorts, &k);
+		return id ? *id : FW_NO_ID;
+	}
+	__u64 v = *e;
+	__u32 sub = hi & 0xFFFF; /* address bits 48..63 */
+	switch (v >> FW_H48_SHIFT) {
+	case FW_H48_VEC:
+		return v & 0xFFFF;
+	case FW_H48_ONE: {
+		__u32 len = (v >> 48) & 0x1F;
+		__u32 mask = (0xFFFFU << ((16 - len) & 15)) & 0xFFFF;
+		if (len >= 16)
+			mask = 0xFFFF;
+		return (sub & mask) == ((v >> 32) & 0xFFFF) ? (v >> 16) & 0xFFFF : v & 0xFFFF;
+	}
+	case FW_H48_BLOCK: {
+		__u32 index = v & 0xFFFFFFFF;
+		void *blk = bpf_map_lookup_elem(blks, &gen);
+		if (!blk)
+			return FW_NO_ID;
+		struct fw_v6_block *b = bpf_map_lookup_elem(blk, &index);
+		if (!b)
+			return FW_NO_ID;
+		/* As in the IPv4 blocks: count the bounds at or below. */
+		__u64 i = 0;
+		int x;
+#pragma clang loop unroll(full)
+		for (x = 0; x < FW_V6_BLOCK_BOUNDS; x++) {
+			__u64 d = (__u64)(__u32)(b->bounds[x] - 1) - sub;
+			asm volatile("" : "+r"(d));
+			i += d >> 63;
+		}
+		return b->ids[i & FW_V6_BLOCK_BOUNDS];
+	}
+	default: {
+		__u32 *id = bpf_map_lookup_elem(longs, &k);
+		return id ? *id : FW_NO_ID;
+	}
+	}
+}
+
+__noinline __u32 fw_h48_src(__u32 gen, __u64 hi, __u64 lo)
+{
+	return h48_lookup(&src6_h48, &src6_blk, &src6_long, &src6, gen, hi, lo);
+}
+
+__noinline __u32 fw_h48_dst(__u32 gen, __u64 hi, __u64 lo)
+{
+	return h48_lookup(&dst6_h48, &dst6_blk, &dst6_long, &dst6, gen, hi, lo);
+}
+
 static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, __u32 fields, int dst, __u32 *id)
 {
 	if (pkt->family == 4) {
@@ -578,6 +683,16 @@ static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, __u32 f
 		struct fw_lpm4_key k = {.prefixlen = 8 + 32, .gen = gen};
 		__builtin_memcpy(k.addr, dst ? pkt->addr_dst : pkt->addr_src, 4);
 		return bpf_map_lookup_elem(dst ? (void *)&dst4 : (void *)&src4, &k);
+	}
+	if (fields & (dst ? FW_FIELD_DST6_H48 : FW_FIELD_SRC6_H48)) {
+		const __u8 *b = dst ? pkt->addr_dst : pkt->addr_src;
+		__u64 hi, lo;
+		__builtin_memcpy(&hi, b, 8);
+		__builtin_memcpy(&lo, b + 8, 8);
+		hi = __builtin_bswap64(hi);
+		lo = __builtin_bswap64(lo);
+		*id = dst ? fw_h48_dst(gen, hi, lo) : fw_h48_src(gen, hi, lo);
+		return *id == FW_NO_ID ? 0 : id;
 	}
 	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
 	__builtin_memcpy(k.addr, dst ? pkt->addr_dst : pkt->addr_src, 16);

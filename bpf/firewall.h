@@ -60,6 +60,25 @@ enum fw_field {
 	 * table of this generation instead of the LPM trie. */
 	FW_FIELD_SRC4_DIR24 = 1 << 8,
 	FW_FIELD_DST4_DIR24 = 1 << 9,
+	/* IPv6 source (destination) addresses are looked up in the /48 hash
+	 * of this generation (H48 tables) instead of the LPM trie. */
+	FW_FIELD_SRC6_H48 = 1 << 10,
+	FW_FIELD_DST6_H48 = 1 << 11,
+};
+
+/* H48 entries (a __u64 per /48 that holds prefixes of /48 or longer): the
+ * top two bits say what the rest is. Addresses whose /48 has no entry are
+ * looked up in src6/dst6, which then hold only the prefixes shorter than
+ * /48. */
+enum fw_h48 {
+	FW_H48_VEC = 0,   /* low 16 bits: the vector id of the whole /48 */
+	FW_H48_ONE = 1,   /* one prefix of /49../64 inside: bits 0-15 the id
+			   * outside it, 16-31 inside, 32-47 its bits 48..63,
+			   * 48-52 its length minus 48 */
+	FW_H48_BLOCK = 2, /* low 32 bits: index of a struct fw_v6_block */
+	FW_H48_LPM = 3,   /* look the address up in the src6_long/dst6_long trie */
+	FW_H48_SHIFT = 62,
+	FW_V6_BLOCK_BOUNDS = 15,
 };
 
 /* DIR-24 entries (a __u32 per /24): the top two bits say what the rest is. */
@@ -168,6 +187,14 @@ struct fw_v4_block {
 /* A /24 cut into more intervals: one vector id per last address byte. */
 struct fw_v4_t8 {
 	__u16 ids[256];
+};
+
+/* A /48 cut (by prefixes of /49 to /64) into up to 16 intervals of its
+ * bits 48..63: as fw_v4_block with 16-bit bounds. 64 bytes. */
+struct fw_v6_block {
+	__u16 n;
+	__u16 bounds[FW_V6_BLOCK_BOUNDS];
+	__u16 ids[FW_V6_BLOCK_BOUNDS + 1];
 };
 
 /* A page of the docs maps (see firewall.c). */

@@ -56,6 +56,8 @@ const (
 	firewallFwFieldFW_FIELD_ICMPTYPE  firewallFwField = 64
 	firewallFwFieldFW_FIELD_SRC4DIR24 firewallFwField = 256
 	firewallFwFieldFW_FIELD_DST4DIR24 firewallFwField = 512
+	firewallFwFieldFW_FIELD_SRC6H48   firewallFwField = 1024
+	firewallFwFieldFW_FIELD_DST6H48   firewallFwField = 2048
 )
 
 type firewallFwGenInfo struct {
@@ -66,6 +68,17 @@ type firewallFwGenInfo struct {
 	AppliedUnixNs uint64
 	Digest        [32]uint8
 }
+
+type firewallFwH48 uint32
+
+const (
+	firewallFwH48FW_H48VEC         firewallFwH48 = 0
+	firewallFwH48FW_H48ONE         firewallFwH48 = 1
+	firewallFwH48FW_H48BLOCK       firewallFwH48 = 2
+	firewallFwH48FW_H48LPM         firewallFwH48 = 3
+	firewallFwH48FW_H48SHIFT       firewallFwH48 = 62
+	firewallFwH48FW_V6BLOCK_BOUNDS firewallFwH48 = 15
+)
 
 type firewallFwLimits uint32
 
@@ -158,6 +171,13 @@ type firewallFwV4T8 struct {
 	Ids [256]uint16
 }
 
+type firewallFwV6Block struct {
+	_      structs.HostLayout
+	N      uint16
+	Bounds [15]uint16
+	Ids    [16]uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -171,6 +191,9 @@ const (
 	firewallMapDst4T24      = "dst4_t24"
 	firewallMapDst4T8       = "dst4_t8"
 	firewallMapDst6         = "dst6"
+	firewallMapDst6Blk      = "dst6_blk"
+	firewallMapDst6H48      = "dst6_h48"
+	firewallMapDst6Long     = "dst6_long"
 	firewallMapGenInfo      = "gen_info"
 	firewallMapGenSel       = "gen_sel"
 	firewallMapIcmptype     = "icmptype"
@@ -185,6 +208,9 @@ const (
 	firewallMapSrc4T24      = "src4_t24"
 	firewallMapSrc4T8       = "src4_t8"
 	firewallMapSrc6         = "src6"
+	firewallMapSrc6Blk      = "src6_blk"
+	firewallMapSrc6H48      = "src6_h48"
+	firewallMapSrc6Long     = "src6_long"
 	firewallMapTcpflags     = "tcpflags"
 	firewallProgXdpfwFilter = "xdpfw_filter"
 	firewallVarFwBtfAnchor  = "fw_btf_anchor"
@@ -248,6 +274,9 @@ type firewallMapSpecs struct {
 	Dst4T24     *ebpf.MapSpec `ebpf:"dst4_t24"`
 	Dst4T8      *ebpf.MapSpec `ebpf:"dst4_t8"`
 	Dst6        *ebpf.MapSpec `ebpf:"dst6"`
+	Dst6Blk     *ebpf.MapSpec `ebpf:"dst6_blk"`
+	Dst6H48     *ebpf.MapSpec `ebpf:"dst6_h48"`
+	Dst6Long    *ebpf.MapSpec `ebpf:"dst6_long"`
 	GenInfo     *ebpf.MapSpec `ebpf:"gen_info"`
 	GenSel      *ebpf.MapSpec `ebpf:"gen_sel"`
 	Icmptype    *ebpf.MapSpec `ebpf:"icmptype"`
@@ -262,6 +291,9 @@ type firewallMapSpecs struct {
 	Src4T24     *ebpf.MapSpec `ebpf:"src4_t24"`
 	Src4T8      *ebpf.MapSpec `ebpf:"src4_t8"`
 	Src6        *ebpf.MapSpec `ebpf:"src6"`
+	Src6Blk     *ebpf.MapSpec `ebpf:"src6_blk"`
+	Src6H48     *ebpf.MapSpec `ebpf:"src6_h48"`
+	Src6Long    *ebpf.MapSpec `ebpf:"src6_long"`
 	Tcpflags    *ebpf.MapSpec `ebpf:"tcpflags"`
 }
 
@@ -301,6 +333,9 @@ type firewallMaps struct {
 	Dst4T24     *ebpf.Map `ebpf:"dst4_t24"`
 	Dst4T8      *ebpf.Map `ebpf:"dst4_t8"`
 	Dst6        *ebpf.Map `ebpf:"dst6"`
+	Dst6Blk     *ebpf.Map `ebpf:"dst6_blk"`
+	Dst6H48     *ebpf.Map `ebpf:"dst6_h48"`
+	Dst6Long    *ebpf.Map `ebpf:"dst6_long"`
 	GenInfo     *ebpf.Map `ebpf:"gen_info"`
 	GenSel      *ebpf.Map `ebpf:"gen_sel"`
 	Icmptype    *ebpf.Map `ebpf:"icmptype"`
@@ -315,6 +350,9 @@ type firewallMaps struct {
 	Src4T24     *ebpf.Map `ebpf:"src4_t24"`
 	Src4T8      *ebpf.Map `ebpf:"src4_t8"`
 	Src6        *ebpf.Map `ebpf:"src6"`
+	Src6Blk     *ebpf.Map `ebpf:"src6_blk"`
+	Src6H48     *ebpf.Map `ebpf:"src6_h48"`
+	Src6Long    *ebpf.Map `ebpf:"src6_long"`
 	Tcpflags    *ebpf.Map `ebpf:"tcpflags"`
 }
 
@@ -329,6 +367,9 @@ func (m *firewallMaps) Close() error {
 		m.Dst4T24,
 		m.Dst4T8,
 		m.Dst6,
+		m.Dst6Blk,
+		m.Dst6H48,
+		m.Dst6Long,
 		m.GenInfo,
 		m.GenSel,
 		m.Icmptype,
@@ -343,6 +384,9 @@ func (m *firewallMaps) Close() error {
 		m.Src4T24,
 		m.Src4T8,
 		m.Src6,
+		m.Src6Blk,
+		m.Src6H48,
+		m.Src6Long,
 		m.Tcpflags,
 	)
 }

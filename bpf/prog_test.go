@@ -1,7 +1,10 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -324,8 +327,9 @@ func TestKernelMatchesReference(t *testing.T) {
 	for seed := uint64(1); seed <= 25; seed++ {
 		g := newRuleGen(seed * 7919)
 		sets := g.ruleSets(1+g.r.IntN(3), 15)
-		// Seeds alternate between the LPM trie and the DIR-24 table for
-		// IPv4 prefixes, so applies also switch between the two.
+		// Seeds alternate between the LPM tries and the big-set tables
+		// (DIR-24 for IPv4, /48 hash for IPv6), so applies also switch
+		// between the two.
 		opts := CompileOptions{Dir24Threshold: -1}
 		if seed%2 == 0 {
 			opts.Dir24Threshold = 1
@@ -485,5 +489,93 @@ rules:
 				}
 			}
 		}
+	}
+}
+
+// TestH48InTheKernel puts clustered IPv6 prefixes of every length into the
+// /48 hash (every entry kind), and checks random and edge addresses in the
+// kernel against the reference classifier.
+func TestH48InTheKernel(t *testing.T) {
+	fw := openTestFirewall(t)
+	r := rand.New(rand.NewPCG(4, 8))
+	bases := []uint64{0x20010db8_00000000, 0x20010db8_aaaa0000, 0xfd00_0000_0000_0000}
+	addr := func() netip.Addr {
+		var a [16]byte
+		hi := bases[r.IntN(len(bases))] | r.Uint64()&0xFFFF_FFFF
+		if r.IntN(3) == 0 {
+			hi &^= 0xFF0000 // crowd a few /48s
+		}
+		binary.BigEndian.PutUint64(a[:8], hi)
+		binary.BigEndian.PutUint64(a[8:], r.Uint64())
+		return netip.AddrFrom16(a)
+	}
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "v6", Mode: proto.ModeDeny,
+		Sets: map[string]proto.PrefixSet{}}
+	var edges []netip.Addr
+	for s := 0; s < 4; s++ {
+		var members []string
+		for i := 0; i < 600; i++ {
+			bits := []int{16, 33, 47, 48, 49, 52, 56, 60, 64, 64, 64, 65, 128}[r.IntN(13)]
+			p, _ := addr().Prefix(bits)
+			members = append(members, p.String())
+			edges = append(edges, p.Addr())
+		}
+		// A few /48s cut by a handful of /52../60s only: blocks.
+		for i := 0; i < 5; i++ {
+			var a [16]byte
+			// Outside the random prefixes' /16s, so nothing shorter covers them.
+			binary.BigEndian.PutUint64(a[:8], 0x2a001450_77770000+uint64(s*8+i)<<16)
+			for _, sub := range []struct{ v, bits int }{{0x1000, 52}, {0x1100, 56}, {0x8000, 60}} {
+				a[6], a[7] = byte(sub.v>>8), byte(sub.v)
+				p := netip.PrefixFrom(netip.AddrFrom16(a), sub.bits)
+				members = append(members, p.String())
+				edges = append(edges, p.Addr())
+			}
+		}
+		name := fmt.Sprintf("s%d", s)
+		rs.Sets[name] = proto.PrefixSet{Prefixes: members}
+		action := proto.ActionDrop
+		if s%2 == 1 {
+			action = proto.ActionPass
+		}
+		rs.Rules = append(rs.Rules, proto.Rule{ID: "r-" + name, Action: action, Src: []string{"set:" + name}, Protocol: proto.ProtoUDP})
+	}
+	rs.Rules = append(rs.Rules, proto.Rule{ID: "tail", Action: proto.ActionDrop, Src: []string{"set:s1"}})
+	sets := []proto.RuleSet{rs}
+	c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[uint64]int{}
+	for _, e := range c.Src6H48.entries {
+		kinds[e>>62]++
+	}
+	if kinds[h48Vec] == 0 || kinds[h48One] == 0 || kinds[h48Block] == 0 || kinds[h48LPM] == 0 {
+		t.Fatalf("entry kinds %v: the rule set does not exercise every kind", kinds)
+	}
+	if _, err := fw.Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := reference.New(sets, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := func(a netip.Addr) {
+		for _, f := range []packet.Frame{packet.UDP(a.String(), "2001:db8::2", 1, 2), packet.TCP(a.String(), "2001:db8::2", 1, 2, ack)} {
+			p, _ := packet.Parse(f.Bytes())
+			want := ref.Classify(p).Drop
+			if got := run(t, fw, f.Bytes()); (got == xdpDrop) != want {
+				t.Fatalf("%s proto %d: verdict %d, reference drop=%v", a, p.Proto, got, want)
+			}
+		}
+	}
+	for _, a := range edges {
+		probe(a)
+		if prev := a.Prev(); prev.IsValid() {
+			probe(prev)
+		}
+	}
+	for i := 0; i < 3000; i++ {
+		probe(addr())
 	}
 }
