@@ -17,6 +17,9 @@ type ApplyReport struct {
 	Generation int
 	// Writes counts map entries written or deleted, per map.
 	Writes map[string]int
+	// DocBytes is the size of the stored copy of the applied rule sets
+	// (rewritten whole on every apply; not a policy entry, not in Writes).
+	DocBytes int
 	// Rules and Vectors size the applied generation.
 	Rules, Vectors int
 	Digest         [32]byte

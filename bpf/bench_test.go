@@ -30,23 +30,6 @@ import (
 
 const xdpFilterObject = "/usr/lib/x86_64-linux-gnu/bpf/xdpfilt_dny_all.o"
 
-// repeatNs is the kernel's mean ns per run of one packet repeated.
-func repeatNs(b *testing.B, prog *ebpf.Program, frame []byte) float64 {
-	b.Helper()
-	best := 0.0
-	// Best of three: the machine is shared and noisy.
-	for i := 0; i < 3; i++ {
-		_, d, err := prog.Benchmark(frame, 100_000, nil)
-		if err != nil {
-			b.Fatalf("BPF_PROG_RUN: %v", err)
-		}
-		if ns := float64(d.Nanoseconds()); best == 0 || ns < best {
-			best = ns
-		}
-	}
-	return best
-}
-
 // poolNs is the mean ns per packet over a pool of distinct packets, one
 // BPF_PROG_RUN each.
 func poolNs(b *testing.B, prog *ebpf.Program, frames [][]byte) float64 {
@@ -177,6 +160,9 @@ func randomPrefixes(r *rand.Rand, n int) []string {
 		}
 		var a [4]byte
 		binary.BigEndian.PutUint32(a[:], r.Uint32())
+		if a[0] >= 240 {
+			continue // 240.0.0.0/4 stays free for the one-prefix change
+		}
 		p, _ := netip.AddrFrom4(a).Prefix(bits)
 		if !seen[p] {
 			seen[p] = true
@@ -231,12 +217,12 @@ func randomSourceFrames(r *rand.Rand, n int) [][]byte {
 // mapMemory sums the kernel memory (fdinfo memlock) of the firewall's maps.
 func mapMemory(b *testing.B, fw *Firewall) uint64 {
 	var total uint64
-	maps := []*ebpf.Map{fw.objs.Src6H48, fw.objs.Dst6H48, fw.objs.Src6Long, fw.objs.Dst6Long,
+	maps := []*ebpf.Map{fw.objs.Src6Long, fw.objs.Dst6Long,
 		fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
 		fw.objs.Dport, fw.objs.Proto, fw.objs.Tcpflags, fw.objs.Icmptype, fw.objs.Bitvecs, fw.objs.Rules,
 		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings}
 	for _, outer := range []*ebpf.Map{fw.objs.Src4T24, fw.objs.Src4Blk, fw.objs.Src4T8, fw.objs.Dst4T24, fw.objs.Dst4Blk, fw.objs.Dst4T8,
-		fw.objs.Src6Blk, fw.objs.Dst6Blk, fw.objs.Docs} {
+		fw.objs.Src6Blk, fw.objs.Dst6Blk, fw.objs.Src6H48, fw.objs.Dst6H48, fw.objs.Docs} {
 		for gen := uint32(0); gen < 2; gen++ {
 			inner, err := innerMap(outer, gen)
 			if err != nil {
@@ -272,46 +258,64 @@ func BenchmarkDataPlane(b *testing.B) {
 	drop := bareDrop(b)
 	filter := xdpFilter(b)
 	ps := probes()
-	bare := repeatNs(b, drop, ps[0].frame)
 
 	fmt.Fprintf(out, "ns/packet, BPF_PROG_RUN repeat mode (hot caches)\t")
 	for _, p := range ps {
 		fmt.Fprintf(out, "%s\t", p.name)
 	}
 	fmt.Fprintln(out)
-	row := func(name string, prog *ebpf.Program) []float64 {
-		fmt.Fprintf(out, "%s\t", name)
-		var ns []float64
-		for _, p := range ps {
-			v := repeatNs(b, prog, p.frame)
-			ns = append(ns, v)
-			fmt.Fprintf(out, "%.1f\t", v)
-		}
-		fmt.Fprintln(out)
-		return ns
+	// Every program is loaded first, then measured in interleaved rounds
+	// (best of five per cell), so a noisy moment on this shared machine
+	// does not land on one row.
+	type entry struct {
+		name string
+		prog *ebpf.Program
 	}
-	row("bare XDP_DROP", drop)
-	xf := row("xdp-filter (deny, 4 addrs, 2 ports)", filter)
-
-	fw := openTestFirewall(b)
-	results := map[int][]float64{}
-	for _, n := range []int{10, 100, 1000, 4096} {
+	progs := []entry{{"bare XDP_DROP", drop}, {"xdp-filter (deny, 4 addrs, 2 ports)", filter}}
+	ruleCounts := []int{10, 100, 1000, 4096}
+	var fw *Firewall
+	for _, n := range ruleCounts {
+		f := openTestFirewall(b)
 		c, err := Compile([]proto.RuleSet{rulesDoc(n)}, "lo")
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := fw.Apply(c); err != nil {
+		if _, err := f.Apply(c); err != nil {
 			b.Fatal(err)
 		}
-		results[n] = row(fmt.Sprintf("xdpfw %d rules", n), fw.Program())
-		if n == 4096 {
-			fmt.Fprintf(out, "kernel memory of the maps at 4,096 rules (both generations)\t%d MB\t\n", mapMemory(b, fw)>>20)
+		progs = append(progs, entry{fmt.Sprintf("xdpfw %d rules", n), f.Program()})
+		fw = f
+	}
+	best := make([][]float64, len(progs))
+	for i := range best {
+		best[i] = make([]float64, len(ps))
+	}
+	for round := 0; round < 5; round++ {
+		for i, e := range progs {
+			for j, p := range ps {
+				_, d, err := e.prog.Benchmark(p.frame, 100_000, nil)
+				if err != nil {
+					b.Fatalf("BPF_PROG_RUN: %v", err)
+				}
+				if ns := float64(d.Nanoseconds()); round == 0 || ns < best[i][j] {
+					best[i][j] = ns
+				}
+			}
 		}
 	}
+	for i, e := range progs {
+		fmt.Fprintf(out, "%s\t", e.name)
+		for j := range ps {
+			fmt.Fprintf(out, "%.0f\t", best[i][j])
+		}
+		fmt.Fprintln(out)
+	}
+	fmt.Fprintf(out, "kernel memory of the maps at 4,096 rules (both generations)\t%d MB\t\n", mapMemory(b, fw)>>20)
+	bare, xf, r10, r4096 := best[0], best[1], best[2], best[len(best)-1]
 	fmt.Fprintln(out, "ratios\t\t")
-	for i, p := range ps {
-		fmt.Fprintf(out, "%s: 4096 rules / 10 rules = %.2f, 4096 rules / xdp-filter = %.2f, bare XDP_DROP = %.1f ns\t\n",
-			p.name, results[4096][i]/results[10][i], results[4096][i]/xf[i], bare)
+	for j, p := range ps {
+		fmt.Fprintf(out, "%s: 4096 rules / 10 rules = %.2f, 4096 rules / xdp-filter = %.2f, bare XDP_DROP = %.0f ns\t\n",
+			p.name, r4096[j]/r10[j], r4096[j]/xf[j], bare[j])
 	}
 	out.Flush()
 
@@ -323,8 +327,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	fmt.Fprintf(out, "xdp-filter (deny, 4 addrs, 2 ports)\t%.1f\t\n", poolNs(b, filter, frames[:20_000]))
 	for _, n := range []int{10, 10_000, 100_000, 1_000_000} {
 		// The last member is one the change removes: a /32 in a range no
-		// random prefix is likely to cover (so removing it changes lookups).
-		members := append(randomPrefixes(r, n-1), "198.18.255.255/32")
+		// random prefix covers (so removing it changes lookups).
+		members := append(randomPrefixes(r, n-1), "240.0.0.1/32")
 		rs := proto.RuleSet{
 			APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench", Mode: proto.ModeDeny,
 			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: members}},

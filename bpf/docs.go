@@ -62,7 +62,7 @@ func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
 	if _, err := mem.WriteAt(data, 0); err != nil {
 		return fmt.Errorf("write docs: %w", err)
 	}
-	rep.Writes["docs"] += int(pages)
+	rep.DocBytes = len(data)
 	return nil
 }
 

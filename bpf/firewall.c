@@ -132,16 +132,25 @@ struct {
 	__array(values, struct t8_inner);
 } src4_t8 SEC(".maps"), dst4_t8 SEC(".maps");
 
-/* src6_h48, dst6_h48: the /48 hash of big IPv6 prefix sets. Key: the top
- * 48 bits of the address in the top 48 bits of a __u64 (host order), the
- * generation in the low byte. Value: a __u64 entry, see enum fw_h48. */
-struct {
+/* src6_h48, dst6_h48: the /48 hash of big IPv6 prefix sets, one inner map
+ * per generation sized to what it holds (a hash map allocates its buckets
+ * up front: a fixed 2M-entry map would cost every interface 64 MB). Key:
+ * the top 48 bits of the address in the top 48 bits of a __u64 (host
+ * order). Value: a __u64 entry, see enum fw_h48. */
+struct h48_inner {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, FW_MAX_PREFIXES);
+	__uint(max_entries, 1);
 	__type(key, __u64);
 	__type(value, __u64);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct h48_inner);
 } src6_h48 SEC(".maps"), dst6_h48 SEC(".maps");
 
 /* src6_long, dst6_long: the prefixes of the /48s that a block cannot
@@ -613,8 +622,9 @@ __noinline __u32 fw_dir24_dst(__u32 gen, __u32 addr)
 static __always_inline __u32 h48_lookup(void *h48, void *blks, void *longs, void *shorts, __u32 gen,
 					__u64 hi, __u64 lo)
 {
-	__u64 key = (hi & ~0xFFFFULL) | gen;
-	__u64 *e = bpf_map_lookup_elem(h48, &key);
+	__u64 key = hi & ~0xFFFFULL;
+	void *hash = bpf_map_lookup_elem(h48, &gen);
+	__u64 *e = hash ? bpf_map_lookup_elem(hash, &key) : 0;
 	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
 	__u64 be_hi = __builtin_bswap64(hi), be_lo = __builtin_bswap64(lo);
 	__builtin_memcpy(k.addr, &be_hi, 8);

@@ -81,15 +81,39 @@ func (fw *Firewall) writeH48(gen uint32, maps h48Maps, cur, want *h48State, rep 
 			return fmt.Errorf("drop %s[%d]: %w", maps.blocksName, gen, err)
 		}
 	}
-	var putKeys, putVals, delKeys []uint64
-	for k, e := range want.entries {
-		if old, ok := cur.entries[k]; !ok || old != e {
-			putKeys, putVals = append(putKeys, k|uint64(gen)), append(putVals, e)
+	// The hash of the generation: kept if it has room, else a new one
+	// sized to the entries with room to grow (then written whole).
+	hash, err := innerMap(maps.hash, gen)
+	if err != nil {
+		return err
+	}
+	curEntries := cur.entries
+	if hash != nil && (len(want.entries) == 0 || hash.MaxEntries() < uint32(len(want.entries))) {
+		hash.Close()
+		hash, curEntries = nil, nil
+		if err := maps.hash.Delete(gen); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("drop %s[%d]: %w", maps.name+"_h48", gen, err)
 		}
 	}
-	for k := range cur.entries {
+	if hash == nil && len(want.entries) > 0 {
+		size := uint32(len(want.entries) + len(want.entries)/4 + 1024)
+		if hash, err = fw.newInner(maps.hash, gen, fw.spec.Maps[maps.name+"_h48"].InnerMap, size); err != nil {
+			return err
+		}
+		curEntries = nil
+	}
+	if hash != nil {
+		defer hash.Close()
+	}
+	var putKeys, putVals, delKeys []uint64
+	for k, e := range want.entries {
+		if old, ok := curEntries[k]; !ok || old != e {
+			putKeys, putVals = append(putKeys, k), append(putVals, e)
+		}
+	}
+	for k := range curEntries {
 		if _, ok := want.entries[k]; !ok {
-			delKeys = append(delKeys, k|uint64(gen))
+			delKeys = append(delKeys, k)
 		}
 	}
 	// Blocks before the entries that point at them (the generation is not
@@ -103,13 +127,13 @@ func (fw *Firewall) writeH48(gen uint32, maps h48Maps, cur, want *h48State, rep 
 		}
 	}
 	if len(putKeys) > 0 {
-		if _, err := maps.hash.BatchUpdate(putKeys, putVals, nil); err != nil {
+		if _, err := hash.BatchUpdate(putKeys, putVals, nil); err != nil {
 			return fmt.Errorf("write %s_h48: %w", maps.name, err)
 		}
 		rep.Writes[maps.name+"_h48"] += len(putKeys)
 	}
 	if len(delKeys) > 0 {
-		if _, err := maps.hash.BatchDelete(delKeys, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if _, err := hash.BatchDelete(delKeys, nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete from %s_h48: %w", maps.name, err)
 		}
 		rep.Writes[maps.name+"_h48"] += len(delKeys)
@@ -128,17 +152,21 @@ func (fw *Firewall) writeH48(gen uint32, maps h48Maps, cur, want *h48State, rep 
 // generation has none).
 func readH48(maps h48Maps, gen uint32) (*h48State, error) {
 	st := &h48State{entries: make(map[uint64]uint64)}
-	var k, v uint64
-	it := maps.hash.Iterate()
-	for it.Next(&k, &v) {
-		if uint32(k&0xFF) == gen {
-			st.entries[k&^0xFF] = v
+	hash, err := innerMap(maps.hash, gen)
+	if err != nil {
+		return nil, err
+	}
+	if hash != nil {
+		defer hash.Close()
+		var k, v uint64
+		it := hash.Iterate()
+		for it.Next(&k, &v) {
+			st.entries[k] = v
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("iterate %s_h48: %w", maps.name, err)
 		}
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate %s_h48: %w", maps.name, err)
-	}
-	var err error
 	if st.long, err = readLPM6(maps.long, gen); err != nil {
 		return nil, err
 	}
