@@ -579,3 +579,57 @@ func TestH48InTheKernel(t *testing.T) {
 		probe(addr())
 	}
 }
+
+// TestSetChangesKeepMatchingTheReference applies random sequences of adds
+// and deletes to nested and overlapping prefix sets (v4 and v6; /0, /32 and
+// /128 edges), in both table layouts, and checks the kernel against the
+// reference classifier after every step, each step applied through the
+// inactive generation.
+func TestSetChangesKeepMatchingTheReference(t *testing.T) {
+	fw := openTestFirewall(t)
+	for _, threshold := range []int{-1, 1} {
+		g := newRuleGen(uint64(100 + threshold))
+		sets := g.ruleSets(2, 10)
+		rs := &sets[0]
+		rs.Rules = append(rs.Rules, proto.Rule{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:s0"}})
+		members := map[string]bool{}
+		for _, m := range rs.Sets["s0"].Prefixes {
+			members[m] = true
+		}
+		for step := 0; step < 30; step++ {
+			// Add or delete a few pool prefixes (nested, overlapping, /0,
+			// host routes), sometimes emptying the set.
+			for k := 0; k < 1+g.r.IntN(4); k++ {
+				p := g.prefix().String()
+				if members[p] && len(members) > 0 {
+					delete(members, p)
+				} else {
+					members[p] = true
+				}
+			}
+			var list []string
+			for m := range members {
+				list = append(list, m)
+			}
+			rs.Sets["s0"] = proto.PrefixSet{Prefixes: list}
+			c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: threshold})
+			if err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+			if _, err := fw.Apply(c); err != nil {
+				t.Fatalf("step %d: apply: %v", step, err)
+			}
+			ref, err := reference.New(sets, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 150; i++ {
+				p := g.packet()
+				r := ref.Classify(p)
+				if got := run(t, fw, frameFor(p).Bytes()); (got == xdpDrop) != r.Drop {
+					t.Fatalf("threshold %d step %d packet %+v: verdict %d, reference %+v", threshold, step, p, got, r)
+				}
+			}
+		}
+	}
+}
