@@ -551,6 +551,24 @@ static __always_inline __u32 *lookup_array(void *map, __u32 gen, __u32 slots, __
 
 #define FW_NO_ID 0xFFFFFFFF
 
+/* The interval of a block an address falls in: how many of its n bounds lie
+ * at or below v. Bounds are >= 1 and unused ones are 0, so "0 < bound <= v"
+ * is "bound - 1 < v" in unsigned arithmetic: the sign of a 64-bit
+ * difference, without a branch (the asm keeps clang from turning it back
+ * into n branches: 2^n verifier paths). */
+#define bounds_at_or_below(bounds, n, v)                                      \
+	({                                                                    \
+		__u64 __i = 0;                                                \
+		int __x;                                                      \
+		_Pragma("clang loop unroll(full)")                            \
+		for (__x = 0; __x < (n); __x++) {                             \
+			__u64 __d = (__u64)(__u32)((bounds)[__x] - 1) - (v); \
+			asm volatile("" : "+r"(__d));                         \
+			__i += __d >> 63;                                     \
+		}                                                             \
+		__i;                                                          \
+	})
+
 /* The vector id of an IPv4 address (host order) in a DIR-24 table: one
  * read for most addresses, two where its /24 is cut into intervals. */
 static __always_inline __u32 dir24_lookup(void *t24s, void *blks, void *t8s, __u32 gen, __u32 a)
@@ -577,20 +595,7 @@ static __always_inline __u32 dir24_lookup(void *t24s, void *blks, void *t8s, __u
 		struct fw_v4_block *b = bpf_map_lookup_elem(blk, &index);
 		if (!b)
 			return FW_NO_ID;
-		/* The interval is the number of bounds at or below the address.
-		 * Bounds are >= 1 and unused ones are 0, so "0 < bound <= low"
-		 * is "bound - 1 < low" in unsigned arithmetic: the sign of a
-		 * 64-bit difference, without a branch (the asm keeps clang
-		 * from turning it back into 15 branches, 2^15 verifier paths). */
-		__u64 i = 0;
-		int x;
-#pragma clang loop unroll(full)
-		for (x = 0; x < FW_V4_BLOCK_BOUNDS; x++) {
-			__u64 d = (__u64)(__u32)(b->bounds[x] - 1) - low;
-			asm volatile("" : "+r"(d));
-			i += d >> 63;
-		}
-		return b->ids[i & FW_V4_BLOCK_BOUNDS];
+		return b->ids[bounds_at_or_below(b->bounds, FW_V4_BLOCK_BOUNDS, low) & FW_V4_BLOCK_BOUNDS];
 	}
 	case FW_DIR24_T8: {
 		void *t8 = bpf_map_lookup_elem(t8s, &gen);
@@ -653,16 +658,7 @@ static __always_inline __u32 h48_lookup(void *h48, void *blks, void *longs, void
 		struct fw_v6_block *b = bpf_map_lookup_elem(blk, &index);
 		if (!b)
 			return FW_NO_ID;
-		/* As in the IPv4 blocks: count the bounds at or below. */
-		__u64 i = 0;
-		int x;
-#pragma clang loop unroll(full)
-		for (x = 0; x < FW_V6_BLOCK_BOUNDS; x++) {
-			__u64 d = (__u64)(__u32)(b->bounds[x] - 1) - sub;
-			asm volatile("" : "+r"(d));
-			i += d >> 63;
-		}
-		return b->ids[i & FW_V6_BLOCK_BOUNDS];
+		return b->ids[bounds_at_or_below(b->bounds, FW_V6_BLOCK_BOUNDS, sub) & FW_V6_BLOCK_BOUNDS];
 	}
 	default: {
 		__u32 *id = bpf_map_lookup_elem(longs, &k);
