@@ -108,6 +108,8 @@ type Compiled struct {
 	Rules []CompiledRule
 	// Vecs[0] is every rule (FW_VEC_ALL).
 	Vecs                   []Bitvec
+	// Src4, Dst4, Src6 and Dst6 are the LPM trie contents of the fields
+	// that use one (nil where the field uses a big-set table).
 	Src4, Dst4, Src6, Dst6 map[netip.Prefix]VecID
 	SrcPort, DstPort       []VecID // portSlots entries
 	Proto                  []VecID // protoSlots entries
@@ -261,11 +263,12 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		}
 	}
 
-	var src4Sorted, dst4Sorted, src6Sorted, dst6Sorted []netip.Prefix
-	if c.Src4, c.Src6, src4Sorted, src6Sorted, err = compilePrefixes(in, fields, false); err != nil {
+	src4, src6, err := compilePrefixes(in, fields, false)
+	if err != nil {
 		return nil, err
 	}
-	if c.Dst4, c.Dst6, dst4Sorted, dst6Sorted, err = compilePrefixes(in, fields, true); err != nil {
+	dst4, dst6, err := compilePrefixes(in, fields, true)
+	if err != nil {
 		return nil, err
 	}
 	c.SrcPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.sports })
@@ -284,21 +287,28 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	if threshold == 0 {
 		threshold = DefaultDir24Threshold
 	}
-	if threshold > 0 && len(c.Src4) > threshold {
-		c.Src4Dir24 = buildDir24(c.Src4, src4Sorted)
-		c.Fields |= fieldSrc4Dir
+	// Big fields get their tables; the others (and only they) keep maps
+	// for the LPM tries.
+	big := func(t prefixTable) bool { return threshold > 0 && len(t.prefixes) > threshold }
+	if big(src4) {
+		c.Src4Dir24, c.Fields = buildDir24(src4), c.Fields|fieldSrc4Dir
+	} else {
+		c.Src4 = src4.asMap()
 	}
-	if threshold > 0 && len(c.Dst4) > threshold {
-		c.Dst4Dir24 = buildDir24(c.Dst4, dst4Sorted)
-		c.Fields |= fieldDst4Dir
+	if big(dst4) {
+		c.Dst4Dir24, c.Fields = buildDir24(dst4), c.Fields|fieldDst4Dir
+	} else {
+		c.Dst4 = dst4.asMap()
 	}
-	if threshold > 0 && len(c.Src6) > threshold {
-		c.Src6H48 = buildH48(c.Src6, src6Sorted)
-		c.Fields |= fieldSrc6H48
+	if big(src6) {
+		c.Src6H48, c.Fields = buildH48(src6), c.Fields|fieldSrc6H48
+	} else {
+		c.Src6 = src6.asMap()
 	}
-	if threshold > 0 && len(c.Dst6) > threshold {
-		c.Dst6H48 = buildH48(c.Dst6, dst6Sorted)
-		c.Fields |= fieldDst6H48
+	if big(dst6) {
+		c.Dst6H48, c.Fields = buildH48(dst6), c.Fields|fieldDst6H48
+	} else {
+		c.Dst6 = dst6.asMap()
 	}
 
 	if len(in.vecs) > MaxVectors {
@@ -411,34 +421,39 @@ func parseRule(rs *proto.RuleSet, r proto.Rule) (ruleFields, error) {
 	return f, nil
 }
 
-// compilePrefixes builds the src (or dst) prefix tables of both families.
-// Each prefix maps to the rules of that prefix and of every shorter prefix
-// that contains it, plus the rules with no address match, so that one
-// longest-prefix lookup returns every rule the address satisfies. Both
-// tables always hold a /0 entry: the rules that match any address.
-//
-// It also returns the prefixes of each family in sortPrefixes order.
-func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[netip.Prefix]VecID, sorted4, sorted6 []netip.Prefix, err error) {
+// prefixTable is one field's prefixes of one family in sortPrefixes order,
+// each with its final vector: the rules of that prefix and of every
+// shorter prefix that contains it, plus the rules with no address match.
+type prefixTable struct {
+	prefixes []netip.Prefix
+	ids      []VecID
+}
+
+func (t prefixTable) asMap() map[netip.Prefix]VecID {
+	m := make(map[netip.Prefix]VecID, len(t.prefixes))
+	for i, p := range t.prefixes {
+		m[p] = t.ids[i]
+	}
+	return m
+}
+
+// compilePrefixes builds the src (or dst) prefix tables of both families,
+// so that one longest-prefix lookup returns every rule an address
+// satisfies. Both always hold a /0 entry: the rules that match any address.
+// It works on sorted slices, not maps: at a million prefixes, map inserts
+// and lookups cost seconds.
+func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 prefixTable, err error) {
 	var wild Bitvec
 	size := 2
-	for i := range fields {
-		size += len(fields[i].src) + len(fields[i].dst)
-	}
 	for _, f := range fields {
+		size += len(f.src) + len(f.dst)
 		for _, s := range append(f.srcSets, f.dstSets...) {
 			if ps, ok := f.ruleSet.Sets[s]; ok {
 				size += len(ps.Prefixes)
 			}
 		}
 	}
-	own := make(map[netip.Prefix]VecID, size)
-	add := func(p netip.Prefix, id VecID) {
-		if cur, ok := own[p]; ok {
-			own[p] = in.union(cur, id)
-		} else {
-			own[p] = id
-		}
-	}
+	entries := make([]prefixEntry, 0, size)
 	type setKey struct {
 		rs   *proto.RuleSet
 		name string
@@ -459,7 +474,7 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 		one.set(i)
 		id := in.intern(&one)
 		for _, p := range lits {
-			add(p, id)
+			entries = append(entries, prefixEntry{p, id})
 		}
 		for _, s := range sets {
 			k := setKey{f.ruleSet, s}
@@ -473,70 +488,88 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 map[ne
 	for _, k := range setOrder {
 		members, err := k.rs.SetPrefixes(k.name)
 		if err != nil {
-			return nil, nil, nil, nil, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
+			return v4, v6, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
 		}
 		id := in.intern(setRules[k])
 		for _, p := range members {
-			add(p, id)
+			entries = append(entries, prefixEntry{p, id})
 		}
 	}
 	wildID := in.intern(&wild)
-	for _, zero := range []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)} {
-		add(zero, wildID)
-	}
+	entries = append(entries,
+		prefixEntry{netip.PrefixFrom(netip.IPv4Unspecified(), 0), wildID},
+		prefixEntry{netip.PrefixFrom(netip.IPv6Unspecified(), 0), wildID})
+	sortEntries(entries)
 
-	prefixes := make([]netip.Prefix, 0, len(own))
-	for p := range own {
-		prefixes = append(prefixes, p)
+	// A prefix listed by several rules or sets: one entry, their union.
+	merged := entries[:0]
+	for _, e := range entries {
+		if n := len(merged); n > 0 && merged[n-1].p == e.p {
+			merged[n-1].id = in.union(merged[n-1].id, e.id)
+			continue
+		}
+		merged = append(merged, e)
 	}
-	sortPrefixes(prefixes)
 
 	// Sorted by address then length, every prefix comes after the prefixes
 	// that contain it: a stack of the enclosing prefixes gives each one's
 	// inherited rules in one pass.
-	v4 = make(map[netip.Prefix]VecID, len(prefixes))
-	v6 = make(map[netip.Prefix]VecID)
 	type frame struct {
 		p  netip.Prefix
 		id VecID
 	}
 	var stack []frame
-	for _, p := range prefixes {
-		for len(stack) > 0 && !(stack[len(stack)-1].p.Bits() <= p.Bits() && stack[len(stack)-1].p.Contains(p.Addr())) {
+	prefixes := make([]netip.Prefix, len(merged))
+	ids := make([]VecID, len(merged))
+	for i, e := range merged {
+		for len(stack) > 0 && !(stack[len(stack)-1].p.Bits() <= e.p.Bits() && stack[len(stack)-1].p.Contains(e.p.Addr())) {
 			stack = stack[:len(stack)-1]
 		}
-		id := own[p]
+		id := e.id
 		if len(stack) > 0 {
 			id = in.union(stack[len(stack)-1].id, id)
 		}
-		stack = append(stack, frame{p, id})
-		if p.Addr().Is4() {
-			v4[p] = id
-		} else {
-			v6[p] = id
-		}
+		stack = append(stack, frame{e.p, id})
+		prefixes[i], ids[i] = e.p, id
 	}
 	n4 := 0
 	for n4 < len(prefixes) && prefixes[n4].Addr().Is4() {
 		n4++
 	}
-	return v4, v6, prefixes[:n4], prefixes[n4:], nil
+	return prefixTable{prefixes[:n4], ids[:n4]}, prefixTable{prefixes[n4:], ids[n4:]}, nil
+}
+
+type prefixEntry struct {
+	p  netip.Prefix
+	id VecID
 }
 
 // sortPrefixes orders prefixes v4 first, then by address, then shorter
 // first. It sorts integer keys: netip's comparisons cost three times more,
 // which shows at a million prefixes.
 func sortPrefixes(ps []netip.Prefix) {
+	es := make([]prefixEntry, len(ps))
+	for i, p := range ps {
+		es[i].p = p
+	}
+	sortEntries(es)
+	for i := range es {
+		ps[i] = es[i].p
+	}
+}
+
+// sortEntries sorts prefix entries in sortPrefixes order.
+func sortEntries(es []prefixEntry) {
 	type keyed struct {
 		v6     bool
 		hi, lo uint64
 		bits   int
-		p      netip.Prefix
+		e      prefixEntry
 	}
-	ks := make([]keyed, len(ps))
-	for i, p := range ps {
-		k := keyed{bits: p.Bits(), p: p}
-		if a := p.Addr(); a.Is4() {
+	ks := make([]keyed, len(es))
+	for i, e := range es {
+		k := keyed{bits: e.p.Bits(), e: e}
+		if a := e.p.Addr(); a.Is4() {
 			b := a.As4()
 			k.hi = uint64(binary.BigEndian.Uint32(b[:]))
 		} else {
@@ -561,7 +594,7 @@ func sortPrefixes(ps []netip.Prefix) {
 		return cmp.Compare(x.bits, y.bits)
 	})
 	for i := range ks {
-		ps[i] = ks[i].p
+		es[i] = ks[i].e
 	}
 }
 

@@ -50,12 +50,10 @@ type interval struct {
 	id    VecID
 }
 
-// flatten turns IPv4 prefixes (each mapped to the vector of every rule it
-// and the prefixes containing it satisfy, as compilePrefixes computes, with
-// a /0 entry) into the sorted list of intervals a longest-prefix match
-// gives over the whole address space. ps lists the IPv4 prefixes in
-// sortPrefixes order.
-func flatten(prefixes map[netip.Prefix]VecID, ps []netip.Prefix) []interval {
+// flatten turns a field's IPv4 prefixes (with their final vectors, as
+// compilePrefixes computes them, with a /0 entry) into the sorted list of
+// intervals a longest-prefix match gives over the whole address space.
+func flatten(t prefixTable) []interval {
 	type open struct {
 		end uint64 // last address, inclusive
 		id  VecID
@@ -82,14 +80,14 @@ func flatten(prefixes map[netip.Prefix]VecID, ps []netip.Prefix) []interval {
 			emit(top.end+1, stack[len(stack)-1].id)
 		}
 	}
-	for _, p := range ps {
+	for i, p := range t.prefixes {
 		start := uint64(v4Uint(p.Addr()))
 		end := start + (1 << (32 - p.Bits())) - 1
 		for len(stack) > 0 && stack[len(stack)-1].end < start {
 			closeTop()
 		}
-		emit(start, prefixes[p])
-		stack = append(stack, open{end, prefixes[p]})
+		emit(start, t.ids[i])
+		stack = append(stack, open{end, t.ids[i]})
 	}
 	for len(stack) > 0 {
 		closeTop()
@@ -102,10 +100,10 @@ func v4Uint(a netip.Addr) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
-// buildDir24 flattens a field's IPv4 prefixes into a DIR-24 table; sorted
-// lists them in sortPrefixes order. Identical blocks are stored once.
-func buildDir24(prefixes map[netip.Prefix]VecID, sorted []netip.Prefix) *dir24 {
-	iv := flatten(prefixes, sorted)
+// buildDir24 flattens a field's IPv4 prefixes into a DIR-24 table.
+// Identical blocks are stored once.
+func buildDir24(t prefixTable) *dir24 {
+	iv := flatten(t)
 	d := &dir24{t24: make([]uint32, dir24Entries)}
 	blockIdx := make(map[v4Block]uint32)
 	t8Idx := make(map[v4T8]uint32)

@@ -48,12 +48,7 @@ func TestDir24MatchesLongestPrefix(t *testing.T) {
 				prefixes[p] = VecID(1 + r.IntN(200))
 			}
 		}
-		sorted := make([]netip.Prefix, 0, len(prefixes))
-		for p := range prefixes {
-			sorted = append(sorted, p)
-		}
-		sortPrefixes(sorted)
-		d := buildDir24(prefixes, sorted)
+		d := buildDir24(tableOf(prefixes))
 		if len(d.blocks) == 0 || len(d.t8) == 0 {
 			t.Fatalf("seed %d: %d blocks and %d t8 tables: the test does not cover both", seed, len(d.blocks), len(d.t8))
 		}
@@ -78,4 +73,17 @@ func TestDir24MatchesLongestPrefix(t *testing.T) {
 			check(netip.AddrFrom4(a))
 		}
 	}
+}
+
+// tableOf turns final vectors by prefix into a sorted prefix table.
+func tableOf(m map[netip.Prefix]VecID) prefixTable {
+	var t prefixTable
+	for p := range m {
+		t.prefixes = append(t.prefixes, p)
+	}
+	sortPrefixes(t.prefixes)
+	for _, p := range t.prefixes {
+		t.ids = append(t.ids, m[p])
+	}
+	return t
 }

@@ -54,14 +54,14 @@ func v6Halves(a netip.Addr) (hi, lo uint64) {
 
 func h48Entry(kind uint64, rest uint64) uint64 { return kind<<62 | rest }
 
-// buildH48 splits a field's IPv6 prefixes (final vectors, with /0) at /48;
-// sorted lists them in sortPrefixes order.
-func buildH48(final map[netip.Prefix]VecID, sorted []netip.Prefix) *h48 {
+// buildH48 splits a field's IPv6 prefixes (final vectors, with /0) at /48.
+func buildH48(t prefixTable) *h48 {
 	h := &h48{entries: make(map[uint64]uint64), short: make(map[netip.Prefix]VecID), long: make(map[netip.Prefix]VecID)}
 	blockIdx := make(map[v6Block]uint32)
-	var stack []netip.Prefix // enclosing prefixes shorter than /48
+	sorted := t.prefixes
+	var stack []int // indexes of the enclosing prefixes shorter than /48
 	popTo := func(p netip.Prefix) {
-		for len(stack) > 0 && !stack[len(stack)-1].Contains(p.Addr()) {
+		for len(stack) > 0 && !sorted[stack[len(stack)-1]].Contains(p.Addr()) {
 			stack = stack[:len(stack)-1]
 		}
 	}
@@ -69,8 +69,8 @@ func buildH48(final map[netip.Prefix]VecID, sorted []netip.Prefix) *h48 {
 		p := sorted[i]
 		if p.Bits() < 48 {
 			popTo(p)
-			stack = append(stack, p)
-			h.short[p] = final[p]
+			stack = append(stack, i)
+			h.short[p] = t.ids[i]
 			i++
 			continue
 		}
@@ -84,43 +84,43 @@ func buildH48(final map[netip.Prefix]VecID, sorted []netip.Prefix) *h48 {
 			j++
 		}
 		popTo(p)
-		base := final[stack[len(stack)-1]] // ::/0 is always there
-		inner := sorted[i:j]
-		if inner[0].Bits() == 48 {
-			base = final[inner[0]]
-			inner = inner[1:]
+		base := t.ids[stack[len(stack)-1]] // ::/0 is always there
+		inner := prefixTable{sorted[i:j], t.ids[i:j]}
+		if inner.prefixes[0].Bits() == 48 {
+			base = inner.ids[0]
+			inner = prefixTable{inner.prefixes[1:], inner.ids[1:]}
 		}
-		h.entries[key] = h.bucket(final, key, base, inner, blockIdx)
+		h.entries[key] = h.bucket(key, base, inner, blockIdx)
 		i = j
 	}
 	return h
 }
 
 // bucket encodes what one /48 holds: base outside its longer prefixes.
-func (h *h48) bucket(final map[netip.Prefix]VecID, key uint64, base VecID, inner []netip.Prefix, blockIdx map[v6Block]uint32) uint64 {
+func (h *h48) bucket(key uint64, base VecID, inner prefixTable, blockIdx map[v6Block]uint32) uint64 {
 	fallback := func() uint64 {
 		var a [16]byte
 		binary.BigEndian.PutUint64(a[:8], key)
 		h.long[netip.PrefixFrom(netip.AddrFrom16(a), 48)] = base
-		for _, q := range inner {
-			h.long[q] = final[q]
+		for i, q := range inner.prefixes {
+			h.long[q] = inner.ids[i]
 		}
 		return h48Entry(h48LPM, 0)
 	}
-	for _, q := range inner {
+	for _, q := range inner.prefixes {
 		if q.Bits() > 64 {
 			return fallback()
 		}
 	}
-	if len(inner) == 0 {
+	if len(inner.prefixes) == 0 {
 		return h48Entry(h48Vec, uint64(base))
 	}
-	if len(inner) == 1 {
-		q := inner[0]
+	if len(inner.prefixes) == 1 {
+		q := inner.prefixes[0]
 		hi, _ := v6Halves(q.Addr())
-		return h48Entry(h48One, uint64(q.Bits()-48)<<48|(hi&0xFFFF)<<32|uint64(final[q])<<16|uint64(base))
+		return h48Entry(h48One, uint64(q.Bits()-48)<<48|(hi&0xFFFF)<<32|uint64(inner.ids[0])<<16|uint64(base))
 	}
-	iv := flatten16(final, base, inner)
+	iv := flatten16(base, inner)
 	if len(iv) > v6BlockIntervals {
 		return fallback()
 	}
@@ -146,7 +146,7 @@ func (h *h48) bucket(final map[netip.Prefix]VecID, key uint64, base VecID, inner
 
 // flatten16 is flatten over the bits 48..63 of one /48: the intervals its
 // prefixes (/49 to /64, sorted) cut it into, base outside them all.
-func flatten16(final map[netip.Prefix]VecID, base VecID, inner []netip.Prefix) []interval {
+func flatten16(base VecID, inner prefixTable) []interval {
 	type open struct {
 		end uint32
 		id  VecID
@@ -173,15 +173,15 @@ func flatten16(final map[netip.Prefix]VecID, base VecID, inner []netip.Prefix) [
 			emit(t.end+1, stack[len(stack)-1].id)
 		}
 	}
-	for _, q := range inner {
+	for i, q := range inner.prefixes {
 		hi, _ := v6Halves(q.Addr())
 		start := uint32(hi & 0xFFFF)
 		end := start + (1 << (64 - q.Bits())) - 1
 		for stack[len(stack)-1].end < start {
 			closeTop()
 		}
-		emit(start, final[q])
-		stack = append(stack, open{end, final[q]})
+		emit(start, inner.ids[i])
+		stack = append(stack, open{end, inner.ids[i]})
 	}
 	for len(stack) > 1 {
 		closeTop()

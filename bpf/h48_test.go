@@ -32,12 +32,7 @@ func TestH48MatchesLongestPrefix(t *testing.T) {
 			p, _ := addr().Prefix(bits)
 			final[p] = VecID(1 + r.IntN(300))
 		}
-		sorted := make([]netip.Prefix, 0, len(final))
-		for p := range final {
-			sorted = append(sorted, p)
-		}
-		sortPrefixes(sorted)
-		h := buildH48(final, sorted)
+		h := buildH48(tableOf(final))
 		kinds := map[uint64]int{}
 		for _, e := range h.entries {
 			kinds[e>>62]++
