@@ -107,7 +107,7 @@ type CompiledRule struct {
 type Compiled struct {
 	Rules []CompiledRule
 	// Vecs[0] is every rule (FW_VEC_ALL).
-	Vecs                   []Bitvec
+	Vecs []Bitvec
 	// Src4, Dst4, Src6 and Dst6 are the LPM trie contents of the fields
 	// that use one (nil where the field uses a big-set table).
 	Src4, Dst4, Src6, Dst6 map[netip.Prefix]VecID
