@@ -61,6 +61,68 @@ func bareDrop(b *testing.B) *ebpf.Program {
 	return prog
 }
 
+// lpmProgram is the reference the issue asks for: a plain XDP program that
+// looks the packet's source address up in a kernel LPM trie holding the
+// same prefixes (drop on a hit), and nothing else.
+func lpmProgram(b *testing.B, v6 bool, prefixes []string) *ebpf.Program {
+	addrLen := 4
+	if v6 {
+		addrLen = 16
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Type: ebpf.LPMTrie, KeySize: uint32(4 + addrLen), ValueSize: 4,
+		MaxEntries: uint32(len(prefixes) + 1), Flags: 1, // BPF_F_NO_PREALLOC
+	})
+	if err != nil {
+		b.Fatalf("create LPM trie: %v", err)
+	}
+	b.Cleanup(func() { m.Close() })
+	key := make([]byte, 4+addrLen)
+	for _, s := range prefixes {
+		p := netip.MustParsePrefix(s)
+		binary.LittleEndian.PutUint32(key, uint32(p.Bits()))
+		copy(key[4:], p.Addr().AsSlice())
+		if err := m.Put(key, uint32(1)); err != nil {
+			b.Fatalf("fill LPM trie: %v", err)
+		}
+	}
+	// Ethernet, then the source address at 26 (IPv4) or 22 (IPv6).
+	srcOff, need := int16(26), int32(34)
+	if v6 {
+		srcOff, need = 22, 54
+	}
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, need),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.StoreImm(asm.RFP, int16(-4-addrLen), int64(addrLen*8), asm.Word), // prefixlen
+	}
+	for off := 0; off < addrLen; off += 4 {
+		insns = append(insns,
+			asm.LoadMem(asm.R5, asm.R2, srcOff+int16(off), asm.Word),
+			asm.StoreMem(asm.RFP, int16(-addrLen+off), asm.R5, asm.Word))
+	}
+	insns = append(insns,
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, int32(-4-addrLen)),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.Mov.Imm(asm.R0, 1), // XDP_DROP
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+		asm.Return(),
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		b.Fatalf("load LPM program: %v", err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
 // xdpFilter loads xdp-tools' deny-mode xdp-filter program (all features)
 // with two source addresses per family and two ports, as `xdp-filter ip`
 // and `xdp-filter port` would configure it.
@@ -325,89 +387,84 @@ func BenchmarkDataPlane(b *testing.B) {
 	bareDropPool := poolNs(b, drop, frames[:20_000])
 	fmt.Fprintf(out, "bare XDP_DROP\t%.1f\t\n", bareDropPool)
 	fmt.Fprintf(out, "xdp-filter (deny, 4 addrs, 2 ports)\t%.1f\t\n", poolNs(b, filter, frames[:20_000]))
-	for _, n := range []int{10, 10_000, 100_000, 1_000_000} {
-		// The last member is one the change removes: a /32 in a range no
-		// random prefix covers (so removing it changes lookups).
-		members := append(randomPrefixes(r, n-1), "240.0.0.1/32")
-		rs := proto.RuleSet{
-			APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench", Mode: proto.ModeDeny,
-			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: members}},
-			Rules: []proto.Rule{{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:big"}}},
-		}
-		for _, layout := range []struct {
-			name      string
-			threshold int
-		}{{"LPM trie", -1}, {"DIR-24", 1}} {
-			opts := CompileOptions{Dir24Threshold: layout.threshold}
-			start := time.Now()
-			c, err := CompileWith([]proto.RuleSet{rs}, "lo", opts)
-			if err != nil {
-				b.Fatal(err)
+	frames6 := randomSourceFrames6(r, 100_000)
+	bare6 := poolNs(b, drop, frames6[:20_000])
+	fmt.Fprintf(out, "bare XDP_DROP, IPv6 sources\t%.1f\t\n", bare6)
+	fmt.Fprintf(out, "\nprefixes\tplain LPM program\txdpfw, LPM trie\txdpfw, big-set table\ttable above bare vs LPM program above bare\tcompile, apply, writes, memory (table)\t\n")
+	type result struct{ lpmProg, lpm, table float64 }
+	results := map[string]result{}
+	for _, family := range []string{"IPv4", "IPv6"} {
+		for _, n := range []int{10, 10_000, 100_000, 1_000_000} {
+			var members []string
+			pool, bareNs := frames, bareDropPool
+			if family == "IPv4" {
+				// The last member is one the change removes: a /32 in a
+				// range no random prefix covers.
+				members = append(randomPrefixes(r, n-1), "240.0.0.1/32")
+			} else {
+				members, pool, bareNs = randomPrefixes6(r, n), frames6, bare6
 			}
-			compileTime := time.Since(start)
-			rep, err := fw.Apply(c)
-			if err != nil {
-				b.Fatal(err)
+			rs := proto.RuleSet{
+				APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench", Mode: proto.ModeDeny,
+				Sets:  map[string]proto.PrefixSet{"big": {Prefixes: members}},
+				Rules: []proto.Rule{{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:big"}}},
 			}
-			// Apply again so both generations hold the set (memory).
-			if _, err := fw.Apply(c); err != nil {
-				b.Fatal(err)
+			var res result
+			res.lpmProg = poolNs(b, lpmProgram(b, family == "IPv6", members), pool)
+			var line string
+			for _, threshold := range []int{-1, 1} {
+				opts := CompileOptions{Dir24Threshold: threshold}
+				start := time.Now()
+				c, err := CompileWith([]proto.RuleSet{rs}, "lo", opts)
+				if err != nil {
+					b.Fatal(err)
+				}
+				compileTime := time.Since(start)
+				// A fresh firewall per layout: apply times are those of a
+				// first apply, not of switching layouts.
+				f := openTestFirewall(b)
+				rep, err := f.Apply(c)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := f.Apply(c); err != nil { // both generations hold the set
+					b.Fatal(err)
+				}
+				ns := poolNs(b, f.Program(), pool)
+				if threshold < 0 {
+					res.lpm = ns
+				} else {
+					res.table = ns
+					line = fmt.Sprintf("%v, %v, %d, %d MB (%d B/prefix)", compileTime.Round(time.Millisecond),
+						rep.Duration.Round(time.Millisecond), rep.TotalWrites(), mapMemory(b, f)>>20, mapMemory(b, f)/uint64(n))
+				}
+				if n == 1_000_000 && family == "IPv4" {
+					// One prefix less: compile again, apply the difference.
+					small := rs
+					small.Sets = map[string]proto.PrefixSet{"big": {Prefixes: members[:len(members)-1]}}
+					start := time.Now()
+					c2, err := CompileWith([]proto.RuleSet{small}, "lo", opts)
+					if err != nil {
+						b.Fatal(err)
+					}
+					compileTime := time.Since(start)
+					rep, err := f.Apply(c2)
+					if err != nil {
+						b.Fatal(err)
+					}
+					fmt.Fprintf(out, "one-prefix change to 1M IPv4 (threshold %d)\t\t\t\t\tcompile %v, apply %v, %d map writes %v\t\n",
+						threshold, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites(), rep.Writes)
+				}
+				f.Close()
 			}
-			ns := poolNs(b, fw.Program(), frames)
-			fmt.Fprintf(out, "xdpfw %d-prefix set, %s\t%.1f\t%.2fx bare\tcompile %v, apply %v, %d map writes, %d MB both generations\t\n",
-				n, layout.name, ns, ns/bareDropPool, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond),
-				rep.TotalWrites(), mapMemory(b, fw)>>20)
-			if n != 1_000_000 {
-				continue
-			}
-			// One prefix less: compile again, apply the difference.
-			small := rs
-			small.Sets = map[string]proto.PrefixSet{"big": {Prefixes: members[:len(members)-1]}}
-			start = time.Now()
-			c2, err := CompileWith([]proto.RuleSet{small}, "lo", opts)
-			if err != nil {
-				b.Fatal(err)
-			}
-			compileTime = time.Since(start)
-			rep, err = fw.Apply(c2)
-			if err != nil {
-				b.Fatal(err)
-			}
-			fmt.Fprintf(out, "  one-prefix change, %s\t\t\tcompile %v, apply %v, %d map writes %v\t\n",
-				layout.name, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond), rep.TotalWrites(), rep.Writes)
+			results[fmt.Sprintf("%s %d", family, n)] = res
+			fmt.Fprintf(out, "%s %d\t%.0f\t%.0f\t%.0f\t%.1fx below\t%s\t\n", family, n, res.lpmProg, res.lpm, res.table,
+				(res.lpmProg-bareNs)/(res.table-bareNs), line)
 		}
 	}
-
-	frames6 := randomSourceFrames6(r, 100_000)
-	fmt.Fprintf(out, "\nns/packet, pool mode: %d distinct random IPv6 sources\t\t\n", len(frames6))
-	fmt.Fprintf(out, "bare XDP_DROP\t%.1f\t\n", poolNs(b, drop, frames6[:20_000]))
-	for _, n := range []int{100_000, 1_000_000} {
-		rs := proto.RuleSet{
-			APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "bench6", Mode: proto.ModeDeny,
-			Sets:  map[string]proto.PrefixSet{"big": {Prefixes: randomPrefixes6(r, n)}},
-			Rules: []proto.Rule{{ID: "feed", Action: proto.ActionDrop, Src: []string{"set:big"}}},
-		}
-		for _, layout := range []struct {
-			name      string
-			threshold int
-		}{{"LPM trie", -1}, {"/48 hash", 1}} {
-			start := time.Now()
-			c, err := CompileWith([]proto.RuleSet{rs}, "lo", CompileOptions{Dir24Threshold: layout.threshold})
-			if err != nil {
-				b.Fatal(err)
-			}
-			compileTime := time.Since(start)
-			rep, err := fw.Apply(c)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := fw.Apply(c); err != nil {
-				b.Fatal(err)
-			}
-			ns := poolNs(b, fw.Program(), frames6)
-			fmt.Fprintf(out, "xdpfw %d-prefix IPv6 set, %s\t%.1f\t%.2fx bare\tcompile %v, apply %v, %d map writes, %d MB both generations\t\n",
-				n, layout.name, ns, ns/bareDropPool, compileTime.Round(time.Millisecond), rep.Duration.Round(time.Millisecond),
-				rep.TotalWrites(), mapMemory(b, fw)>>20)
-		}
+	for _, family := range []string{"IPv4", "IPv6"} {
+		big, small := results[family+" 1000000"], results[family+" 10"]
+		fmt.Fprintf(out, "%s: whole classifier at 1M / at 10 prefixes (default layouts: table / LPM trie) = %.2f\t\n",
+			family, big.table/small.lpm)
 	}
 }
