@@ -135,23 +135,30 @@ func (fw *Firewall) ActiveGeneration() (uint32, error) {
 		return 0, fmt.Errorf("open gen_sel inner map %d: %w", innerID, err)
 	}
 	defer inner.Close()
-	var gen uint32
-	if err := inner.Lookup(uint32(0), &gen); err != nil {
+	var active firewallFwActive
+	if err := inner.Lookup(uint32(0), &active); err != nil {
 		return 0, fmt.Errorf("read active generation: %w", err)
 	}
-	if gen > 1 {
-		return 0, fmt.Errorf("%w %d in gen_sel", errBadGeneration, gen)
+	if active.Gen > 1 {
+		return 0, fmt.Errorf("%w %d in gen_sel", errBadGeneration, active.Gen)
 	}
-	return gen, nil
+	return active.Gen, nil
 }
 
 // flip makes gen the active generation. The kernel returns from an update
 // of a map-in-map slot only after an RCU grace period (synchronize_rcu in
 // maybe_wait_bpf_programs), so when flip returns no program runs with the
 // old generation any more and it can be rewritten.
+//
+// The new selector also carries the generation's field set (from gen_info,
+// written before), which the program reads with it.
 func (fw *Firewall) flip(gen uint32) error {
+	var info firewallFwGenInfo
+	if err := fw.objs.GenInfo.Lookup(gen, &info); err != nil {
+		return fmt.Errorf("read gen_info[%d]: %w", gen, err)
+	}
 	spec := fw.spec.Maps["gen_sel"].InnerMap.Copy()
-	spec.Contents = []ebpf.MapKV{{Key: uint32(0), Value: gen}}
+	spec.Contents = []ebpf.MapKV{{Key: uint32(0), Value: firewallFwActive{Gen: gen, Fields: info.Fields}}}
 	inner, err := ebpf.NewMap(spec)
 	if err != nil {
 		return fmt.Errorf("create generation selector: %w", err)

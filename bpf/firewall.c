@@ -39,6 +39,7 @@ struct fw_btf_anchor {
 	struct fw_v4_t8 v4_t8;
 	struct fw_page page;
 	struct fw_v6_block v6_block;
+	struct fw_active active;
 };
 const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));
 
@@ -252,14 +253,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } gen_info SEC(".maps");
 
-/* gen_sel[0] -> a one-entry array holding the active generation (0 or 1).
- * User space flips generations by replacing the inner map; the kernel
- * returns from that update after an RCU grace period. */
+/* gen_sel[0] -> a one-entry array holding the active generation (struct
+ * fw_active). User space flips generations by replacing the inner map; the
+ * kernel returns from that update after an RCU grace period. */
 struct gen_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct fw_active);
 };
 
 struct {
@@ -788,15 +789,11 @@ static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
 	void *inner = bpf_map_lookup_elem(&gen_sel, &zero);
 	if (!inner)
 		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
-	__u32 *genp = bpf_map_lookup_elem(inner, &zero);
-	if (!genp)
+	struct fw_active *active = bpf_map_lookup_elem(inner, &zero);
+	if (!active)
 		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
-	__u32 gen = *genp & 1;
-
-	struct fw_gen_info *info = bpf_map_lookup_elem(&gen_info, &gen);
-	if (!info)
-		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
-	__u32 fields = info->fields;
+	__u32 gen = active->gen & 1;
+	__u32 fields = active->fields;
 
 	/* One vector per field; a field no rule uses keeps the all-rules
 	 * vector and costs no lookup. */

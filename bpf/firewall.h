@@ -169,6 +169,14 @@ struct fw_gen_info {
 	__u8 digest[32]; /* sha256 of the compiled input */
 };
 
+/* The value of gen_sel's inner map: the active generation and what it
+ * needs from gen_info on every packet, so a packet reads one value, not two
+ * (each is a cache miss under a flood of random sources). */
+struct fw_active {
+	__u32 gen;    /* 0 or 1 */
+	__u32 fields; /* gen_info[gen].fields */
+};
+
 /* settings[0]: policies outside the rule sets. */
 struct fw_settings {
 	__u32 parse_error_action; /* enum fw_action, default pass */

@@ -20,6 +20,12 @@ const (
 	firewallFwActionFW_ACTION_DROP firewallFwAction = 1
 )
 
+type firewallFwActive struct {
+	_      structs.HostLayout
+	Gen    uint32
+	Fields uint32
+}
+
 type firewallFwBitvec struct {
 	_       structs.HostLayout
 	Summary uint64

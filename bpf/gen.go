@@ -3,4 +3,4 @@
 // the code that loads, attaches, pins, adopts and updates it.
 package bpf
 
-//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type fw_limits -type fw_field -type fw_action -type fw_rule_flag -type fw_stat -type fw_lpm4_key -type fw_lpm6_key -type fw_bitvec -type fw_rule -type fw_gen_info -type fw_settings -type fw_counter -type fw_rule_name -type fw_dir24 -type fw_v4_block -type fw_v4_t8 -type fw_page -type fw_h48 -type fw_v6_block firewall firewall.c -- -I.
+//go:generate go tool bpf2go -cc clang-19 -strip llvm-strip-19 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type fw_limits -type fw_field -type fw_action -type fw_rule_flag -type fw_stat -type fw_lpm4_key -type fw_lpm6_key -type fw_bitvec -type fw_rule -type fw_gen_info -type fw_settings -type fw_counter -type fw_rule_name -type fw_dir24 -type fw_v4_block -type fw_v4_t8 -type fw_page -type fw_h48 -type fw_v6_block -type fw_active firewall firewall.c -- -I.
