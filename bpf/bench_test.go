@@ -123,6 +123,43 @@ func lpmProgram(b *testing.B, v6 bool, prefixes []string) *ebpf.Program {
 	return prog
 }
 
+// arrayProgram reads one 8-byte value of a 64 MB array at an index taken
+// from the source address (the first level of a DIR-24 table, nothing else):
+// the floor of any table lookup of that size on this machine.
+func arrayProgram(b *testing.B) *ebpf.Program {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1 << 23})
+	if err != nil {
+		b.Fatalf("create array: %v", err)
+	}
+	b.Cleanup(func() { m.Close() })
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 34),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 26, asm.Word), // source address
+		asm.RSh.Imm32(asm.R5, 9),                  // a /24 pair index (any 23 bits do)
+		asm.StoreMem(asm.RFP, -4, asm.R5, asm.Word),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.Mov.Imm(asm.R0, 1), // XDP_DROP
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"),
+		asm.Return(),
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: insns})
+	if err != nil {
+		b.Fatalf("load array program: %v", err)
+	}
+	b.Cleanup(func() { prog.Close() })
+	return prog
+}
+
 // xdpFilter loads xdp-tools' deny-mode xdp-filter program (all features)
 // with two source addresses per family and two ports, as `xdp-filter ip`
 // and `xdp-filter port` would configure it.
@@ -387,6 +424,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	bareDropPool := poolNs(b, drop, frames[:20_000])
 	fmt.Fprintf(out, "bare XDP_DROP\t%.1f\t\n", bareDropPool)
 	fmt.Fprintf(out, "xdp-filter (deny, 4 addrs, 2 ports)\t%.1f\t\n", poolNs(b, filter, frames[:20_000]))
+	fmt.Fprintf(out, "one read of a 64 MB array (a DIR-24 first level alone)\t%.1f\t\n", poolNs(b, arrayProgram(b), frames))
 	frames6 := randomSourceFrames6(r, 100_000)
 	bare6 := poolNs(b, drop, frames6[:20_000])
 	fmt.Fprintf(out, "bare XDP_DROP, IPv6 sources\t%.1f\t\n", bare6)
