@@ -73,8 +73,9 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 	if err != nil && !errors.Is(err, ErrNoGeneration) {
 		return nil, err
 	}
+	hasActive := err == nil
 	target := uint32(0)
-	if err == nil {
+	if hasActive {
 		target = 1 - active
 	}
 
@@ -93,7 +94,7 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 
 	rep := &ApplyReport{Generation: int(target), Writes: map[string]int{}, Rules: len(c.Rules), Vectors: len(c.Vecs), Digest: c.Digest}
 
-	slots, plan, err := fw.assignSlots(c, active, err == nil, rep)
+	slots, plan, err := fw.assignSlots(c, active, hasActive, rep)
 	if err != nil {
 		return nil, err
 	}
