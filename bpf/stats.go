@@ -114,6 +114,10 @@ type State struct {
 	Digest     string     `json:"digest"`
 	Rules      int        `json:"rules"`
 	RuleSets   []string   `json:"ruleSets"`
+	// Tables says how each address field is looked up: "lpm" (kernel LPM
+	// trie), "dir24" (IPv4 big-set table) or "h48" (IPv6 big-set table);
+	// fields no rule matches on are left out.
+	Tables map[string]string `json:"tables,omitempty"`
 }
 
 // State reads the firewall's state from the pinned objects.
@@ -142,6 +146,22 @@ func (fw *Firewall) State() (*State, error) {
 	s.Generation, s.Seq, s.Rules = int(gen), info.Seq, int(info.Rules)
 	s.AppliedAt = time.Unix(0, int64(info.AppliedUnixNs)).UTC()
 	s.Digest = hex.EncodeToString(info.Digest[:])
+	s.Tables = map[string]string{}
+	for _, f := range []struct {
+		name      string
+		used, big uint32
+		bigName   string
+	}{
+		{"src4", fieldSrc, fieldSrc4Dir, "dir24"}, {"src6", fieldSrc, fieldSrc6H48, "h48"},
+		{"dst4", fieldDst, fieldDst4Dir, "dir24"}, {"dst6", fieldDst, fieldDst6H48, "h48"},
+	} {
+		switch {
+		case info.Fields&f.big != 0:
+			s.Tables[f.name] = f.bigName
+		case info.Fields&f.used != 0:
+			s.Tables[f.name] = "lpm"
+		}
+	}
 	st, err := fw.Stats()
 	if err != nil {
 		return nil, err

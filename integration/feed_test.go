@@ -83,6 +83,10 @@ rules:
 		tcp6(client, server, 80): passes, // the feed lists the client's IPv4 address only
 	}
 	expectFlows(t, blockedFlows)
+	// 100,000 IPv4 prefixes: above the threshold, the DIR-24 table.
+	if st := server.show(t); st.Tables["src4"] != "dir24" {
+		t.Errorf("show says the IPv4 sources use %q, want dir24", st.Tables["src4"])
+	}
 
 	// The v4 entry was written as a bare address: the set holds it as /32.
 	r := server.local("set", "del", "spamhaus-drop", "198.18.0.1/32")
@@ -112,4 +116,33 @@ rules:
 	if s := server.stats(t); s.rule(t, "drop-feed").Packets == 0 {
 		t.Error("drop-feed counted no packets")
 	}
+
+	// A new edition of the feed, without the client, replaces the set.
+	next := filepath.Join(t.TempDir(), "drop-next.txt")
+	if err := os.WriteFile(next, []byte("; next edition\n203.0.113.0/24 ; SBL1\n192.0.2.7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = server.local("set", "load", "spamhaus-drop", "-f", next)
+	if r.code != 0 {
+		t.Fatalf("set load: %s", r)
+	}
+	if !strings.Contains(r.stdout, "-> 2 prefixes") {
+		t.Errorf("set load printed %q, want the set to hold 2 prefixes", r.stdout)
+	}
+	expectFlows(t, map[flow]outcome{
+		tcp4(client, server, 80): passes,
+		ping4(client, server):    passes,
+	})
+	if st := server.show(t); st.Tables["src4"] != "lpm" {
+		t.Errorf("with 2 prefixes show says the IPv4 sources use %q, want lpm", st.Tables["src4"])
+	}
+	// A feed with a bad line changes nothing.
+	bad := filepath.Join(t.TempDir(), "bad.txt")
+	if err := os.WriteFile(bad, []byte("198.18.0.1\n10.0.0.300/8\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := server.local("set", "load", "spamhaus-drop", "-f", bad); r.code == 0 || !strings.Contains(r.stderr, "bad.txt:2") {
+		t.Errorf("set load of a bad feed: %s; want an error naming bad.txt:2", r)
+	}
+	expectFlows(t, map[flow]outcome{tcp4(client, server, 80): passes})
 }

@@ -192,6 +192,8 @@ type state struct {
 	Digest     string   `json:"digest"`
 	Rules      int      `json:"rules"`
 	RuleSets   []string `json:"ruleSets"`
+	// Tables: how each address field is looked up (lpm, dir24, h48).
+	Tables map[string]string `json:"tables"`
 }
 
 func (h *host) stats(t *testing.T) stats {

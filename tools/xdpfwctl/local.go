@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/xdpfw/xdpfw/bpf"
@@ -241,6 +242,15 @@ func runLocalShow(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(tw, "rule sets:\t%v\n", s.RuleSets)
 	fmt.Fprintf(tw, "rules:\t%d\n", s.Rules)
 	fmt.Fprintf(tw, "digest:\t%s\n", s.Digest)
+	if len(s.Tables) > 0 {
+		var tables []string
+		for _, f := range []string{"src4", "src6", "dst4", "dst6"} {
+			if t, ok := s.Tables[f]; ok {
+				tables = append(tables, f+" "+t)
+			}
+		}
+		fmt.Fprintf(tw, "prefix tables:\t%s\n", strings.Join(tables, ", "))
+	}
 	fmt.Fprintf(tw, "generation:\t%d (apply #%d at %s)\n", s.Generation, s.Seq, s.AppliedAt.Format("2006-01-02T15:04:05Z"))
 	return tw.Flush()
 }
