@@ -795,34 +795,84 @@ static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
 	__u32 gen = active->gen & 1;
 	__u32 fields = active->fields;
 
-	/* One vector per field; a field no rule uses keeps the all-rules
-	 * vector and costs no lookup. */
-	__u32 all = FW_VEC_ALL;
-	struct fw_bitvec *v_all = vec(gen, &all);
-	if (!v_all)
-		return pass;
-	struct fw_bitvec *v_src = v_all, *v_dst = v_all, *v_sport = v_all, *v_dport = v_all;
-	struct fw_bitvec *v_proto = v_all, *v_flags = v_all, *v_icmp = v_all;
-
+	/* One vector per used field. A missing entry means no rule can match
+	 * (the compiler always writes a catch-all entry, so this only happens
+	 * with a damaged map). */
+	struct fw_bitvec *v_src = 0, *v_dst = 0, *v_sport = 0, *v_dport = 0;
+	struct fw_bitvec *v_proto = 0, *v_flags = 0, *v_icmp = 0;
 	__u32 src_id, dst_id;
-	if (fields & FW_FIELD_SRC)
+	if (fields & FW_FIELD_SRC) {
 		v_src = vec(gen, lookup_addr(pkt, gen, fields, 0, &src_id));
-	if (fields & FW_FIELD_DST)
+		if (!v_src)
+			return pass;
+	}
+	if (fields & FW_FIELD_DST) {
 		v_dst = vec(gen, lookup_addr(pkt, gen, fields, 1, &dst_id));
-	if (fields & FW_FIELD_SPORT)
+		if (!v_dst)
+			return pass;
+	}
+	if (fields & FW_FIELD_SPORT) {
 		v_sport = vec(gen, lookup_array(&sport, gen, FW_PORT_SLOTS, pkt->sport % FW_PORT_SLOTS));
-	if (fields & FW_FIELD_DPORT)
+		if (!v_sport)
+			return pass;
+	}
+	if (fields & FW_FIELD_DPORT) {
 		v_dport = vec(gen, lookup_array(&dport, gen, FW_PORT_SLOTS, pkt->dport % FW_PORT_SLOTS));
-	if (fields & FW_FIELD_PROTO)
+		if (!v_dport)
+			return pass;
+	}
+	if (fields & FW_FIELD_PROTO) {
 		v_proto = vec(gen, lookup_array(&proto, gen, FW_PROTO_SLOTS, pkt->proto));
-	if (fields & FW_FIELD_TCPFLAGS)
+		if (!v_proto)
+			return pass;
+	}
+	if (fields & FW_FIELD_TCPFLAGS) {
 		v_flags = vec(gen, lookup_array(&tcpflags, gen, FW_BYTE_SLOTS, pkt->tcpflags % FW_BYTE_SLOTS));
-	if (fields & FW_FIELD_ICMPTYPE)
+		if (!v_flags)
+			return pass;
+	}
+	if (fields & FW_FIELD_ICMPTYPE) {
 		v_icmp = vec(gen, lookup_array(&icmptype, gen, FW_BYTE_SLOTS, pkt->icmptype % FW_BYTE_SLOTS));
-	/* A missing entry means no rule can match (the compiler always writes
-	 * a catch-all entry, so this only happens mid-way through a bad map). */
-	if (!v_src || !v_dst || !v_sport || !v_dport || !v_proto || !v_flags || !v_icmp)
-		return pass;
+		if (!v_icmp)
+			return pass;
+	}
+	/* A field no rule uses matches every rule: it takes the vector of a
+	 * used field (a vector ANDed with itself is unchanged), or, when no
+	 * field is used, the all-rules vector. Either way no extra read of a
+	 * cold cache line. */
+	struct fw_bitvec *base = v_src;
+	if (!base)
+		base = v_dst;
+	if (!base)
+		base = v_sport;
+	if (!base)
+		base = v_dport;
+	if (!base)
+		base = v_proto;
+	if (!base)
+		base = v_flags;
+	if (!base)
+		base = v_icmp;
+	if (!base) {
+		__u32 all = FW_VEC_ALL;
+		base = vec(gen, &all);
+		if (!base)
+			return pass;
+	}
+	if (!v_src)
+		v_src = base;
+	if (!v_dst)
+		v_dst = base;
+	if (!v_sport)
+		v_sport = base;
+	if (!v_dport)
+		v_dport = base;
+	if (!v_proto)
+		v_proto = base;
+	if (!v_flags)
+		v_flags = base;
+	if (!v_icmp)
+		v_icmp = base;
 
 	struct search st = {
 		.v = {v_src, v_dst, v_sport, v_dport, v_proto, v_flags, v_icmp},
