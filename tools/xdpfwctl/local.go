@@ -150,21 +150,7 @@ func readRuleSets(path string) ([]proto.RuleSet, error) {
 }
 
 func runLocalStats(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("local stats", stderr)
-	var common commonFlags
-	common.register(fs)
-	output := fs.String("o", "table", "output: table or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	opts, err := common.options()
-	if err != nil {
-		return err
-	}
-	if *output != "table" && *output != "json" {
-		return usageError(fmt.Sprintf("-o %q: want table or json", *output))
-	}
-	fw, err := bpf.OpenPinned(opts)
+	fw, output, err := openForReading("local stats", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -173,7 +159,7 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
+	if output == "json" {
 		return writeJSON(stdout, st)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -204,18 +190,7 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 }
 
 func runLocalShow(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("local show", stderr)
-	var common commonFlags
-	common.register(fs)
-	output := fs.String("o", "table", "output: table or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	opts, err := common.options()
-	if err != nil {
-		return err
-	}
-	fw, err := bpf.OpenPinned(opts)
+	fw, output, err := openForReading("local show", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -224,7 +199,7 @@ func runLocalShow(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *output == "json" {
+	if output == "json" {
 		return writeJSON(stdout, s)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -253,6 +228,30 @@ func runLocalShow(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(tw, "generation:\t%d (apply #%d at %s)\n", s.Generation, s.Seq, s.AppliedAt.Format("2006-01-02T15:04:05Z"))
 	return tw.Flush()
+}
+
+// openForReading parses the flags of a read-only command (--iface,
+// --pin-path, -o) and opens the pinned firewall without taking the lock.
+func openForReading(name string, args []string, stderr io.Writer) (*bpf.Firewall, string, error) {
+	fs := newFlagSet(name, stderr)
+	var common commonFlags
+	common.register(fs)
+	output := fs.String("o", "table", "output: table or json")
+	if err := parseFlags(fs, args); err != nil {
+		return nil, "", err
+	}
+	opts, err := common.options()
+	if err != nil {
+		return nil, "", err
+	}
+	if *output != "table" && *output != "json" {
+		return nil, "", usageError(fmt.Sprintf("-o %q: want table or json", *output))
+	}
+	fw, err := bpf.OpenPinned(opts)
+	if err != nil {
+		return nil, "", err
+	}
+	return fw, *output, nil
 }
 
 func runLocalDetach(args []string, stdout, stderr io.Writer) error {
