@@ -54,42 +54,53 @@ type interval struct {
 // compilePrefixes computes them, with a /0 entry) into the sorted list of
 // intervals a longest-prefix match gives over the whole address space.
 func flatten(t prefixTable) []interval {
+	return flattenRanges(len(t.prefixes), func(i int) (uint64, uint64, VecID) {
+		start := uint64(v4Uint(t.prefixes[i].Addr()))
+		return start, start + (1 << (32 - t.prefixes[i].Bits())) - 1, t.ids[i]
+	}, 0, 1<<32-1)
+}
+
+// flattenRanges turns ranges [start, end] of addresses, each with a vector,
+// into intervals: where each run of addresses starts, and the vector of the
+// innermost range holding it; addresses in no range (up to last) get base.
+// The ranges are prefixes in sortPrefixes order: each lies inside or after
+// the ones before it.
+func flattenRanges(n int, rangeOf func(i int) (start, end uint64, id VecID), base VecID, last uint64) []interval {
 	type open struct {
 		end uint64 // last address, inclusive
 		id  VecID
 	}
-	var out []interval
+	out := []interval{{0, base}}
 	emit := func(start uint64, id VecID) {
-		if n := len(out); n > 0 && uint64(out[n-1].start) == start {
-			out[n-1].id = id // a prefix starting where its sibling ended
+		n := len(out)
+		if uint64(out[n-1].start) == start {
+			out[n-1].id = id // a range starting where its sibling ended
 			if n > 1 && out[n-2].id == id {
 				out = out[:n-1]
 			}
 			return
 		}
-		if n := len(out); n > 0 && out[n-1].id == id {
-			return
+		if out[n-1].id != id {
+			out = append(out, interval{uint32(start), id})
 		}
-		out = append(out, interval{uint32(start), id})
 	}
-	var stack []open
+	stack := []open{{last, base}}
 	closeTop := func() {
 		top := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		if len(stack) > 0 && top.end < 1<<32-1 {
+		if top.end < last {
 			emit(top.end+1, stack[len(stack)-1].id)
 		}
 	}
-	for i, p := range t.prefixes {
-		start := uint64(v4Uint(p.Addr()))
-		end := start + (1 << (32 - p.Bits())) - 1
-		for len(stack) > 0 && stack[len(stack)-1].end < start {
+	for i := 0; i < n; i++ {
+		start, end, id := rangeOf(i)
+		for stack[len(stack)-1].end < start {
 			closeTop()
 		}
-		emit(start, t.ids[i])
-		stack = append(stack, open{end, t.ids[i]})
+		emit(start, id)
+		stack = append(stack, open{end, id})
 	}
-	for len(stack) > 0 {
+	for len(stack) > 1 {
 		closeTop()
 	}
 	return out

@@ -147,46 +147,11 @@ func (h *h48) bucket(key uint64, base VecID, inner prefixTable, blockIdx map[v6B
 // flatten16 is flatten over the bits 48..63 of one /48: the intervals its
 // prefixes (/49 to /64, sorted) cut it into, base outside them all.
 func flatten16(base VecID, inner prefixTable) []interval {
-	type open struct {
-		end uint32
-		id  VecID
-	}
-	out := []interval{{0, base}}
-	emit := func(start uint32, id VecID) {
-		n := len(out)
-		if out[n-1].start == start {
-			out[n-1].id = id
-			if n > 1 && out[n-2].id == id {
-				out = out[:n-1]
-			}
-			return
-		}
-		if out[n-1].id != id {
-			out = append(out, interval{start, id})
-		}
-	}
-	stack := []open{{0xFFFF, base}}
-	closeTop := func() {
-		t := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if t.end < 0xFFFF {
-			emit(t.end+1, stack[len(stack)-1].id)
-		}
-	}
-	for i, q := range inner.prefixes {
-		hi, _ := v6Halves(q.Addr())
-		start := uint32(hi & 0xFFFF)
-		end := start + (1 << (64 - q.Bits())) - 1
-		for stack[len(stack)-1].end < start {
-			closeTop()
-		}
-		emit(start, inner.ids[i])
-		stack = append(stack, open{end, inner.ids[i]})
-	}
-	for len(stack) > 1 {
-		closeTop()
-	}
-	return out
+	return flattenRanges(len(inner.prefixes), func(i int) (uint64, uint64, VecID) {
+		hi, _ := v6Halves(inner.prefixes[i].Addr())
+		start := hi & 0xFFFF
+		return start, start + (1 << (64 - inner.prefixes[i].Bits())) - 1, inner.ids[i]
+	}, base, 0xFFFF)
 }
 
 // lookup is the Go model of the XDP program's H48 lookup.

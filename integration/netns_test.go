@@ -270,19 +270,28 @@ func (h *host) notReady(nh *netlink.Handle) string {
 	return "no IPv6 multicast route"
 }
 
-// xdpMode is how an XDP program is attached to h's eth0, as the kernel
-// reports it: "native", "generic", or "" when none is.
-func (h *host) xdpMode(t *testing.T) string {
+// eth0 opens a netlink handle in h's namespace and finds its eth0; the
+// caller closes the handle.
+func (h *host) eth0(t *testing.T) (*netlink.Handle, netlink.Link) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(h.ns)
 	if err != nil {
 		t.Fatalf("netlink handle in %s: %v", h.netns, err)
 	}
-	defer nh.Close()
 	l, err := nh.LinkByName(ifaceName)
 	if err != nil {
+		nh.Close()
 		t.Fatalf("%s: find %s: %v", h.netns, ifaceName, err)
 	}
+	return nh, l
+}
+
+// xdpMode is how an XDP program is attached to h's eth0, as the kernel
+// reports it: "native", "generic", or "" when none is.
+func (h *host) xdpMode(t *testing.T) string {
+	t.Helper()
+	nh, l := h.eth0(t)
+	defer nh.Close()
 	if x := l.Attrs().Xdp; x != nil && x.Attached {
 		switch x.AttachMode {
 		case nl.XDP_ATTACHED_DRV:
@@ -299,15 +308,8 @@ func (h *host) xdpMode(t *testing.T) string {
 // packet to each address has to resolve it again.
 func (h *host) forgetNeighbours(t *testing.T) {
 	t.Helper()
-	nh, err := netlink.NewHandleAt(h.ns)
-	if err != nil {
-		t.Fatalf("netlink handle in %s: %v", h.netns, err)
-	}
+	nh, l := h.eth0(t)
 	defer nh.Close()
-	l, err := nh.LinkByName(ifaceName)
-	if err != nil {
-		t.Fatalf("%s: find %s: %v", h.netns, ifaceName, err)
-	}
 	neighs, err := nh.NeighList(l.Attrs().Index, netlink.FAMILY_ALL)
 	if err != nil {
 		t.Fatalf("%s: list neighbours: %v", h.netns, err)
