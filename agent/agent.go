@@ -1,0 +1,309 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// Version is the agent's version, reported in its status. Builds set it
+// with -ldflags "-X github.com/xdpfw/xdpfw/agent.Version=..."; otherwise
+// it is the VCS revision the binary was built from.
+var Version = ""
+
+func agentVersion() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+	}
+	return "dev"
+}
+
+// opTimeout bounds one etcd request: a request to a member that does not
+// answer must not hold the agent up (it retries with backoff instead).
+const opTimeout = 5 * time.Second
+
+// Agent is one host's daemon. New opens the firewalls; Run does the work.
+type Agent struct {
+	cfg     Config
+	log     *zap.Logger
+	cli     *clientv3.Client
+	ownCli  bool
+	keys    proto.Keys
+	ifaces  []*managedIface
+	metrics *metrics
+	started time.Time
+
+	// noAttach leaves the programs unattached (tests on interfaces that
+	// cannot take XDP, such as lo): maps are still written and read.
+	noAttach bool
+
+	// cache is the sync loop's view of etcd (owned by that goroutine).
+	cache syncCache
+
+	status    box[proto.HostStatus]
+	telemetry box[proto.HostTelemetry]
+	// latest is the telemetry loop's last sample, served on /metrics.
+	latest atomic.Pointer[sample]
+}
+
+// managedIface is one interface's firewall, owned by the sync loop except
+// for reads of counters (Stats), which are safe from any goroutine.
+type managedIface struct {
+	cfg      InterfaceConfig
+	fw       *bpf.Firewall
+	mode     bpf.AttachMode
+	attached bool
+	writes   int
+}
+
+// New checks the configuration, connects to etcd (lazily: the client
+// reconnects by itself) and opens, or adopts, the firewall of every managed
+// interface. It changes no map: the first apply happens in Run.
+func New(cfg Config, log *zap.Logger) (*Agent, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, log: log, keys: proto.NewKeys(cfg.KeyPrefix), started: time.Now().UTC(),
+		metrics: newMetrics(),
+	}
+	a.status.init()
+	a.telemetry.init()
+	for _, ic := range cfg.Interfaces {
+		fw, err := bpf.Open(bpf.Options{PinPath: cfg.PinPath, Interface: ic.Name})
+		if err != nil {
+			a.closeFirewalls()
+			return nil, fmt.Errorf("open firewall of %s: %w", ic.Name, err)
+		}
+		a.ifaces = append(a.ifaces, &managedIface{cfg: ic, fw: fw})
+	}
+	if cfg.ParseErrors != "" || cfg.NonIP != "" {
+		for _, m := range a.ifaces {
+			if err := m.fw.SetPolicy(cfg.ParseErrors == "drop", cfg.NonIP == "drop"); err != nil {
+				a.closeFirewalls()
+				return nil, fmt.Errorf("set policy of %s: %w", m.cfg.Name, err)
+			}
+		}
+	}
+	cli, err := newClient(cfg)
+	if err != nil {
+		a.closeFirewalls()
+		return nil, err
+	}
+	a.cli, a.ownCli = cli, true
+	return a, nil
+}
+
+func newClient(cfg Config) (*clientv3.Client, error) {
+	var tlsCfg *tls.Config
+	if cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CAFile != "" {
+		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
+		c, err := info.ClientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("etcd TLS: %w", err)
+		}
+		tlsCfg = c
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		TLS:         tlsCfg,
+		DialTimeout: opTimeout,
+		// Keepalives notice a member that stopped answering (a cut cable,
+		// a blackhole), so requests move to another member.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
+	}
+	return cli, nil
+}
+
+func (a *Agent) closeFirewalls() {
+	for _, m := range a.ifaces {
+		m.fw.Close()
+	}
+}
+
+// Close releases the etcd client and the firewalls' handles. Everything
+// pinned stays: the programs keep filtering with the last applied rules.
+func (a *Agent) Close() error {
+	a.closeFirewalls()
+	if a.ownCli {
+		return a.cli.Close()
+	}
+	return nil
+}
+
+// Run adopts what is pinned, then keeps the firewalls equal to etcd and
+// reports, until ctx ends (SIGTERM): then it revokes the lease and returns,
+// leaving the data plane attached and pinned.
+func (a *Agent) Run(ctx context.Context) error {
+	a.adopt()
+	a.publishStatus()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	if addr := *a.cfg.MetricsAddr; addr != "" {
+		srv, ln, err := a.metricsServer(addr)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				select {
+				case errc <- fmt.Errorf("metrics server: %w", err):
+				default:
+				}
+				cancel()
+			}
+		}()
+		defer func() {
+			sctx, c := context.WithTimeout(context.Background(), time.Second)
+			defer c()
+			srv.Shutdown(sctx)
+		}()
+	}
+	wg.Add(3)
+	go func() { defer wg.Done(); a.syncLoop(ctx) }()
+	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
+	go func() { defer wg.Done(); a.reportLoop(ctx) }()
+	<-ctx.Done()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+// adopt reads what the pinned firewalls enforce now (a restarted agent, or
+// rules applied with xdpfwctl local) and re-attaches nothing that is
+// attached: Attach adopts a pinned link and never detaches.
+func (a *Agent) adopt() {
+	for _, m := range a.ifaces {
+		if _, err := m.fw.ActiveGeneration(); err != nil {
+			continue // nothing applied yet: attach after the first apply
+		}
+		if err := a.attach(m); err != nil {
+			a.log.Error("adopt pinned firewall", zap.String("iface", m.cfg.Name), zap.Error(err))
+			continue
+		}
+		a.log.Info("adopted pinned firewall", zap.String("iface", m.cfg.Name), zap.String("mode", string(m.mode)))
+	}
+}
+
+func (a *Agent) attach(m *managedIface) error {
+	if a.noAttach || m.attached {
+		return nil
+	}
+	mode, err := m.fw.Attach(m.cfg.Mode)
+	if err != nil {
+		return err
+	}
+	m.mode, m.attached = mode, true
+	return nil
+}
+
+func (a *Agent) metricsServer(addr string) (*http.Server, net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(a.metrics.collectors()...)
+	reg.MustRegister(&countersCollector{a: a})
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln, nil
+}
+
+// box holds the latest value of a document for the reporter to write, and
+// signals that it changed. Values are replaced whole, never merged.
+type box[T any] struct {
+	mu      sync.Mutex
+	v       T
+	seq     uint64
+	changed chan struct{}
+}
+
+func (b *box[T]) init() { b.changed = make(chan struct{}, 1) }
+
+func (b *box[T]) set(v T) {
+	b.mu.Lock()
+	b.v = v
+	b.seq++
+	b.mu.Unlock()
+	select {
+	case b.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (b *box[T]) get() (T, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.v, b.seq
+}
+
+// backoff is capped exponential backoff with full jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// sleep waits d or until ctx ends; it reports whether ctx is still alive.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,110 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the agent's own health, served on /metrics beside the
+// firewall counters (countersCollector).
+type metrics struct {
+	applySeconds  prometheus.Histogram
+	applyErrors   prometheus.Counter
+	mapWrites     prometheus.Counter
+	watchRestarts prometheus.Counter
+	resyncErrors  prometheus.Counter
+	leaseGrants   prometheus.Counter
+	etcdConnected prometheus.Gauge
+	revision      prometheus.Gauge
+	inSync        prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "xdpfw_agent_apply_duration_seconds",
+			Help:    "Time from a desired-state change to the firewalls enforcing it (compile and apply).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_apply_errors_total",
+			Help: "Desired states refused (bad document, compile or apply error); the last good rules stayed in force.",
+		}),
+		mapWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_map_writes_total",
+			Help: "BPF map entries written or deleted by applies.",
+		}),
+		watchRestarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_watch_restarts_total",
+			Help: "Times the etcd watch ended (compaction, lost leader, error) and the agent resynced.",
+		}),
+		resyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_resync_errors_total",
+			Help: "Failed reads of the desired state from etcd.",
+		}),
+		leaseGrants: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_lease_grants_total",
+			Help: "Leases granted to this host (more than one means the lease expired or etcd was lost).",
+		}),
+		etcdConnected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xdpfw_agent_etcd_connected",
+			Help: "1 while the host's lease is kept alive by etcd, else 0.",
+		}),
+		revision: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xdpfw_agent_applied_revision",
+			Help: "The etcd revision of the desired state last applied or refused.",
+		}),
+		inSync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xdpfw_agent_in_sync",
+			Help: "1 when the firewalls enforce what etcd desires, else 0.",
+		}),
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.applySeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
+		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync}
+}
+
+var (
+	rulePacketsDesc = prometheus.NewDesc("xdpfw_rule_packets_total",
+		"Packets matched per rule, summed over CPUs.", []string{"interface", "ruleset", "rule", "action"}, nil)
+	ruleBytesDesc = prometheus.NewDesc("xdpfw_rule_bytes_total",
+		"Bytes matched per rule, summed over CPUs.", []string{"interface", "ruleset", "rule", "action"}, nil)
+	actionPacketsDesc = prometheus.NewDesc("xdpfw_action_packets_total",
+		"Packets per outcome (pass-rule, drop-rule, pass-default, parse-error, non-ip, would-drop, fragment, no-policy).",
+		[]string{"interface", "outcome"}, nil)
+	actionBytesDesc = prometheus.NewDesc("xdpfw_action_bytes_total",
+		"Bytes per outcome.", []string{"interface", "outcome"}, nil)
+)
+
+// countersCollector serves every rule's counters from the telemetry
+// loop's latest sample: full detail, which the etcd document leaves out.
+type countersCollector struct{ a *Agent }
+
+func (c *countersCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- rulePacketsDesc
+	ch <- ruleBytesDesc
+	ch <- actionPacketsDesc
+	ch <- actionBytesDesc
+}
+
+func (c *countersCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.a.latest.Load()
+	if s == nil {
+		return
+	}
+	for _, is := range s.ifaces {
+		for outcome, ctr := range is.stats.Actions {
+			ch <- prometheus.MustNewConstMetric(actionPacketsDesc, prometheus.CounterValue, float64(ctr.Packets), is.name, outcome)
+			ch <- prometheus.MustNewConstMetric(actionBytesDesc, prometheus.CounterValue, float64(ctr.Bytes), is.name, outcome)
+		}
+		for _, r := range is.stats.Rules {
+			action := r.Action
+			if r.DryRun {
+				action += "-dry-run"
+			}
+			ch <- prometheus.MustNewConstMetric(rulePacketsDesc, prometheus.CounterValue, float64(r.Packets), is.name, r.RuleSet, r.ID, action)
+			ch <- prometheus.MustNewConstMetric(ruleBytesDesc, prometheus.CounterValue, float64(r.Bytes), is.name, r.RuleSet, r.ID, action)
+		}
+	}
+}

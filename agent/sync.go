@@ -1,0 +1,411 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// syncCache mirrors the part of etcd this host enforces: its desired state
+// and the rule-set versions that state names. The sync loop owns it.
+type syncCache struct {
+	// rev is the etcd revision the cache reflects.
+	rev int64
+	// desired is the raw desired-state document (nil: no key).
+	desired    []byte
+	desiredRev int64
+	// docs holds each referenced rule-set version by key.
+	docs map[string]cachedDoc
+	// refs are the references of the desired state (nil if it is bad).
+	refs []proto.RuleSetRef
+
+	// input fingerprints what was last applied or refused, so that an
+	// event that changes nothing this host enforces applies nothing.
+	input string
+	// retry is set when the last apply failed in the kernel (not on bad
+	// input): it is tried again after a pause.
+	retry bool
+
+	applied   []proto.RuleSetRef
+	inSync    bool
+	lastError *proto.StatusError
+}
+
+type cachedDoc struct {
+	raw    []byte
+	modRev int64
+}
+
+// errResync asks the sync loop to read everything again.
+var errResync = errors.New("resync")
+
+// syncLoop keeps the firewalls equal to etcd: read everything at one
+// revision and apply it, then watch from the next revision; on any watch
+// error (compaction, lost leader, cancellation) start again from a fresh
+// read. While etcd is unreachable nothing changes: the pinned maps keep
+// enforcing the last applied rules (fail-static).
+func (a *Agent) syncLoop(ctx context.Context) {
+	bo := newBackoff(100*time.Millisecond, 5*time.Second)
+	for ctx.Err() == nil {
+		if err := a.resync(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("read desired state from etcd", zap.Error(err))
+			a.metrics.resyncErrors.Inc()
+			sleep(ctx, bo.next())
+			continue
+		}
+		bo.reset()
+		err := a.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.metrics.watchRestarts.Inc()
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			a.log.Info("watch revision compacted: resync", zap.Int64("revision", a.cache.rev))
+			continue
+		}
+		a.log.Warn("watch ended: resync", zap.Int64("revision", a.cache.rev), zap.Error(err))
+		sleep(ctx, bo.next())
+	}
+}
+
+// resync reads the host's desired state and the versions it names at one
+// revision, replaces the cache with them (dropping whatever the new read no
+// longer returns) and reconciles.
+func (a *Agent) resync(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	key := a.keys.HostDesired(a.cfg.Host)
+	resp, err := a.cli.Get(rctx, key)
+	if err != nil {
+		return fmt.Errorf("get %s: %w", key, err)
+	}
+	rev := resp.Header.Revision
+	c := &a.cache
+	c.rev, c.desired, c.desiredRev, c.refs = rev, nil, 0, nil
+	c.docs = map[string]cachedDoc{}
+	if len(resp.Kvs) > 0 {
+		c.desired, c.desiredRev = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
+	}
+	if err := a.fetchReferenced(rctx, rev); err != nil {
+		return err
+	}
+	a.reconcile()
+	return nil
+}
+
+// fetchReferenced decodes the cached desired state and reads, at revision
+// rev, each version it names that the cache lacks.
+func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
+	c := &a.cache
+	c.refs = nil
+	if c.desired == nil {
+		return nil
+	}
+	d, err := proto.DecodeHostDesired(c.desired)
+	if err != nil {
+		return nil // reconcile reports it
+	}
+	c.refs = d.RuleSets
+	keep := map[string]cachedDoc{}
+	for _, ref := range c.refs {
+		key := a.keys.RuleSetVersion(ref.Name, ref.Version)
+		if doc, ok := c.docs[key]; ok {
+			keep[key] = doc
+			continue
+		}
+		resp, err := a.cli.Get(ctx, key, clientv3.WithRev(rev))
+		if err != nil {
+			return fmt.Errorf("get %s at revision %d: %w", key, rev, err)
+		}
+		if len(resp.Kvs) > 0 {
+			keep[key] = cachedDoc{raw: resp.Kvs[0].Value, modRev: resp.Kvs[0].ModRevision}
+		}
+	}
+	c.docs = keep
+	return nil
+}
+
+// watch follows the host's desired-state key and every rule set's versions
+// from the revision after the cache's, applying each change in revision
+// order, until a watch error. WithRequireLeader makes a watch on a member
+// cut off from the quorum fail instead of going quiet.
+func (a *Agent) watch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	from := a.cache.rev + 1
+	desiredKey := a.keys.HostDesired(a.cfg.Host)
+	hostCh := a.cli.Watch(wctx, desiredKey, clientv3.WithRev(from))
+	setsCh := a.cli.Watch(wctx, a.keys.RuleSets(), clientv3.WithPrefix(), clientv3.WithRev(from))
+
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-retry.C:
+			if a.cache.retry {
+				a.cache.input = "" // force a new attempt
+				a.reconcile()
+			}
+			continue
+		case resp, ok = <-hostCh:
+		case resp, ok = <-setsCh:
+		}
+		if !ok {
+			return fmt.Errorf("watch channel closed: %w", errResync)
+		}
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watch from revision %d: %w", from, err)
+		}
+		if err := a.applyEvents(wctx, resp); err != nil {
+			return err
+		}
+	}
+}
+
+// applyEvents folds one watch response into the cache and reconciles.
+func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) error {
+	c := &a.cache
+	desiredKey := a.keys.HostDesired(a.cfg.Host)
+	desiredChanged := false
+	for _, ev := range resp.Events {
+		key := string(ev.Kv.Key)
+		switch {
+		case key == desiredKey:
+			if ev.Kv.ModRevision <= c.desiredRev && ev.Type == mvccpb.PUT {
+				continue // already read (a resync raced the watch)
+			}
+			desiredChanged = true
+			if ev.Type == mvccpb.DELETE {
+				c.desired, c.desiredRev = nil, ev.Kv.ModRevision
+			} else {
+				c.desired, c.desiredRev = ev.Kv.Value, ev.Kv.ModRevision
+			}
+		case a.referenced(key):
+			cur, have := c.docs[key]
+			if have && ev.Kv.ModRevision <= cur.modRev {
+				continue
+			}
+			if ev.Type == mvccpb.DELETE {
+				delete(c.docs, key)
+			} else {
+				c.docs[key] = cachedDoc{raw: ev.Kv.Value, modRev: ev.Kv.ModRevision}
+			}
+		}
+	}
+	if resp.Header.Revision > c.rev {
+		c.rev = resp.Header.Revision
+	}
+	if desiredChanged {
+		fctx, cancel := context.WithTimeout(ctx, opTimeout)
+		defer cancel()
+		if err := a.fetchReferenced(fctx, c.desiredRev); err != nil {
+			return err
+		}
+	}
+	a.reconcile()
+	return nil
+}
+
+func (a *Agent) referenced(key string) bool {
+	name, v, ok := a.keys.ParseRuleSetVersion(key)
+	if !ok {
+		return false
+	}
+	for _, r := range a.cache.refs {
+		if r.Name == name && r.Version == v {
+			return true
+		}
+	}
+	return false
+}
+
+// fingerprint identifies the input of an apply: the desired state and the
+// revision of each document it names.
+func (a *Agent) fingerprint() string {
+	c := &a.cache
+	var b strings.Builder
+	b.WriteString(strconv.FormatInt(c.desiredRev, 10))
+	for _, r := range c.refs {
+		key := a.keys.RuleSetVersion(r.Name, r.Version)
+		fmt.Fprintf(&b, " %s=%d", key, c.docs[key].modRev)
+	}
+	return b.String()
+}
+
+// reconcile applies the cached desired state if it differs from what was
+// last applied or refused. A bad document is refused: the last good rules
+// stay in force and the status says which document and why.
+func (a *Agent) reconcile() {
+	c := &a.cache
+	fp := a.fingerprint()
+	if fp == c.input {
+		// Nothing this host enforces changed (another host's rule set, say):
+		// no apply and no status write, which would cost every host a write
+		// per change anywhere in the fleet.
+		return
+	}
+	c.input, c.retry = fp, false
+	start := time.Now()
+	refs, sets, serr := a.desiredRuleSets()
+	if serr == nil {
+		serr = a.applyAll(sets)
+	}
+	switch {
+	case serr != nil && c.desired == nil:
+		serr.Revision, serr.At = c.rev, time.Now().UTC()
+		c.lastError, c.inSync = serr, false
+		a.log.Info("no desired state for this host yet", zap.String("key", serr.Document), zap.Int64("revision", c.rev))
+	case serr != nil:
+		serr.Revision, serr.At = c.rev, time.Now().UTC()
+		c.lastError, c.inSync = serr, false
+		a.metrics.applyErrors.Inc()
+		a.log.Error("desired state refused; last good rules stay in force",
+			zap.String("document", serr.Document), zap.Int64("version", serr.Version),
+			zap.Int64("revision", c.rev), zap.String("reason", serr.Message))
+	default:
+		c.applied, c.lastError, c.inSync = refs, nil, true
+		a.metrics.applySeconds.Observe(time.Since(start).Seconds())
+		a.log.Info("applied desired state", zap.Int64("revision", c.rev),
+			zap.Strings("ruleSets", refStrings(refs)), zap.Duration("took", time.Since(start)))
+	}
+	a.metrics.revision.Set(float64(c.rev))
+	a.publishStatus()
+}
+
+func refStrings(refs []proto.RuleSetRef) []string {
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r.String()
+	}
+	return out
+}
+
+// desiredRuleSets decodes the desired state and every version it names.
+func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.StatusError) {
+	c := &a.cache
+	desiredKey := a.keys.HostDesired(a.cfg.Host)
+	if c.desired == nil {
+		return nil, nil, &proto.StatusError{Document: desiredKey,
+			Message: "no desired state for this host: what is pinned stays in force"}
+	}
+	d, err := proto.DecodeHostDesired(c.desired)
+	if err != nil {
+		return nil, nil, &proto.StatusError{Document: desiredKey, Message: err.Error()}
+	}
+	sets := make([]proto.RuleSet, 0, len(d.RuleSets))
+	for _, ref := range d.RuleSets {
+		key := a.keys.RuleSetVersion(ref.Name, ref.Version)
+		doc, ok := c.docs[key]
+		if !ok {
+			return nil, nil, &proto.StatusError{Document: key, Version: ref.Version,
+				Message: fmt.Sprintf("rule set %s version %d not found", ref.Name, ref.Version)}
+		}
+		rs, err := proto.DecodeRuleSet(doc.raw)
+		if err == nil {
+			err = rs.Validate()
+		}
+		if err == nil && rs.Name != ref.Name {
+			err = fmt.Errorf("document is named %q, not %q", rs.Name, ref.Name)
+		}
+		if err != nil {
+			return nil, nil, &proto.StatusError{Document: key, Version: ref.Version, Message: err.Error()}
+		}
+		sets = append(sets, rs)
+	}
+	return d.RuleSets, sets, nil
+}
+
+// applyAll compiles the rule sets for every interface first, so that a
+// compile error changes nothing anywhere, then applies them interface by
+// interface (each apply is atomic). An interface whose active digest is
+// already the compiled one is left alone.
+func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
+	desiredKey := a.keys.HostDesired(a.cfg.Host)
+	compiled := make([]*bpf.Compiled, len(a.ifaces))
+	for i, m := range a.ifaces {
+		c, err := bpf.Compile(sets, m.cfg.Name)
+		if err != nil {
+			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("compile for %s: %v", m.cfg.Name, err)}
+		}
+		compiled[i] = c
+	}
+	for i, m := range a.ifaces {
+		if st, err := m.fw.State(); err == nil && st.Digest == hex.EncodeToString(compiled[i].Digest[:]) {
+			if err := a.attach(m); err != nil {
+				a.cache.retry = true
+				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
+			}
+			m.writes = 0
+			continue
+		}
+		rep, err := m.fw.Apply(compiled[i])
+		if err != nil {
+			a.cache.retry = true
+			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("apply to %s: %v", m.cfg.Name, err)}
+		}
+		m.writes = rep.TotalWrites()
+		a.metrics.mapWrites.Add(float64(m.writes))
+		if err := a.attach(m); err != nil {
+			a.cache.retry = true
+			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
+		}
+	}
+	return nil
+}
+
+// publishStatus hands the reporter a new status document.
+func (a *Agent) publishStatus() {
+	c := &a.cache
+	st := proto.HostStatus{
+		APIVersion: proto.APIVersion, Kind: proto.KindHostStatus,
+		Host: a.cfg.Host, Labels: a.cfg.Labels, AgentVersion: agentVersion(),
+		StartedAt: a.started, UpdatedAt: time.Now().UTC(),
+		Applied: c.applied, Revision: c.rev, InSync: c.inSync, LastError: c.lastError,
+	}
+	if st.Applied == nil {
+		st.Applied = []proto.RuleSetRef{}
+	}
+	for _, m := range a.ifaces {
+		is := proto.InterfaceStatus{Name: m.cfg.Name, AttachMode: string(m.mode), Attached: m.attached, Writes: m.writes}
+		if s, err := m.fw.State(); err == nil {
+			is.Digest, is.Rules, is.Attached = s.Digest, s.Rules, s.Attached
+			if s.Generation >= 0 {
+				is.AppliedAt = s.AppliedAt
+			}
+			if s.Mode != "" {
+				is.AttachMode = string(s.Mode)
+			}
+		}
+		st.Interfaces = append(st.Interfaces, is)
+	}
+	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
+	a.metrics.inSync.Set(boolFloat(c.inSync))
+	a.status.set(st)
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
