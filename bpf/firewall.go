@@ -158,7 +158,7 @@ func OpenPinned(opts Options) (*Firewall, error) {
 		"tcpflags": &fw.objs.Tcpflags, "icmptype": &fw.objs.Icmptype, "bitvecs": &fw.objs.Bitvecs,
 		"rules": &fw.objs.Rules, "gen_info": &fw.objs.GenInfo, "gen_sel": &fw.objs.GenSel,
 		"settings": &fw.objs.Settings, "rule_stats": &fw.objs.RuleStats,
-		"action_stats": &fw.objs.ActionStats, "rule_names": &fw.objs.RuleNames,
+		"action_stats": &fw.objs.ActionStats, "rule_names": &fw.objs.RuleNames, "docs": &fw.objs.Docs,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
