@@ -197,7 +197,9 @@ func TestAgentEnforcesDesiredVersionsAndRefusesBadOnes(t *testing.T) {
 		docKey  string
 		message string
 	}{
-		{"malformed desired state", func() int64 { return f.put(f.keys.HostDesired(f.host), `{"apiVersion":"xdpfw/v1","kind":"HostDesired","ruleSets":[{"name":"edge"}]}`) },
+		{"malformed desired state", func() int64 {
+			return f.put(f.keys.HostDesired(f.host), `{"apiVersion":"xdpfw/v1","kind":"HostDesired","ruleSets":[{"name":"edge"}]}`)
+		},
 			f.keys.HostDesired(f.host), "ruleSets[0].version"},
 		{"missing version", func() int64 { return f.desire(proto.RuleSetRef{Name: "edge", Version: 9}) },
 			f.keys.RuleSetVersion("edge", 9), "version 9 not found"},
