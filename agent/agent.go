@@ -60,6 +60,9 @@ type Agent struct {
 	// noAttach leaves the programs unattached (tests on interfaces that
 	// cannot take XDP, such as lo): maps are still written and read.
 	noAttach bool
+	// onApplied, when set, is called by the sync loop each time the
+	// firewalls enforce the desired state of a revision (benchmarks).
+	onApplied func(rev int64)
 
 	// cache is the sync loop's view of etcd (owned by that goroutine).
 	cache syncCache
@@ -70,20 +73,43 @@ type Agent struct {
 	latest atomic.Pointer[sample]
 }
 
+// firewall is what the agent needs of one interface's data plane.
+// *bpf.Firewall is the real one; the fan-out benchmark simulates hundreds
+// of agents in one process with a firewall that writes no map.
+type firewall interface {
+	State() (*bpf.State, error)
+	Apply(*bpf.Compiled) (*bpf.ApplyReport, error)
+	Attach(bpf.AttachMode) (bpf.AttachMode, error)
+	Stats() (*bpf.Stats, error)
+	SetPolicy(dropParseErrors, dropNonIP bool) error
+	Close() error
+}
+
 // managedIface is one interface's firewall, owned by the sync loop except
 // for reads of counters (Stats), which are safe from any goroutine.
 type managedIface struct {
 	cfg      InterfaceConfig
-	fw       *bpf.Firewall
+	fw       firewall
 	mode     bpf.AttachMode
 	attached bool
-	writes   int
+	// What the active generation holds, as read at start and after each
+	// apply (so the apply path reads no counters to learn it).
+	digest    string
+	rules     int
+	appliedAt time.Time
+	writes    int
 }
 
 // New checks the configuration, connects to etcd (lazily: the client
 // reconnects by itself) and opens, or adopts, the firewall of every managed
 // interface. It changes no map: the first apply happens in Run.
 func New(cfg Config, log *zap.Logger) (*Agent, error) {
+	return newAgent(cfg, log, func(ic InterfaceConfig, pinPath string) (firewall, error) {
+		return bpf.Open(bpf.Options{PinPath: pinPath, Interface: ic.Name})
+	})
+}
+
+func newAgent(cfg Config, log *zap.Logger, open func(InterfaceConfig, string) (firewall, error)) (*Agent, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -95,7 +121,7 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	a.status.init()
 	a.telemetry.init()
 	for _, ic := range cfg.Interfaces {
-		fw, err := bpf.Open(bpf.Options{PinPath: cfg.PinPath, Interface: ic.Name})
+		fw, err := open(ic, cfg.PinPath)
 		if err != nil {
 			a.closeFirewalls()
 			return nil, fmt.Errorf("open firewall of %s: %w", ic.Name, err)
@@ -213,9 +239,15 @@ func (a *Agent) Run(ctx context.Context) error {
 // attached: Attach adopts a pinned link and never detaches.
 func (a *Agent) adopt() {
 	for _, m := range a.ifaces {
-		if _, err := m.fw.ActiveGeneration(); err != nil {
+		st, err := m.fw.State()
+		if err != nil {
+			a.log.Error("read pinned firewall", zap.String("iface", m.cfg.Name), zap.Error(err))
+			continue
+		}
+		if st.Generation < 0 {
 			continue // nothing applied yet: attach after the first apply
 		}
+		m.digest, m.rules, m.appliedAt = st.Digest, st.Rules, st.AppliedAt
 		if err := a.attach(m); err != nil {
 			a.log.Error("adopt pinned firewall", zap.String("iface", m.cfg.Name), zap.Error(err))
 			continue

@@ -290,6 +290,9 @@ func (a *Agent) reconcile() {
 	}
 	a.metrics.revision.Set(float64(c.rev))
 	a.publishStatus()
+	if c.inSync && a.onApplied != nil {
+		a.onApplied(c.rev)
+	}
 }
 
 func refStrings(refs []proto.RuleSetRef) []string {
@@ -350,7 +353,7 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 		compiled[i] = c
 	}
 	for i, m := range a.ifaces {
-		if st, err := m.fw.State(); err == nil && st.Digest == hex.EncodeToString(compiled[i].Digest[:]) {
+		if m.digest == hex.EncodeToString(compiled[i].Digest[:]) {
 			if err := a.attach(m); err != nil {
 				a.cache.retry = true
 				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
@@ -364,6 +367,7 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("apply to %s: %v", m.cfg.Name, err)}
 		}
 		m.writes = rep.TotalWrites()
+		m.digest, m.rules, m.appliedAt = hex.EncodeToString(rep.Digest[:]), rep.Rules, time.Now().UTC()
 		a.metrics.mapWrites.Add(float64(m.writes))
 		if err := a.attach(m); err != nil {
 			a.cache.retry = true
@@ -386,16 +390,8 @@ func (a *Agent) publishStatus() {
 		st.Applied = []proto.RuleSetRef{}
 	}
 	for _, m := range a.ifaces {
-		is := proto.InterfaceStatus{Name: m.cfg.Name, AttachMode: string(m.mode), Attached: m.attached, Writes: m.writes}
-		if s, err := m.fw.State(); err == nil {
-			is.Digest, is.Rules, is.Attached = s.Digest, s.Rules, s.Attached
-			if s.Generation >= 0 {
-				is.AppliedAt = s.AppliedAt
-			}
-			if s.Mode != "" {
-				is.AttachMode = string(s.Mode)
-			}
-		}
+		is := proto.InterfaceStatus{Name: m.cfg.Name, AttachMode: string(m.mode), Attached: m.attached,
+			Digest: m.digest, Rules: m.rules, AppliedAt: m.appliedAt, Writes: m.writes}
 		st.Interfaces = append(st.Interfaces, is)
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })
