@@ -198,11 +198,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
+	var srv *http.Server
 	if addr := *a.cfg.MetricsAddr; addr != "" {
-		srv, ln, err := a.metricsServer(addr)
+		s, ln, err := a.metricsServer(addr)
 		if err != nil {
 			return err
 		}
+		srv = s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -214,17 +216,17 @@ func (a *Agent) Run(ctx context.Context) error {
 				cancel()
 			}
 		}()
-		defer func() {
-			sctx, c := context.WithTimeout(context.Background(), time.Second)
-			defer c()
-			srv.Shutdown(sctx)
-		}()
 	}
 	wg.Add(3)
 	go func() { defer wg.Done(); a.syncLoop(ctx) }()
 	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
 	go func() { defer wg.Done(); a.reportLoop(ctx) }()
 	<-ctx.Done()
+	if srv != nil {
+		sctx, c := context.WithTimeout(context.Background(), time.Second)
+		srv.Shutdown(sctx)
+		c()
+	}
 	wg.Wait()
 	select {
 	case err := <-errc:

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,7 +53,12 @@ func newFixture(t *testing.T) *fixture {
 // start runs an agent until the test ends (or the returned stop is called).
 func (f *fixture) start() (a *Agent, stop func()) {
 	f.t.Helper()
-	off := ""
+	return f.startWithMetrics("")
+}
+
+func (f *fixture) startWithMetrics(metricsAddr string) (a *Agent, stop func()) {
+	f.t.Helper()
+	off := metricsAddr
 	a, err := New(Config{
 		Endpoints: f.cli.Endpoints(), Host: f.host, Labels: map[string]string{"role": "edge"},
 		Interfaces: []InterfaceConfig{{Name: "lo"}}, PinPath: f.pinPath,
@@ -332,4 +339,44 @@ func TestAgentTelemetryAndLeaseExpiry(t *testing.T) {
 	// The lease is gone (as if it expired): the agent registers again and
 	// rewrites its status under a new lease.
 	f.waitStatus("status written again", func(st proto.HostStatus) bool { return st.InSync })
+}
+
+func TestAgentServesMetrics(t *testing.T) {
+	f := newFixture(t)
+	f.putRuleSet("edge", 1, 22)
+	rev := f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
+	addr := strings.TrimPrefix(etcdtest.FreeURLs(t, 1)[0], "http://")
+	f.startWithMetrics(addr)
+	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
+	want := []string{
+		fmt.Sprintf("xdpfw_agent_applied_revision %d", rev),
+		"xdpfw_agent_in_sync 1",
+		"xdpfw_agent_etcd_connected 1",
+		"xdpfw_agent_apply_duration_seconds_count 1",
+		`xdpfw_rule_packets_total{action="drop",interface="lo",rule="ssh",ruleset="edge"} 0`,
+		`xdpfw_action_packets_total{interface="lo",outcome="parse-error"} 0`,
+		"xdpfw_agent_watch_restarts_total 0",
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(string(body), w+"\n") {
+				missing = w
+			}
+		}
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s", missing, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

@@ -361,6 +361,7 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 			m.writes = 0
 			continue
 		}
+		a.log.Info("writing maps", zap.String("iface", m.cfg.Name), zap.Int("rules", len(compiled[i].Rules)))
 		rep, err := m.fw.Apply(compiled[i])
 		if err != nil {
 			a.cache.retry = true
