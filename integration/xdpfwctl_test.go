@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ctlBin is the xdpfwctl binary under test, built once by TestMain.
-var ctlBin string
+// The binaries under test, built once by TestMain: the CLI, and the agent
+// and the etcd member of the fleet tests.
+var ctlBin, agentBin, etcdBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -34,6 +35,10 @@ func setUpAndRun(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
 		return 1
 	}
+	if err := removeFleetLeftovers(); err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		return 1
+	}
 
 	dir, err := os.MkdirTemp("", "xdpfw-integration-")
 	if err != nil {
@@ -42,9 +47,16 @@ func setUpAndRun(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	ctlBin = filepath.Join(dir, "xdpfwctl")
-	build := exec.Command("go", "build", "-o", ctlBin, "github.com/xdpfw/xdpfw/tools/xdpfwctl")
+	agentBin = filepath.Join(dir, "xdpfw-agent")
+	etcdBin = filepath.Join(dir, "xdpfw-etcd")
+	// One build for the three: the go command compiles their common
+	// packages once and links them in parallel.
+	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+		"github.com/xdpfw/xdpfw/tools/xdpfwctl",
+		"github.com/xdpfw/xdpfw/agent/cmd/xdpfw-agent",
+		"github.com/xdpfw/xdpfw/controlplane/cmd/xdpfw-etcd")
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "integration: build xdpfwctl: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "integration: build xdpfwctl, xdpfw-agent, xdpfw-etcd: %v\n%s", err, out)
 		return 1
 	}
 
