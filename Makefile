@@ -15,7 +15,7 @@ export BPF2GO_STRIP := $(STRIP)
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./tools/xdpfwctl
+	$(GO) build -o $(BIN)/ ./tools/xdpfwctl ./agent/cmd/xdpfw-agent ./controlplane/cmd/xdpfw-etcd
 
 # Rebuild the BPF objects and their Go bindings from the C source (needs clang-19).
 generate:
@@ -42,8 +42,11 @@ fuzz:
 	  done; \
 	done
 
+# Data plane (ns/packet), then propagation: simulated agents in one process
+# against the raw watch fan-out, and real agents in namespace hosts.
 bench: bpffs
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bpf/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./agent/ ./integration/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi

@@ -1,7 +1,5 @@
 package integration
 
-//lint:file-ignore U1000 the agent hosts' API is for the agent tests, which come with the agent; drop this line with the first of them
-
 import (
 	"fmt"
 	"io"
