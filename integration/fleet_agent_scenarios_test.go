@@ -518,3 +518,46 @@ func tailFile(t *testing.T, path string, n int) string {
 	}
 	return string(b[max(0, len(b)-n):])
 }
+
+func TestFleetAgentStopRevokesLeaseAndLeavesFirewallFiltering(t *testing.T) {
+	f := newFleet(t, 1)
+	h := f.hosts[0]
+	h.startAgent(t, "--lease-ttl", "30s")
+	f.putVersion(t, 1, edgeWith(22))
+	rev := f.desire(t, f.hosts, edge(1))
+	f.waitApplied(t, f.hosts, rev, edge(1))
+	waitFor(t, fleetTimeout, "telemetry written", func() (bool, string) {
+		_, found := f.telemetry(t, h)
+		return found, "no telemetry"
+	})
+
+	// SIGTERM: the lease is revoked, so the documents go at once, not
+	// after the 30 s TTL; the program stays attached and filtering.
+	h.stop(t)
+	if _, found := f.status(t, h); found {
+		t.Error("status still present after SIGTERM: the lease was not revoked")
+	}
+	if _, found := f.telemetry(t, h); found {
+		t.Error("telemetry still present after SIGTERM: the lease was not revoked")
+	}
+	if mode := h.xdpMode(t); mode == "" {
+		t.Fatal("no XDP program attached after the agent stopped")
+	}
+	enforcesSSHPort(t, f, h, 22)
+}
+
+func TestFleetAgentRefusesToStartOnUnknownInterface(t *testing.T) {
+	f := newFleet(t, 1)
+	h := f.hosts[0]
+	h.startAgent(t, "--iface", "nosuch0")
+	err := h.waitExit(t, fleetTimeout)
+	if err == nil {
+		t.Fatal("the agent started on an interface that does not exist")
+	}
+	if log := tailFile(t, h.logPath, 4096); !strings.Contains(log, "no such interface: nosuch0") {
+		t.Errorf("exit %v; the log does not say which interface is missing:\n%s", err, log)
+	}
+	if h.xdpMode(t) != "" {
+		t.Error("an XDP program is attached to eth0, which the agent was not told to manage")
+	}
+}
