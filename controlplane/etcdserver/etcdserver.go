@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -74,6 +75,7 @@ type Config struct {
 type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
+	quiet     *atomic.Bool // see closingFilter
 
 	errc      chan error    // the first error after start; closed by Close
 	done      chan struct{} // closed when the forwarding goroutine ends
@@ -86,7 +88,8 @@ type Server struct {
 // It waits as long as ctx allows; give ctx a deadline to bound the wait
 // for the other members.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
-	ecfg, err := embedConfig(cfg)
+	quiet := new(atomic.Bool)
+	ecfg, err := embedConfig(cfg, quiet)
 	if err != nil {
 		return nil, err
 	}
@@ -101,22 +104,23 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
-		abort(e)
+		abort(e, quiet)
 		if err == nil {
 			err = errors.New("stopped")
 		}
 		return nil, fmt.Errorf("etcd member %s: before it was ready: %w", ecfg.Name, err)
 	case <-e.Server.StopNotify():
-		abort(e)
+		abort(e, quiet)
 		return nil, fmt.Errorf("etcd member %s stopped before it was ready (see its log)", ecfg.Name)
 	case <-ctx.Done():
-		abort(e)
+		abort(e, quiet)
 		return nil, fmt.Errorf("etcd member %s: waiting for the cluster %s to elect a leader and admit this member: %w",
 			ecfg.Name, ecfg.InitialCluster, ctx.Err())
 	}
 
 	s := &Server{
 		etcd:    e,
+		quiet:   quiet,
 		errc:    make(chan error, 1),
 		done:    make(chan struct{}),
 		closing: make(chan struct{}),
@@ -143,6 +147,7 @@ func (s *Server) Err() <-chan error { return s.errc }
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
+		s.quiet.Store(true)
 		s.etcd.Close()
 		<-s.done
 		close(s.errc)
@@ -194,13 +199,14 @@ func (s *Server) report(err error) {
 // abort closes a member that never became ready. embed's Close waits for
 // the client servers, which wait for the member to be ready or stopping:
 // stop the member first or Close blocks forever.
-func abort(e *embed.Etcd) {
+func abort(e *embed.Etcd, quiet *atomic.Bool) {
+	quiet.Store(true)
 	e.Server.HardStop()
 	e.Close()
 }
 
 // embedConfig checks cfg and builds etcd's configuration from it.
-func embedConfig(cfg Config) (*embed.Config, error) {
+func embedConfig(cfg Config, quiet *atomic.Bool) (*embed.Config, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("etcd: no data dir given (there is no default: etcd preallocates 64 MB WAL files)")
 	}
@@ -250,6 +256,7 @@ func embedConfig(cfg Config) (*embed.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	lg = lg.WithOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return closingFilter{c, quiet} }))
 	ecfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg.With(zap.String("member", ecfg.Name)))
 	ecfg.LogLevel = cfg.LogLevel
 	if ecfg.LogLevel == "" {
@@ -304,6 +311,29 @@ func etcdLogger(lg *zap.Logger, level string) (*zap.Logger, error) {
 		lg = lg.WithOptions(zap.IncreaseLevel(lvl))
 	}
 	return lg.Named("etcd"), nil
+}
+
+// closeNoise is what embed logs, at error level, for each listener that
+// Close itself closes.
+const closeNoise = "setting up serving from embedded etcd failed."
+
+// closingFilter drops closeNoise once the member is being closed, so that
+// a clean stop does not log errors that send operators looking for a
+// fault. Before that the message is a real failure and is kept.
+type closingFilter struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (c closingFilter) With(fields []zapcore.Field) zapcore.Core {
+	return closingFilter{c.Core.With(fields), c.closing}
+}
+
+func (c closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if e.Message == closeNoise && c.closing.Load() {
+		return ce
+	}
+	return c.Core.Check(e, ce)
 }
 
 // checkDataDir creates the data dir and makes sure it is writable, so that

@@ -13,6 +13,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
@@ -266,4 +269,28 @@ func TestStartTimesOutWithoutQuorum(t *testing.T) {
 		t.Fatalf("client port still taken after a failed start: %v", err)
 	}
 	l.Close()
+}
+
+// A clean stop logs no errors (embed logs each listener it closes as a
+// failure); a start that fails does log why.
+func TestCloseLogsNoErrors(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	cfg := etcdtest.Config(t, "quiet")
+	cfg.Logger = zap.New(core)
+	ctx, cancel := context.WithTimeout(context.Background(), etcdtest.StartTimeout)
+	defer cancel()
+	s, err := etcdserver.Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putGet(t, etcdtest.Client(t, s.Endpoints()), "/k", "v")
+	s.Close()
+	for _, e := range logs.All() {
+		if e.Level >= zapcore.ErrorLevel {
+			t.Errorf("clean stop logged %s: %s %v", e.Level, e.Message, e.ContextMap())
+		}
+		if e.Level < zapcore.WarnLevel {
+			t.Errorf("etcd logged at %s, below the default warn: %s", e.Level, e.Message)
+		}
+	}
 }

@@ -236,6 +236,9 @@ func TestBinaryStopsOnSIGTERM(t *testing.T) {
 			t.Fatalf("stderr line is not JSON: %q", l)
 		}
 	}
+	if strings.Contains(stderr.String(), `"level":"error"`) {
+		t.Fatalf("a clean stop logged errors:\n%s", stderr.String())
+	}
 	if !strings.Contains(stderr.String(), "stopping on a signal") {
 		t.Fatalf("log does not say it stopped on the signal:\n%s", stderr.String())
 	}
