@@ -335,10 +335,10 @@ func (s *Store) SetDesired(ctx context.Context, host string, refs []proto.RuleSe
 		var names []string
 		for i, r := range txn.Responses {
 			if r.GetResponseRange().Count == 0 {
-				names = append(names, fmt.Sprintf("%s (%s)", resolved[i], s.keys.RuleSetVersion(resolved[i].Name, resolved[i].Version)))
+				names = append(names, fmt.Sprintf("rule set %s (no %s)", resolved[i], s.keys.RuleSetVersion(resolved[i].Name, resolved[i].Version)))
 			}
 		}
-		return 0, fmt.Errorf("desired state of host %s: rule set version %s: %w", host, strings.Join(names, ", "), ErrNotFound)
+		return 0, fmt.Errorf("desired state of host %s: %s: %w", host, strings.Join(names, ", "), ErrNotFound)
 	}
 	return txn.Header.Revision, nil
 }

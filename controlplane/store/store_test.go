@@ -317,7 +317,7 @@ func TestSetDesired(t *testing.T) {
 		is   error
 	}{
 		{"missing version", "h1.example", []proto.RuleSetRef{{Name: "web", Version: 1}, {Name: "web2", Version: 9}}, "", ErrNotFound},
-		{"missing version of a set", "h1.example", []proto.RuleSetRef{{Name: "web", Version: 9}}, "web@9 (/xdpfw-test/rulesets/web/versions/9)", ErrNotFound},
+		{"missing version of a set", "h1.example", []proto.RuleSetRef{{Name: "web", Version: 9}}, "rule set web@9 (no /xdpfw-test/rulesets/web/versions/9)", ErrNotFound},
 		{"head of a missing set", "h1.example", []proto.RuleSetRef{{Name: "nope"}}, "/xdpfw-test/rulesets/nope/head", ErrNotFound},
 		{"bad host", "H1_example", nil, "host name", nil},
 		{"duplicate", "h1.example", []proto.RuleSetRef{{Name: "web", Version: 1}, {Name: "web"}}, "already listed", nil},
