@@ -25,6 +25,7 @@ type command struct {
 
 var topCommands = map[string]command{
 	"local": {runLocal, "work on this host's pinned maps (no agent, no etcd)"},
+	"etcd":  {runEtcd, "read and write rule sets and host documents in etcd directly"},
 }
 
 // errUsage marks an error in how the command was called.
