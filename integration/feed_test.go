@@ -15,7 +15,7 @@ import (
 // writeFeed writes a feed file of n prefixes as operators get them
 // (Spamhaus DROP style: "prefix ; id" lines, comments, blank lines): random
 // documentation-free public prefixes, plus the extra lines given.
-func writeFeed(t *testing.T, dir string, n int, extra ...string) string {
+func writeFeed(t testing.TB, dir string, n int, extra ...string) string {
 	t.Helper()
 	path := filepath.Join(dir, "drop.txt")
 	f, err := os.Create(path)

@@ -44,7 +44,7 @@ const fleetTimeout = 30 * time.Second
 
 // putVersion stores a rule document as version v of its rule set, as the
 // control plane would (the JSON of the decoded, validated document).
-func (f *fleet) putVersion(t *testing.T, v int64, doc string) {
+func (f *fleet) putVersion(t testing.TB, v int64, doc string) {
 	t.Helper()
 	rs, err := wire.DecodeRuleSet([]byte(doc))
 	if err != nil {
@@ -60,7 +60,7 @@ func (f *fleet) putVersion(t *testing.T, v int64, doc string) {
 	f.put(t, wire.NewKeys("").RuleSetVersion(rs.Name, v), string(data))
 }
 
-func (f *fleet) put(t *testing.T, key, value string) int64 {
+func (f *fleet) put(t testing.TB, key, value string) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), etcdRequestTimeout)
 	defer cancel()
@@ -72,7 +72,7 @@ func (f *fleet) put(t *testing.T, key, value string) int64 {
 }
 
 // desire writes the desired state of hosts and returns its revision.
-func (f *fleet) desire(t *testing.T, hosts []*agentHost, refs ...wire.RuleSetRef) int64 {
+func (f *fleet) desire(t testing.TB, hosts []*agentHost, refs ...wire.RuleSetRef) int64 {
 	t.Helper()
 	data, err := json.Marshal(wire.NewHostDesired(refs...))
 	if err != nil {
@@ -93,7 +93,7 @@ func (f *fleet) desire(t *testing.T, hosts []*agentHost, refs ...wire.RuleSetRef
 }
 
 // get reads one JSON document; found is false when the key is absent.
-func (f *fleet) get(t *testing.T, key string, v any) (found bool) {
+func (f *fleet) get(t testing.TB, key string, v any) (found bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), etcdRequestTimeout)
 	defer cancel()
@@ -110,14 +110,14 @@ func (f *fleet) get(t *testing.T, key string, v any) (found bool) {
 	return true
 }
 
-func (f *fleet) status(t *testing.T, h *agentHost) (wire.HostStatus, bool) {
+func (f *fleet) status(t testing.TB, h *agentHost) (wire.HostStatus, bool) {
 	t.Helper()
 	var st wire.HostStatus
 	found := f.get(t, wire.NewKeys("").HostStatus(h.name()), &st)
 	return st, found
 }
 
-func (f *fleet) telemetry(t *testing.T, h *agentHost) (wire.HostTelemetry, bool) {
+func (f *fleet) telemetry(t testing.TB, h *agentHost) (wire.HostTelemetry, bool) {
 	t.Helper()
 	var tm wire.HostTelemetry
 	found := f.get(t, wire.NewKeys("").HostTelemetry(h.name()), &tm)
@@ -126,7 +126,7 @@ func (f *fleet) telemetry(t *testing.T, h *agentHost) (wire.HostTelemetry, bool)
 
 // waitApplied waits until every host's status says it enforces exactly
 // refs, in sync at revision rev or later, and returns the statuses.
-func (f *fleet) waitApplied(t *testing.T, hosts []*agentHost, rev int64, refs ...wire.RuleSetRef) []wire.HostStatus {
+func (f *fleet) waitApplied(t testing.TB, hosts []*agentHost, rev int64, refs ...wire.RuleSetRef) []wire.HostStatus {
 	t.Helper()
 	out := make([]wire.HostStatus, len(hosts))
 	for i, h := range hosts {
@@ -150,7 +150,7 @@ func edge(v int64) wire.RuleSetRef { return wire.RuleSetRef{Name: "edge", Versio
 
 // enforcesSSHPort checks with packets from the client that h drops TCP to
 // port (v4 and v6) and lets other TCP through.
-func enforcesSSHPort(t *testing.T, f *fleet, h *agentHost, port int) {
+func enforcesSSHPort(t testing.TB, f *fleet, h *agentHost, port int) {
 	t.Helper()
 	other := 80
 	if port == other {
@@ -166,7 +166,7 @@ func enforcesSSHPort(t *testing.T, f *fleet, h *agentHost, port int) {
 }
 
 // agentLogCount counts the lines of h's agent log holding s.
-func agentLogCount(t *testing.T, h *agentHost, s string) int {
+func agentLogCount(t testing.TB, h *agentHost, s string) int {
 	t.Helper()
 	b, err := os.ReadFile(h.logPath)
 	if err != nil {
@@ -510,7 +510,7 @@ func grepLines(s, substr string) string {
 	return strings.Join(out, "\n")
 }
 
-func tailFile(t *testing.T, path string, n int) string {
+func tailFile(t testing.TB, path string, n int) string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {

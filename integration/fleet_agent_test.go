@@ -34,7 +34,7 @@ type agentHost struct {
 	cut     []*netlink.Route
 }
 
-func (f *fleet) newAgentHost(t *testing.T, n int64, i int) *agentHost {
+func (f *fleet) newAgentHost(t testing.TB, n int64, i int) *agentHost {
 	t.Helper()
 	h := &agentHost{
 		host: newHost(t, n, fmt.Sprintf("h%d", i), agentV4(i), agentV6(i)),
@@ -60,7 +60,7 @@ func (h *agentHost) name() string { return h.role }
 // to do anything. A flag in extraArgs replaces the harness's value of it
 // ("--iface", "eth0:generic" attaches in generic mode instead of the
 // default; --iface may be repeated, so adding would not do).
-func (h *agentHost) startAgent(t *testing.T, extraArgs ...string) {
+func (h *agentHost) startAgent(t testing.TB, extraArgs ...string) {
 	t.Helper()
 	if h.running() {
 		t.Fatalf("%s: an agent runs already", h)
@@ -115,7 +115,7 @@ func flagName(arg string) (string, bool) {
 func (h *agentHost) running() bool { return h.agent != nil && h.agent.running() }
 
 // kill9 kills h's agent with SIGKILL, as a crash would.
-func (h *agentHost) kill9(t *testing.T) {
+func (h *agentHost) kill9(t testing.TB) {
 	t.Helper()
 	h.mustHaveRun(t)
 	h.agent.kill(t)
@@ -123,7 +123,7 @@ func (h *agentHost) kill9(t *testing.T) {
 
 // stop stops h's agent with SIGTERM and fails the test unless it exits
 // with status 0.
-func (h *agentHost) stop(t *testing.T) {
+func (h *agentHost) stop(t testing.TB) {
 	t.Helper()
 	h.mustHaveRun(t)
 	h.agent.stop(t)
@@ -131,7 +131,7 @@ func (h *agentHost) stop(t *testing.T) {
 
 // waitExit waits up to timeout for an agent that is meant to end by
 // itself (a bad flag, say) and returns how it ended (nil: status 0).
-func (h *agentHost) waitExit(t *testing.T, timeout time.Duration) error {
+func (h *agentHost) waitExit(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	h.mustHaveRun(t)
 	h.agent.signalled = true
@@ -144,7 +144,7 @@ func (h *agentHost) waitExit(t *testing.T, timeout time.Duration) error {
 	}
 }
 
-func (h *agentHost) mustHaveRun(t *testing.T) {
+func (h *agentHost) mustHaveRun(t testing.TB) {
 	t.Helper()
 	if h.agent == nil {
 		t.Fatalf("%s: no agent was started", h)
@@ -152,7 +152,7 @@ func (h *agentHost) mustHaveRun(t *testing.T) {
 }
 
 // metrics fetches the agent's /metrics, from inside h's namespace.
-func (h *agentHost) metrics(t *testing.T) (string, error) {
+func (h *agentHost) metrics(t testing.TB) (string, error) {
 	t.Helper()
 	c := &http.Client{
 		Timeout: etcdRequestTimeout,
@@ -180,7 +180,7 @@ func (h *agentHost) metrics(t *testing.T) (string, error) {
 // connections stall as across a broken network (nothing resets them),
 // while a new connect fails at once (EINVAL). Traffic between h and the
 // other hosts is untouched.
-func (h *agentHost) cutOffEtcd(t *testing.T) {
+func (h *agentHost) cutOffEtcd(t testing.TB) {
 	t.Helper()
 	if h.cut != nil {
 		t.Fatalf("%s: cut off from etcd already", h)
@@ -203,7 +203,7 @@ func (h *agentHost) cutOffEtcd(t *testing.T) {
 }
 
 // restoreEtcd undoes cutOffEtcd.
-func (h *agentHost) restoreEtcd(t *testing.T) {
+func (h *agentHost) restoreEtcd(t testing.TB) {
 	t.Helper()
 	if h.cut == nil {
 		t.Fatalf("%s: not cut off from etcd", h)

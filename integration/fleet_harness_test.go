@@ -108,7 +108,7 @@ type fleet struct {
 // host is ready for traffic. No agent runs yet (agentHost.startAgent).
 // Everything it made is removed when the test ends, whether it passed,
 // failed, or stopped half-way through newFleet.
-func newFleet(t *testing.T, agents int) *fleet {
+func newFleet(t testing.TB, agents int) *fleet {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: needs root, network namespaces and XDP; not run with -short")
@@ -159,7 +159,7 @@ func newFleet(t *testing.T, agents int) *fleet {
 // that neither the bridge nor its ports send anything of their own
 // (router solicitations, MLD reports) onto the segment: only the hosts
 // speak there.
-func (f *fleet) makeLAN(t *testing.T, n int64) {
+func (f *fleet) makeLAN(t testing.TB, n int64) {
 	t.Helper()
 	f.lanName = fmt.Sprintf("%s%d-%d-lan", namePrefix, os.Getpid(), n)
 	lan, err := createNetns(f.lanName)
@@ -209,7 +209,7 @@ func (f *fleet) makeLAN(t *testing.T, n int64) {
 // plug connects h to the segment: a veth pair whose end in h is eth0 and
 // whose other end, a bridge port named after h's role, is in the lan
 // namespace. Then h gets its addresses.
-func (f *fleet) plug(t *testing.T, h *host) {
+func (f *fleet) plug(t testing.TB, h *host) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(f.lan)
 	if err != nil {
@@ -247,7 +247,7 @@ func (f *fleet) logFile(name string) string {
 }
 
 // printLogs prints the end of every process log if the test failed.
-func (f *fleet) printLogs(t *testing.T) {
+func (f *fleet) printLogs(t testing.TB) {
 	if !t.Failed() {
 		return
 	}
@@ -277,7 +277,7 @@ func (f *fleet) printLogs(t *testing.T) {
 
 // waitFor polls cond until it holds, and fails the test with cond's last
 // detail if it does not within timeout. what says what was awaited.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (ok bool, detail string)) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() (ok bool, detail string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -407,7 +407,7 @@ func (p *proc) signal(sig syscall.Signal, timeout time.Duration) bool {
 
 // stop ends the process with SIGTERM and fails the test unless it exits
 // with status 0 within stopTimeout (then it is killed).
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	t.Helper()
 	if !p.running() {
 		t.Fatalf("stop %s: it is not running: %s", p.what, p.result())
@@ -422,7 +422,7 @@ func (p *proc) stop(t *testing.T) {
 }
 
 // kill ends the process with SIGKILL.
-func (p *proc) kill(t *testing.T) {
+func (p *proc) kill(t testing.TB) {
 	t.Helper()
 	if !p.running() {
 		t.Fatalf("kill %s: it is not running: %s", p.what, p.result())
@@ -435,7 +435,7 @@ func (p *proc) kill(t *testing.T) {
 // cleanUp kills the process if it still runs, and fails the test if it
 // ended without the harness asking it to: a member or an agent that
 // crashes is a failure even when the test's own checks passed.
-func (p *proc) cleanUp(t *testing.T) {
+func (p *proc) cleanUp(t testing.TB) {
 	if !p.running() {
 		if !p.signalled {
 			t.Errorf("%s ended on its own during the test: %s", p.what, p.result())
@@ -490,7 +490,7 @@ func (l *lineSignal) Write(b []byte) (int, error) {
 
 // openLog opens a process log for appending, with a line that says what
 // starts now, so that the runs of a restarted process stay apart.
-func openLog(t *testing.T, path, what string) *os.File {
+func openLog(t testing.TB, path, what string) *os.File {
 	t.Helper()
 	logf, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -515,7 +515,7 @@ type etcdMember struct {
 	id      uint64        // the member ID, known once leader has seen it
 }
 
-func (f *fleet) newMember(t *testing.T, i int) *etcdMember {
+func (f *fleet) newMember(t testing.TB, i int) *etcdMember {
 	m := &etcdMember{
 		f:    f,
 		name: fmt.Sprintf("m%d", i+1),
@@ -544,7 +544,7 @@ func (m *etcdMember) peerURL() string {
 
 // launch starts the member's process without waiting for it to serve.
 // state is its --initial-cluster-state: "new" or "existing".
-func (m *etcdMember) launch(t *testing.T, state string) {
+func (m *etcdMember) launch(t testing.TB, state string) {
 	t.Helper()
 	if m.running() {
 		t.Fatalf("start %s: it runs already", m)
@@ -573,7 +573,7 @@ func (m *etcdMember) launch(t *testing.T, state string) {
 }
 
 // waitReady waits until the member's latest run says it serves clients.
-func (m *etcdMember) waitReady(t *testing.T) {
+func (m *etcdMember) waitReady(t testing.TB) {
 	t.Helper()
 	select {
 	case <-m.ready:
@@ -588,28 +588,28 @@ func (m *etcdMember) waitReady(t *testing.T) {
 // cluster, and returns at once: it serves only once a quorum of the new
 // cluster has started, so newFleet starts all three before it waits for
 // each (waitReady).
-func (m *etcdMember) start(t *testing.T) {
+func (m *etcdMember) start(t testing.TB) {
 	t.Helper()
 	m.launch(t, "new")
 }
 
 // restart starts a stopped or killed member again on its data dir and
 // waits until it serves (which needs a quorum of the cluster).
-func (m *etcdMember) restart(t *testing.T) {
+func (m *etcdMember) restart(t testing.TB) {
 	t.Helper()
 	m.launch(t, "existing")
 	m.waitReady(t)
 }
 
 // stop stops the member with SIGTERM and waits for a clean exit.
-func (m *etcdMember) stop(t *testing.T) {
+func (m *etcdMember) stop(t testing.TB) {
 	t.Helper()
 	m.mustHaveRun(t)
 	m.proc.stop(t)
 }
 
 // kill stops the member with SIGKILL.
-func (m *etcdMember) kill(t *testing.T) {
+func (m *etcdMember) kill(t testing.TB) {
 	t.Helper()
 	m.mustHaveRun(t)
 	m.proc.kill(t)
@@ -617,7 +617,7 @@ func (m *etcdMember) kill(t *testing.T) {
 
 func (m *etcdMember) running() bool { return m.proc != nil && m.proc.running() }
 
-func (m *etcdMember) mustHaveRun(t *testing.T) {
+func (m *etcdMember) mustHaveRun(t testing.TB) {
 	t.Helper()
 	if m.proc == nil {
 		t.Fatalf("%s was never started", m)
@@ -639,7 +639,7 @@ func (f *fleet) runningMembers() []*etcdMember {
 // is the leader and that a majority of the cluster says so too (a leader
 // cut off from the others may believe it leads for a while). It waits up
 // to 10 s for an election to end.
-func (f *fleet) leader(t *testing.T) *etcdMember {
+func (f *fleet) leader(t testing.TB) *etcdMember {
 	t.Helper()
 	var leader *etcdMember
 	waitFor(t, 10*time.Second, "an etcd leader", func() (bool, string) {
@@ -675,7 +675,7 @@ func (f *fleet) leader(t *testing.T) *etcdMember {
 // given members (all when none is given) from inside the client
 // namespace, so that the root namespace needs no address. It is closed
 // when the test ends.
-func (f *fleet) newClient(t *testing.T, members ...*etcdMember) *clientv3.Client {
+func (f *fleet) newClient(t testing.TB, members ...*etcdMember) *clientv3.Client {
 	t.Helper()
 	if len(members) == 0 {
 		members = f.members
@@ -704,7 +704,7 @@ func (f *fleet) newClient(t *testing.T, members ...*etcdMember) *clientv3.Client
 
 // clientLog is the logger of the harness's etcd clients: warnings and
 // errors (failed dials, retries) into a log printed when the test fails.
-func (f *fleet) clientLog(t *testing.T) *zap.Logger {
+func (f *fleet) clientLog(t testing.TB) *zap.Logger {
 	t.Helper()
 	path := filepath.Join(f.dir, "etcd-client.log")
 	logf, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)

@@ -87,7 +87,7 @@ func TestFleetHarness(t *testing.T) {
 // catchesUp waits until member m has key at val in its own store (a
 // serializable read, which m answers alone) and follows the leader of
 // the others.
-func catchesUp(t *testing.T, f *fleet, m *etcdMember, key, val string) {
+func catchesUp(t testing.TB, f *fleet, m *etcdMember, key, val string) {
 	t.Helper()
 	only := f.newClient(t, m)
 	waitFor(t, 10*time.Second, fmt.Sprintf("%s has %s=%s", m, key, val), func() (bool, string) {
@@ -116,7 +116,7 @@ func catchesUp(t *testing.T, f *fleet, m *etcdMember, key, val string) {
 
 // dialMembers checks whether a TCP connection from h to each member's
 // client port succeeds (want true) or fails (want false).
-func dialMembers(t *testing.T, h *agentHost, want bool) {
+func dialMembers(t testing.TB, h *agentHost, want bool) {
 	t.Helper()
 	for _, m := range memberV4 {
 		dst := netip.AddrPortFrom(m.Addr(), etcdClientPort)
@@ -130,7 +130,7 @@ func dialMembers(t *testing.T, h *agentHost, want bool) {
 	}
 }
 
-func mustPut(t *testing.T, c *clientv3.Client, key, val string) {
+func mustPut(t testing.TB, c *clientv3.Client, key, val string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), etcdRequestTimeout)
 	defer cancel()
@@ -141,7 +141,7 @@ func mustPut(t *testing.T, c *clientv3.Client, key, val string) {
 
 // mustGet reads key (linearizable: the cluster's leader confirms it) and
 // returns its value, "" if it has none.
-func mustGet(t *testing.T, c *clientv3.Client, key string) string {
+func mustGet(t testing.TB, c *clientv3.Client, key string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), etcdRequestTimeout)
 	defer cancel()

@@ -285,7 +285,7 @@ type udpTraffic struct {
 
 // startUDPTraffic sends, about every millisecond, one echo probe on each
 // allowed flow (waiting for the echo) and one datagram on each denied flow.
-func startUDPTraffic(t *testing.T, allowed, denied []flow) *udpTraffic {
+func startUDPTraffic(t testing.TB, allowed, denied []flow) *udpTraffic {
 	t.Helper()
 	tr := &udpTraffic{done: make(chan struct{})}
 	type sock struct {
@@ -618,7 +618,7 @@ func udpFrameBytes(n4, n6 uint64) uint64 {
 
 // settledStats reads the counters once they stop moving, so packets still
 // on their way are in.
-func (h *host) settledStats(t *testing.T) stats {
+func (h *host) settledStats(t testing.TB) stats {
 	t.Helper()
 	prev := h.stats(t)
 	for range 20 {

@@ -82,7 +82,7 @@ func (h *host) String() string { return h.role }
 // 198.18.0.2/24 and 2001:db8::2/64. Both are ready for traffic when it
 // returns (no duplicate address detection to wait for), and are removed,
 // with any firewall left on them, when the test ends.
-func newPair(t *testing.T) (client, server *host) {
+func newPair(t testing.TB) (client, server *host) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test: needs root, network namespaces and XDP; not run with -short")
@@ -111,7 +111,7 @@ func newPair(t *testing.T) (client, server *host) {
 	return client, server
 }
 
-func newHost(t *testing.T, n int64, role string, v4, v6 netip.Prefix) *host {
+func newHost(t testing.TB, n int64, role string, v4, v6 netip.Prefix) *host {
 	t.Helper()
 	name := fmt.Sprintf("%s%d-%d-%s", namePrefix, os.Getpid(), n, role)
 	ns, err := createNetns(name)
@@ -179,7 +179,7 @@ func disableDAD() error {
 }
 
 // configure brings up lo and eth0 and gives eth0 its addresses.
-func (h *host) configure(t *testing.T) {
+func (h *host) configure(t testing.TB) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(h.ns)
 	if err != nil {
@@ -213,7 +213,7 @@ func (h *host) configure(t *testing.T) {
 // (until the kernel adds both, a moment after carrier, incoming neighbour
 // solicitations are dropped as unroutable and the first IPv6 flow stalls
 // for a second).
-func (h *host) waitReady(t *testing.T) {
+func (h *host) waitReady(t testing.TB) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(h.ns)
 	if err != nil {
@@ -272,7 +272,7 @@ func (h *host) notReady(nh *netlink.Handle) string {
 
 // eth0 opens a netlink handle in h's namespace and finds its eth0; the
 // caller closes the handle.
-func (h *host) eth0(t *testing.T) (*netlink.Handle, netlink.Link) {
+func (h *host) eth0(t testing.TB) (*netlink.Handle, netlink.Link) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(h.ns)
 	if err != nil {
@@ -288,7 +288,7 @@ func (h *host) eth0(t *testing.T) (*netlink.Handle, netlink.Link) {
 
 // xdpMode is how an XDP program is attached to h's eth0, as the kernel
 // reports it: "native", "generic", or "" when none is.
-func (h *host) xdpMode(t *testing.T) string {
+func (h *host) xdpMode(t testing.TB) string {
 	t.Helper()
 	nh, l := h.eth0(t)
 	defer nh.Close()
@@ -306,7 +306,7 @@ func (h *host) xdpMode(t *testing.T) string {
 
 // forgetNeighbours empties h's neighbour cache (ARP and NDP), so the next
 // packet to each address has to resolve it again.
-func (h *host) forgetNeighbours(t *testing.T) {
+func (h *host) forgetNeighbours(t testing.TB) {
 	t.Helper()
 	nh, l := h.eth0(t)
 	defer nh.Close()
@@ -346,7 +346,7 @@ func (h *host) nsenter(name string, args ...string) *exec.Cmd {
 }
 
 // removeFirewall detaches whatever firewall a test left on h.
-func (h *host) removeFirewall(t *testing.T) {
+func (h *host) removeFirewall(t testing.TB) {
 	if _, err := os.Stat(filepath.Join(h.pinPath, ifaceName)); err == nil {
 		if r := h.local("detach"); r.code != 0 {
 			t.Errorf("%s: cleanup: xdpfwctl local detach: exit %d: %s", h, r.code, r.stderr)
@@ -362,7 +362,7 @@ func (h *host) removeFirewall(t *testing.T) {
 
 // listen starts a TCP acceptor or a UDP echo server on port (all
 // addresses, IPv4 and IPv6) unless one runs already.
-func (h *host) listen(t *testing.T, p proto, port int) {
+func (h *host) listen(t testing.TB, p proto, port int) {
 	t.Helper()
 	if p == pingProto {
 		return
@@ -574,7 +574,7 @@ func (o outcome) String() string {
 
 // expectFlows sends every flow once, all at the same time, and fails the
 // test for each whose outcome is not the one wanted.
-func expectFlows(t *testing.T, want map[flow]outcome) {
+func expectFlows(t testing.TB, want map[flow]outcome) {
 	t.Helper()
 	flows := make([]flow, 0, len(want))
 	for f := range want {
@@ -603,7 +603,7 @@ func expectFlows(t *testing.T, want map[flow]outcome) {
 }
 
 // reaches sends f once and tells whether it got through.
-func reaches(t *testing.T, f flow) bool {
+func reaches(t testing.TB, f flow) bool {
 	t.Helper()
 	f.to.listen(t, f.proto, f.port)
 	ok, err := f.try()
@@ -614,7 +614,7 @@ func reaches(t *testing.T, f flow) bool {
 }
 
 // sendUDP sends n probe datagrams of f without waiting for echoes.
-func sendUDP(t *testing.T, f flow, n int) {
+func sendUDP(t testing.TB, f flow, n int) {
 	t.Helper()
 	f.to.listen(t, f.proto, f.port)
 	c, err := f.from.dial("udp", f.dst())

@@ -122,7 +122,7 @@ func (h *host) local(cmd string, args ...string) cliResult {
 }
 
 // writeRules puts a rules document in a file of the test's own.
-func writeRules(t *testing.T, rules string) string {
+func writeRules(t testing.TB, rules string) string {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "rules-*.yaml")
 	if err != nil {
@@ -136,14 +136,14 @@ func writeRules(t *testing.T, rules string) string {
 }
 
 // tryApply runs `xdpfwctl local apply` with rules on h's eth0.
-func (h *host) tryApply(t *testing.T, rules string, args ...string) cliResult {
+func (h *host) tryApply(t testing.TB, rules string, args ...string) cliResult {
 	t.Helper()
 	return h.local("apply", append([]string{"-f", writeRules(t, rules)}, args...)...)
 }
 
 // apply applies rules on h's eth0, fails the test if that fails, and
 // returns what the command printed.
-func (h *host) apply(t *testing.T, rules string, args ...string) string {
+func (h *host) apply(t testing.TB, rules string, args ...string) string {
 	t.Helper()
 	r := h.tryApply(t, rules, args...)
 	if r.code != 0 {
@@ -153,7 +153,7 @@ func (h *host) apply(t *testing.T, rules string, args ...string) string {
 }
 
 // detach runs `xdpfwctl local detach` and fails the test if that fails.
-func (h *host) detach(t *testing.T) {
+func (h *host) detach(t testing.TB) {
 	t.Helper()
 	if r := h.local("detach"); r.code != 0 {
 		t.Fatalf("%s: detach failed: %s", h, r)
@@ -182,7 +182,7 @@ type stats struct {
 
 // rule is the counter of the rule with this id; the test fails if there is
 // none.
-func (s stats) rule(t *testing.T, id string) ruleStats {
+func (s stats) rule(t testing.TB, id string) ruleStats {
 	t.Helper()
 	for _, r := range s.Rules {
 		if r.ID == id {
@@ -208,21 +208,21 @@ type state struct {
 	Tables map[string]string `json:"tables"`
 }
 
-func (h *host) stats(t *testing.T) stats {
+func (h *host) stats(t testing.TB) stats {
 	t.Helper()
 	var s stats
 	h.readJSON(t, &s, "stats")
 	return s
 }
 
-func (h *host) show(t *testing.T) state {
+func (h *host) show(t testing.TB) state {
 	t.Helper()
 	var s state
 	h.readJSON(t, &s, "show")
 	return s
 }
 
-func (h *host) readJSON(t *testing.T, v any, cmd string) {
+func (h *host) readJSON(t testing.TB, v any, cmd string) {
 	t.Helper()
 	r := h.local(cmd, "-o", "json")
 	if r.code != 0 {
