@@ -108,3 +108,31 @@ func ValidateHostName(host string) error {
 	}
 	return nil
 }
+
+// RuleSetReleased is the key of the version of rule set name that hosts
+// get outside rollouts (a Release).
+func (k Keys) RuleSetReleased(name string) string { return k.RuleSets() + name + "/released" }
+
+// Rollouts is the prefix of every rollout's keys:
+//
+//	rollouts/<id>/spec      RolloutSpec, immutable (API)
+//	rollouts/<id>/control   RolloutControl: run, pause or abort (API)
+//	rollouts/<id>/state     RolloutState: progress (the elected controller)
+func (k Keys) Rollouts() string { return k.Prefix + "rollouts/" }
+
+// RolloutSpec is the key of a rollout's spec.
+func (k Keys) RolloutSpec(id string) string { return k.Rollouts() + id + "/spec" }
+
+// RolloutControl is the key of what operators want of a rollout.
+func (k Keys) RolloutControl(id string) string { return k.Rollouts() + id + "/control" }
+
+// RolloutState is the key of a rollout's progress.
+func (k Keys) RolloutState(id string) string { return k.Rollouts() + id + "/state" }
+
+// Audit is the prefix of the audit trail: audit/<RFC 3339 UTC time with
+// nanoseconds>-<random>, so keys sort by time.
+func (k Keys) Audit() string { return k.Prefix + "audit/" }
+
+// Election is the prefix of the control-plane replicas' leader election
+// (etcd concurrency.Election); the leader runs the rollout controller.
+func (k Keys) Election() string { return k.Prefix + "election/controller" }
