@@ -155,7 +155,7 @@ type RolloutState struct {
 	State string `json:"state"`
 	// Wave is the index of the wave being rolled out (len(waves) when done).
 	Wave int `json:"wave"`
-	// WaveStartedAt is when the current wave's hosts were all healthy (the
+	// WaveHealthyAt is when the current wave's hosts were all healthy (the
 	// pause runs from then), zero while they are not.
 	WaveHealthyAt time.Time `json:"waveHealthyAt,omitempty"`
 	// Hosts are the hosts the rollout has touched, by name.

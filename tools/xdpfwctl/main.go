@@ -65,7 +65,7 @@ func dispatch(prefix string, cmds map[string]command, args []string, stdout, std
 		}
 		sort.Strings(names)
 		for _, n := range names {
-			fmt.Fprintf(stderr, "  %-8s %s\n", n, cmds[n].help)
+			fmt.Fprintf(stderr, "  %-10s %s\n", n, cmds[n].help)
 		}
 		if len(args) == 0 {
 			return usageError("no command given")
