@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -69,6 +70,10 @@ type Config struct {
 	// ("warn"): at info, etcd logs every raft step and request it finds
 	// slow.
 	LogLevel string
+	// DefragInterval is how often the defragmentation policy looks at the
+	// database (DefaultDefragInterval; negative turns it off). It
+	// defragments when half the file, and at least 64 MiB, is free.
+	DefragInterval time.Duration
 }
 
 // Server is one running member.
@@ -77,10 +82,11 @@ type Server struct {
 	endpoints []string
 	quiet     *atomic.Bool // see closingFilter
 
-	errc      chan error    // the first error after start; closed by Close
-	done      chan struct{} // closed when the forwarding goroutine ends
-	closing   chan struct{} // closed when Close begins
-	closeOnce sync.Once
+	errc       chan error    // the first error after start; closed by Close
+	done       chan struct{} // closed when the forwarding goroutine ends
+	defragDone chan struct{} // closed when the defragmentation policy ends
+	closing    chan struct{} // closed when Close begins
+	closeOnce  sync.Once
 }
 
 // Start starts a member and returns once it serves clients: for a new
@@ -124,11 +130,21 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		errc:    make(chan error, 1),
 		done:    make(chan struct{}),
 		closing: make(chan struct{}),
+
+		defragDone: make(chan struct{}),
 	}
 	for _, u := range ecfg.AdvertiseClientUrls {
 		s.endpoints = append(s.endpoints, u.String())
 	}
 	go s.forward()
+	if every := cfg.DefragInterval; every >= 0 {
+		if every == 0 {
+			every = DefaultDefragInterval
+		}
+		go s.defragPolicy(every, e.GetLogger())
+	} else {
+		close(s.defragDone)
+	}
 	return s, nil
 }
 
@@ -147,6 +163,7 @@ func (s *Server) Err() <-chan error { return s.errc }
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
+		<-s.defragDone
 		s.quiet.Store(true)
 		s.etcd.Close()
 		<-s.done
