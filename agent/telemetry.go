@@ -13,7 +13,7 @@ import (
 
 // maxTelemetryRules caps the rules of one interface in the etcd telemetry
 // document (DESIGN.md section 2: a few KB per host); /metrics has them all.
-const maxTelemetryRules = 32
+const maxTelemetryRules = 16
 
 // sample is the counters of every interface at one moment.
 type sample struct {
@@ -124,6 +124,10 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 			}
 		}
 		for _, r := range is.stats.Rules {
+			if r.Packets == 0 {
+				it.RulesOmitted++ // never matched: nothing to tell
+				continue
+			}
 			it.Rules = append(it.Rules, proto.RuleTelemetry{
 				RuleSet: r.RuleSet, ID: r.ID, Action: r.Action, DryRun: r.DryRun,
 				Rate: rate(oldRules[r.RuleSet+"/"+r.ID], r.Counter, dt),
@@ -136,7 +140,7 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 			return it.Rules[i].Packets > it.Rules[j].Packets
 		})
 		if len(it.Rules) > maxTelemetryRules {
-			it.RulesOmitted = len(it.Rules) - maxTelemetryRules
+			it.RulesOmitted += len(it.Rules) - maxTelemetryRules
 			it.Rules = it.Rules[:maxTelemetryRules]
 		}
 		if it.Rules == nil {

@@ -155,10 +155,11 @@ type InterfaceTelemetry struct {
 	// Actions are keyed by outcome: pass-rule, drop-rule, pass-default,
 	// parse-error, non-ip, would-drop, fragment, no-policy.
 	Actions map[string]Rate `json:"actions"`
-	// Rules are the busiest rules by packet rate, then by packets.
+	// Rules are the busiest rules by packet rate, then by packets; rules
+	// that never matched are left out.
 	Rules []RuleTelemetry `json:"rules"`
-	// RulesOmitted counts rules left out to keep the document small
-	// (every rule is in the agent's /metrics).
+	// RulesOmitted counts rules left out: never matched, or past the
+	// busiest (every rule is in the agent's /metrics).
 	RulesOmitted int `json:"rulesOmitted,omitempty"`
 }
 

@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/xdpfw/xdpfw/bpf"
+)
+
+// fullSample is an interface with n busy rules of the longest names.
+func fullSample(at time.Time, n int, packets uint64) *sample {
+	st := &bpf.Stats{Actions: map[string]bpf.Counter{}}
+	for _, a := range []string{"pass-rule", "drop-rule", "pass-default", "parse-error", "non-ip", "would-drop", "fragment", "no-policy"} {
+		st.Actions[a] = bpf.Counter{Packets: packets * 1000, Bytes: packets * 1_000_000}
+	}
+	for i := range n {
+		st.Rules = append(st.Rules, bpf.RuleStats{
+			Index: i, RuleSet: strings.Repeat("r", 63), ID: fmt.Sprintf("%s-%05d", strings.Repeat("x", 57), i), Action: "drop",
+			Counter: bpf.Counter{Packets: packets * uint64(i+1), Bytes: packets * uint64(i+1) * 1500},
+		})
+	}
+	return &sample{at: at, ifaces: []ifaceSample{{name: "eth0", stats: st}}}
+}
+
+// The telemetry budget (DESIGN.md section 2): a host's document stays a few
+// KB whatever its rule set, so 10,000 hosts writing it fit in etcd.
+func TestTelemetryDocumentStaysSmall(t *testing.T) {
+	t0 := time.Now()
+	prev, cur := fullSample(t0, 4096, 1_000_000), fullSample(t0.Add(5*time.Second), 4096, 2_000_000)
+	doc := telemetryDoc("host-with-a-long-name.example", prev, cur)
+	data, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 5<<10 {
+		t.Fatalf("telemetry of 4,096 busy rules is %d bytes, want at most 5 KiB", len(data))
+	}
+	it := doc.Interfaces[0]
+	if len(it.Rules) != maxTelemetryRules || it.RulesOmitted != 4096-maxTelemetryRules {
+		t.Fatalf("%d rules, %d omitted", len(it.Rules), it.RulesOmitted)
+	}
+	// The busiest first: rule i moved (i+1) million packets in 5 s.
+	if top := it.Rules[0]; top.ID != fmt.Sprintf("%s-%05d", strings.Repeat("x", 57), 4095) || top.PPS != 4096*1e6/5 {
+		t.Fatalf("busiest rule %s at %.0f pps", top.ID, top.PPS)
+	}
+	if got := it.Actions["drop-rule"].PPS; got != 1e9/5 {
+		t.Fatalf("drop-rule at %.0f pps, want %.0f", got, 1e9/5)
+	}
+	t.Logf("4,096 busy rules: %d bytes", len(data))
+
+	// Rules that never matched are left out and counted.
+	idle := fullSample(t0, 10, 0)
+	doc = telemetryDoc("h", nil, idle)
+	if it := doc.Interfaces[0]; len(it.Rules) != 0 || it.RulesOmitted != 10 {
+		t.Fatalf("idle rules: %d listed, %d omitted; want 0 and 10", len(it.Rules), it.RulesOmitted)
+	}
+}
+
+func TestRateOfACounterThatWentBack(t *testing.T) {
+	r := rate(bpf.Counter{Packets: 100, Bytes: 1000}, bpf.Counter{Packets: 10, Bytes: 100}, 2)
+	if r.PPS != 5 || r.BPS != 50 {
+		t.Fatalf("rate after a reset: %+v, want 5 pps and 50 bps", r)
+	}
+}
