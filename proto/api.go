@@ -72,6 +72,18 @@ type RuleSetSummary struct {
 	Rules    int   `json:"rules"`
 }
 
+// RuleSetVersionInfo is one entry of GET /v1/rulesets/{name}/versions,
+// oldest first.
+type RuleSetVersionInfo struct {
+	Version int64 `json:"version"`
+	// Revision is the etcd revision that wrote the version.
+	Revision int64 `json:"revision"`
+	Rules    int   `json:"rules"`
+	// Author and At come from the audit record of the write, when found.
+	Author string    `json:"author,omitempty"`
+	At     time.Time `json:"at,omitempty"`
+}
+
 // RuleSetDiff is the difference between two versions of a rule set,
 // rule by rule (by id) and set by set.
 type RuleSetDiff struct {
