@@ -24,8 +24,16 @@ type command struct {
 }
 
 var topCommands = map[string]command{
-	"local": {runLocal, "work on this host's pinned maps (no agent, no etcd)"},
-	"etcd":  {runEtcd, "read and write rule sets and host documents in etcd directly"},
+	"local":    {runLocal, "work on this host's pinned maps (no agent, no etcd)"},
+	"apply":    {runApply, "store each rule set of a file as its next version; shows the diff"},
+	"get":      {runGet, "list rule sets, hosts or rollouts, or show one"},
+	"history":  {runHistory, "the versions of a rule set"},
+	"diff":     {runDiff, "what changed between two versions of a rule set"},
+	"rollback": {runRollback, "make a new version equal to an earlier one"},
+	"rollout":  {runRollout, "roll a version out in waves; pause, resume, abort"},
+	"stats":    {runStats, "fleet counters per outcome and per rule (per host with --host)"},
+	"top":      {runTop, "a live view of the busiest rules fleet-wide"},
+	"etcd":     {runEtcd, "read and write rule sets and host documents in etcd directly"},
 }
 
 // errUsage marks an error in how the command was called.
@@ -42,6 +50,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	err := dispatch("xdpfwctl", topCommands, args, stdout, stderr)
 	var u errUsage
+	var coded exitCoder
 	switch {
 	case err == nil:
 		return exitOK
@@ -50,6 +59,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case errors.As(err, &u):
 		fmt.Fprintf(stderr, "xdpfwctl: %v (see --help)\n", err)
 		return exitUsage
+	case errors.As(err, &coded):
+		fmt.Fprintf(stderr, "xdpfwctl: %v\n", err)
+		return coded.ExitCode()
 	default:
 		fmt.Fprintf(stderr, "xdpfwctl: %v\n", err)
 		return exitError
