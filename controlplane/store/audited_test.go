@@ -279,3 +279,42 @@ func TestFleetReads(t *testing.T) {
 		t.Fatalf("Telemetry(up.example) = %+v %v", docs, err)
 	}
 }
+
+func TestVersionInfos(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := testCtx(t)
+	mustPut(t, s, ruleSet("web", 1), 0) // no audit record: written around the API
+	var revs []int64
+	for i := 2; i <= 11; i++ {
+		rs := ruleSet("web", i)
+		for j := 1; j < i%3; j++ {
+			rs.Rules = append(rs.Rules, proto.Rule{ID: fmt.Sprintf("x%d", j), Action: proto.ActionDrop})
+		}
+		res, err := s.PutRuleSetAudited(ctx, rs, -1, auditAs(fmt.Sprintf("user%d", i), "PUT"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		revs = append(revs, res.Revision)
+	}
+	mustPut(t, s, ruleSet("other", 1), 0)
+	infos, err := s.VersionInfos(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(infos) != 11 {
+		t.Fatalf("%d versions, want 11: %+v", len(infos), infos)
+	}
+	if infos[0].Version != 1 || infos[0].Author != "" || !infos[0].At.IsZero() || infos[0].Rules != 1 {
+		t.Fatalf("version 1 (no audit record): %+v", infos[0])
+	}
+	for i, vi := range infos[1:] {
+		n := i + 2
+		wantRules := max(1, n%3)
+		if vi.Version != int64(n) || vi.Revision != revs[i] || vi.Author != fmt.Sprintf("user%d", n) || vi.At.IsZero() || vi.Rules != wantRules {
+			t.Fatalf("entry %d: %+v, want version %d revision %d user%d and %d rules", i+1, vi, n, revs[i], n, wantRules)
+		}
+	}
+	if _, err := s.VersionInfos(ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("VersionInfos(nope): %v", err)
+	}
+}

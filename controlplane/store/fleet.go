@@ -214,3 +214,81 @@ func (s *Store) Telemetry(ctx context.Context, host string) (docs []proto.HostTe
 	}
 	return docs, bad, nil
 }
+
+// versionPage is how many versions a history listing reads per request:
+// a version can be close to MaxDocumentBytes.
+const versionPage = 32
+
+// VersionInfos returns the history of a rule set, oldest first: each
+// version with the revision that wrote it, its rule count, and who wrote
+// it and when, from the audit record written in the same transaction
+// (none for versions written without one, as by xdpfwctl etcd put).
+func (s *Store) VersionInfos(ctx context.Context, name string) ([]proto.RuleSetVersionInfo, error) {
+	if err := s.checkRuleSetName(name); err != nil {
+		return nil, err
+	}
+	prefix := s.keys.RuleSetVersions(name)
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var out []proto.RuleSetVersionInfo
+	from := prefix
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(versionPage)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cli.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("rule set %s: list %s: %w", name, prefix, err)
+		}
+		rev = resp.Header.Revision
+		for _, kv := range resp.Kvs {
+			n, v, ok := s.keys.ParseRuleSetVersion(string(kv.Key))
+			if !ok || n != name {
+				continue
+			}
+			var rs struct {
+				Rules []json.RawMessage `json:"rules"`
+			}
+			if err := json.Unmarshal(kv.Value, &rs); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", kv.Key, err)
+			}
+			out = append(out, proto.RuleSetVersionInfo{Version: v, Revision: kv.ModRevision, Rules: len(rs.Rules)})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("rule set %s: %w (nothing under %s)", name, ErrNotFound, prefix)
+	}
+	// Keys sort as strings ("10" before "9").
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+
+	// The audit records written between the first and the last version:
+	// one request, filtered by etcd.
+	minRev, maxRev := out[0].Revision, out[0].Revision
+	for _, vi := range out {
+		minRev, maxRev = min(minRev, vi.Revision), max(maxRev, vi.Revision)
+	}
+	auditPrefix := s.keys.Audit()
+	resp, err := s.cli.Get(ctx, auditPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev),
+		clientv3.WithMinModRev(minRev), clientv3.WithMaxModRev(maxRev))
+	if err != nil {
+		return nil, fmt.Errorf("rule set %s: list %s: %w", name, auditPrefix, err)
+	}
+	byRev := make(map[int64]proto.AuditRecord, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		var rec proto.AuditRecord
+		if json.Unmarshal(kv.Value, &rec) == nil {
+			byRev[kv.ModRevision] = rec
+		}
+	}
+	for i := range out {
+		if rec, ok := byRev[out[i].Revision]; ok {
+			out[i].Author, out[i].At = rec.Who, rec.At
+		}
+	}
+	return out, nil
+}
