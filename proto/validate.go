@@ -11,8 +11,8 @@ import (
 // Problem is one thing wrong with a rule document, at a path such as
 // "rules[3].dstPorts[1]" or "sets.bad-actors[7]".
 type Problem struct {
-	Path    string
-	Message string
+	Path    string `json:"path,omitempty"`
+	Message string `json:"message"`
 }
 
 func (p Problem) String() string {
