@@ -173,6 +173,10 @@ type RolloutState struct {
 	// Hosts are the hosts the rollout has touched, by name.
 	Hosts   map[string]RolloutHost `json:"hosts"`
 	Message string                 `json:"message,omitempty"`
+	// ControlRevision is the etcd mod revision of rollouts/<id>/control
+	// that the controller had read when it halted the rollout: a control
+	// written after it (a higher revision) wanting "run" resumes it.
+	ControlRevision int64 `json:"controlRevision,omitempty"`
 	// UpdatedAt and Controller say when and by which replica it was
 	// last written.
 	UpdatedAt  time.Time `json:"updatedAt"`
