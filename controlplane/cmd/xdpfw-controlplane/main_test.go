@@ -1,0 +1,518 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+const (
+	adminToken    = "admin-token-0123456789"
+	operatorToken = "operator-token-0123456789"
+)
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func tokensFile(t *testing.T) string {
+	t.Helper()
+	return writeFile(t, t.TempDir(), "tokens.yaml", `tokens:
+  - {name: alice, role: admin, token: `+adminToken+`}
+  - {name: oscar, role: operator, token: `+operatorToken+`}
+`)
+}
+
+// syncBuffer is a bytes.Buffer that run's output and the test can share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// replica is one run() in a goroutine.
+type replica struct {
+	stdout, stderr syncBuffer
+	cancel         context.CancelFunc
+	hup            chan os.Signal
+	code           chan int
+	url            string
+}
+
+func start(t *testing.T, args ...string) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{cancel: cancel, hup: make(chan os.Signal, 1), code: make(chan int, 1)}
+	go func() { r.code <- run(ctx, args, &r.stdout, &r.stderr, r.hup) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.code:
+		case <-time.After(30 * time.Second):
+			t.Error("run did not return 30s after its context ended")
+		}
+	})
+	r.url = r.waitReady(t)
+	return r
+}
+
+// waitReady waits for the ready line and returns the API's URL.
+func (r *replica) waitReady(t *testing.T) string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if out := r.stdout.String(); strings.HasSuffix(out, "\n") {
+			url, ok := strings.CutPrefix(strings.TrimSpace(out), "xdpfw-controlplane: ready, API at ")
+			if !ok {
+				t.Fatalf("stdout %q is not the ready line", out)
+			}
+			return url
+		}
+		select {
+		case code := <-r.code:
+			r.code <- code
+			t.Fatalf("exited %d before it was ready; stderr:\n%s", code, r.stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no ready line after 60s; stderr:\n%s", r.stderr.String())
+	return ""
+}
+
+func (r *replica) stop(t *testing.T) int {
+	t.Helper()
+	r.cancel()
+	select {
+	case code := <-r.code:
+		r.code <- code
+		return code
+	case <-time.After(30 * time.Second):
+		t.Fatal("run did not return 30s after the signal")
+		return -1
+	}
+}
+
+func call(t *testing.T, c *http.Client, method, url, token, body string, header ...string) (int, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, data
+}
+
+const ruleSetYAML = `apiVersion: xdpfw/v1
+kind: RuleSet
+name: web
+mode: deny
+rules:
+  - {id: ssh, action: drop, protocol: tcp, dstPorts: [22]}
+`
+
+func TestRunFlags(t *testing.T) {
+	tokens := tokensFile(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	badTokens := writeFile(t, t.TempDir(), "bad.yaml", "tokens: [{name: a, role: root, token: x}]")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no tokens file", []string{"--data-dir", "D"}, exitUsage, "--tokens-file is required"},
+		{"no data dir", []string{"--tokens-file", tokens}, exitUsage, "--data-dir is required without --etcd-endpoints"},
+		{"data dir and endpoints", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-endpoints", "127.0.0.1:1"}, exitUsage, "with --etcd-endpoints drop it"},
+		{"etcd tls without endpoints", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-cert", "c"}, exitUsage, "are for --etcd-endpoints"},
+		{"tls cert without key", []string{"--tokens-file", tokens, "--data-dir", "D", "--tls-cert", "c"}, exitUsage, "--tls-cert and --tls-key go together"},
+		{"client ca without tls", []string{"--tokens-file", tokens, "--data-dir", "D", "--client-ca", "c"}, exitUsage, "--client-ca needs --tls-cert"},
+		{"bad level", []string{"--tokens-file", tokens, "--data-dir", "D", "--log-level", "loud"}, exitUsage, `--log-level "loud"`},
+		{"bad timeout", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-timeout", "0s"}, exitUsage, "--etcd-timeout 0s"},
+		{"extra argument", []string{"--tokens-file", tokens, "--data-dir", "D", "extra"}, exitUsage, `unexpected argument "extra"`},
+		{"unknown flag", []string{"--nope"}, exitUsage, "flag provided but not defined"},
+		{"missing tokens file", []string{"--tokens-file", "/nonexistent/tokens.yaml", "--data-dir", "D"}, exitError, "/nonexistent/tokens.yaml"},
+		{"bad tokens file", []string{"--tokens-file", badTokens, "--data-dir", "D"}, exitError, `unknown role "root"`},
+		{"missing tls files", []string{"--tokens-file", tokens, "--data-dir", "D", "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, exitError, "load --tls-cert /nonexistent/c"},
+		{"listen address in use", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", busy.Addr().String()}, exitError, "address already in use"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			urls := etcdtest.FreeURLs(t, 2)
+			dir := t.TempDir()
+			args := []string{"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1], "--listen", "127.0.0.1:0"}
+			for _, a := range tt.args {
+				if a == "D" {
+					a = dir
+				}
+				args = append(args, a)
+			}
+			var stdout, stderr syncBuffer
+			hup := make(chan os.Signal)
+			code := run(context.Background(), args, &stdout, &stderr, hup)
+			if code != tt.code || !strings.Contains(stderr.String(), tt.want) {
+				t.Fatalf("exit %d, want %d; stderr does not say %q:\n%s", code, tt.code, tt.want, stderr.String())
+			}
+			if stdout.String() != "" {
+				t.Fatalf("stdout = %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+// With no endpoints it runs its own etcd member, which agents reach on
+// --etcd-listen-client; SIGHUP reads the tokens file again.
+func TestRunEmbedded(t *testing.T) {
+	urls := etcdtest.FreeURLs(t, 2)
+	tokens := tokensFile(t)
+	r := start(t, "--tokens-file", tokens, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
+		"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1], "--prefix", "/cp-test/", "--name", "cp1")
+	if !strings.HasPrefix(r.url, "http://127.0.0.1:") {
+		t.Fatalf("API URL %q", r.url)
+	}
+	c := &http.Client{}
+	if code, body := call(t, c, "GET", r.url+"/readyz", "", ""); code != 200 {
+		t.Fatalf("/readyz: %d %s", code, body)
+	}
+	if code, body := call(t, c, "PUT", r.url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	// An agent's view: the version under the prefix, on the member's URL.
+	cli := etcdtest.Client(t, []string{urls[0]})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "/cp-test/rulesets/web/versions/1")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("version 1 through the embedded member: %v %v", resp, err)
+	}
+
+	// SIGHUP: the operator token goes, a new viewer comes.
+	writeFile(t, filepath.Dir(tokens), "tokens.yaml", "tokens: [{name: alice, role: admin, token: "+adminToken+"}, {name: v, role: viewer, token: new-viewer-token}]")
+	r.hup <- syscall.SIGHUP
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token", "")
+		if code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new token is refused 10s after SIGHUP (%d); stderr:\n%s", code, r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := call(t, c, "GET", r.url+"/v1/rulesets", operatorToken, ""); code != 401 {
+		t.Fatalf("the removed token: %d, want 401", code)
+	}
+	// A bad file keeps the tokens in use.
+	writeFile(t, filepath.Dir(tokens), "tokens.yaml", "tokens: [{name: x, role: wizard, token: y}]")
+	r.hup <- syscall.SIGHUP
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(r.stderr.String(), "tokens file not reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log of the refused reload; stderr:\n%s", r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token", ""); code != 200 {
+		t.Fatalf("after a bad reload: %d, want the tokens in use kept", code)
+	}
+
+	if code := r.stop(t); code != exitOK {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, r.stderr.String())
+	}
+	logs := r.stderr.String()
+	for _, want := range []string{`"msg":"ready"`, `"msg":"stopping on a signal"`, `"msg":"embedded etcd member stopped"`, `"msg":"stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", logs)
+	}
+}
+
+// Two replicas over one external etcd serve the same data.
+func TestRunReplicasShareEtcd(t *testing.T) {
+	srv := etcdtest.Start(t)
+	tokens := tokensFile(t)
+	args := []string{"--tokens-file", tokens, "--etcd-endpoints", strings.Join(srv.Endpoints(), ","), "--listen", "127.0.0.1:0"}
+	r1 := start(t, append(args, "--name", "cp1")...)
+	r2 := start(t, append(args, "--name", "cp2")...)
+	c := &http.Client{}
+	if code, body := call(t, c, "PUT", r1.url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
+		t.Fatalf("PUT through replica 1: %d %s", code, body)
+	}
+	code, body := call(t, c, "GET", r2.url+"/v1/rulesets/web", operatorToken, "")
+	var v proto.RuleSetVersion
+	if code != 200 || json.Unmarshal(body, &v) != nil || v.Version != 1 {
+		t.Fatalf("GET through replica 2: %d %s", code, body)
+	}
+	// Replica 2 sees what replica 1 wrote: creating it again is a
+	// conflict, writing on top of version 1 is not.
+	if code, body := call(t, c, "PUT", r2.url+"/v1/rulesets/web", operatorToken, ruleSetYAML, "If-Match", "0"); code != 409 {
+		t.Fatalf("PUT If-Match 0 through replica 2: %d %s", code, body)
+	}
+	if code, body := call(t, c, "PUT", r2.url+"/v1/rulesets/web", operatorToken, ruleSetYAML, "If-Match", "1"); code != 200 {
+		t.Fatalf("PUT If-Match 1 through replica 2: %d %s", code, body)
+	}
+	for _, r := range []*replica{r1, r2} {
+		if code := r.stop(t); code != exitOK {
+			t.Fatalf("exit %d; stderr:\n%s", code, r.stderr.String())
+		}
+	}
+}
+
+// certs is a test CA with a server and a client certificate.
+type certs struct {
+	dir                       string
+	ca, serverCert, serverKey string
+	clientCert, clientKey     string
+	pool                      *x509.CertPool
+	clientPair                tls.Certificate
+}
+
+func newCerts(t *testing.T) *certs {
+	t.Helper()
+	dir := t.TempDir()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "xdpfw test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &certs{dir: dir, pool: x509.NewCertPool()}
+	c.pool.AddCert(caCert)
+	c.ca = writeFile(t, dir, "ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})))
+	issue := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, err := x509.MarshalECPrivateKey(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return writeFile(t, dir, name+".pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))),
+			writeFile(t, dir, name+"-key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})))
+	}
+	c.serverCert, c.serverKey = issue("server", 2, x509.ExtKeyUsageServerAuth)
+	c.clientCert, c.clientKey = issue("client", 3, x509.ExtKeyUsageClientAuth)
+	c.clientPair, err = tls.LoadX509KeyPair(c.clientCert, c.clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestRunTLS(t *testing.T) {
+	srv := etcdtest.Start(t)
+	c := newCerts(t)
+	base := []string{"--tokens-file", tokensFile(t), "--etcd-endpoints", strings.Join(srv.Endpoints(), ","), "--listen", "127.0.0.1:0",
+		"--tls-cert", c.serverCert, "--tls-key", c.serverKey}
+
+	t.Run("https", func(t *testing.T) {
+		r := start(t, base...)
+		if !strings.HasPrefix(r.url, "https://127.0.0.1:") {
+			t.Fatalf("API URL %q, want https", r.url)
+		}
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}}
+		if code, body := call(t, client, "GET", r.url+"/v1/rulesets", operatorToken, ""); code != 200 {
+			t.Fatalf("GET over https: %d %s", code, body)
+		}
+		if code := r.stop(t); code != exitOK {
+			t.Fatalf("exit %d", code)
+		}
+	})
+
+	t.Run("mtls", func(t *testing.T) {
+		r := start(t, append(base, "--client-ca", c.ca)...)
+		noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", r.url+"/healthz", nil)
+		if resp, err := noCert.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("a client with no certificate got %d, want the handshake refused", resp.StatusCode)
+		}
+		// A certificate of another CA is refused too.
+		other := newCerts(t)
+		wrongCA := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool, Certificates: []tls.Certificate{other.clientPair}}}}
+		req, _ = http.NewRequestWithContext(ctx, "GET", r.url+"/healthz", nil)
+		if resp, err := wrongCA.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("a client certificate of another CA got %d", resp.StatusCode)
+		}
+		withCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool, Certificates: []tls.Certificate{c.clientPair}}}}
+		if code, body := call(t, withCert, "GET", r.url+"/v1/rulesets", operatorToken, ""); code != 200 {
+			t.Fatalf("GET with a client certificate: %d %s", code, body)
+		}
+		// The certificate does not replace the token.
+		if code, _ := call(t, withCert, "GET", r.url+"/v1/rulesets", "", ""); code != 401 {
+			t.Fatalf("a client certificate without a token: %d, want 401", code)
+		}
+		if code := r.stop(t); code != exitOK {
+			t.Fatalf("exit %d", code)
+		}
+	})
+}
+
+// The binary itself: built, started with an embedded etcd in a temp dir,
+// serving, stopped by SIGTERM.
+func TestBinaryStopsOnSIGTERM(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the go tool is needed to build the binary: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "xdpfw-controlplane")
+	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	urls := etcdtest.FreeURLs(t, 2)
+	cmd := exec.Command(bin, "--tokens-file", tokensFile(t), "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
+		"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1])
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill() //nolint:errcheck // it has normally exited
+
+	lines := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		lines <- line
+	}()
+	var url string
+	select {
+	case line := <-lines:
+		var ok bool
+		url, ok = strings.CutPrefix(strings.TrimSpace(line), "xdpfw-controlplane: ready, API at http://127.0.0.1:")
+		if !ok {
+			t.Fatalf("stdout = %q, want the ready line; stderr:\n%s", line, stderr.String())
+		}
+		url = "http://127.0.0.1:" + url
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no ready line after 60s; stderr:\n%s", stderr.String())
+	}
+	c := &http.Client{}
+	if code, body := call(t, c, "PUT", url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	if code, body := call(t, c, "GET", url+"/v1/audit", adminToken, ""); code != 200 || !strings.Contains(string(body), `"who":"oscar"`) {
+		t.Fatalf("audit: %d %s", code, body)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30s after SIGTERM")
+	}
+	logs := strings.TrimSpace(stderr.String())
+	for _, l := range strings.Split(logs, "\n") {
+		if !strings.HasPrefix(l, "{") {
+			t.Fatalf("stderr line is not JSON: %q", l)
+		}
+	}
+	if strings.Contains(logs, `"level":"error"`) {
+		t.Fatalf("a clean stop logged errors:\n%s", logs)
+	}
+	for _, want := range []string{"stopping on a signal", `"msg":"stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("log lacks %q:\n%s", want, logs)
+		}
+	}
+	if _, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "http://"), time.Second); err == nil {
+		t.Fatal("the API still accepts connections after the exit")
+	}
+}
