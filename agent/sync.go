@@ -272,8 +272,10 @@ func (a *Agent) reconcile() {
 	}
 	switch {
 	case serr != nil && c.desired == nil:
-		serr.Revision, serr.At = c.rev, time.Now().UTC()
-		c.lastError, c.inSync = serr, false
+		// Not an error: nobody has said what this host should enforce
+		// (a new host before the control plane sees it). Not in sync
+		// either: what is pinned is nobody's desired state.
+		c.lastError, c.inSync = nil, false
 		a.log.Info("no desired state for this host yet", zap.String("key", serr.Document), zap.Int64("revision", c.rev))
 	case serr != nil:
 		serr.Revision, serr.At = c.rev, time.Now().UTC()

@@ -220,6 +220,8 @@ func hostState(h proto.HostInfo) string {
 		return "error"
 	case h.Status.InSync:
 		return "in sync"
+	case len(h.Desired) == 0 && len(h.Status.Applied) == 0:
+		return "no desired state"
 	}
 	return "applying"
 }
