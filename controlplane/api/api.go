@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
+	"github.com/xdpfw/xdpfw/controlplane/rollout"
 	"github.com/xdpfw/xdpfw/controlplane/store"
 	"github.com/xdpfw/xdpfw/proto"
 )
@@ -53,8 +54,8 @@ type Config struct {
 	Client *clientv3.Client
 	Keys   proto.Keys
 	Tokens Authenticator
-	// Rollouts creates, reads and steers rollouts (a *rollout.Manager).
-	// Without one the rollout routes answer 503.
+	// Rollouts creates, reads and steers rollouts (nil: a
+	// rollout.Manager over Client and Keys).
 	Rollouts Rollouts
 	// Log receives access and error logs (nil: none).
 	Log *zap.Logger
@@ -110,6 +111,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
+	}
+	if s.rollouts == nil {
+		s.rollouts = rollout.NewManager(cfg.Client, cfg.Keys)
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultEtcdTimeout
@@ -366,9 +370,11 @@ func errorOf(err error) *Error {
 		return &Error{Status: http.StatusConflict, Code: proto.CodeConflict, Message: err.Error()}
 	case errors.Is(err, store.ErrTooLarge):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: proto.CodeTooLarge, Message: err.Error()}
-	case errors.Is(err, store.ErrConflict), errors.Is(err, errRolloutConflict):
+	case errors.Is(err, rollout.ErrInvalid):
+		return &Error{Status: http.StatusBadRequest, Code: proto.CodeInvalid, Message: err.Error()}
+	case errors.Is(err, store.ErrConflict), errors.Is(err, rollout.ErrConflict):
 		return &Error{Status: http.StatusConflict, Code: proto.CodeConflict, Message: err.Error()}
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, errRolloutNotFound):
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, rollout.ErrNotFound):
 		return &Error{Status: http.StatusNotFound, Code: proto.CodeNotFound, Message: err.Error()}
 	case unavailable(err):
 		return &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,

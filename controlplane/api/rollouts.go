@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 
@@ -22,37 +21,19 @@ type Rollouts interface {
 	Control(ctx context.Context, id, want, by string) (proto.Rollout, error)
 }
 
-// Placeholders until controlplane/rollout lands.
-var (
-	errRolloutConflict = errors.New("rollout conflict")
-	errRolloutNotFound = errors.New("rollout not found")
-)
-
-func (s *Server) rolloutManager() (Rollouts, error) {
-	if s.rollouts == nil {
-		return nil, &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,
-			Message: "this control plane runs no rollout manager"}
-	}
-	return s.rollouts, nil
-}
-
 // createRollout answers POST /v1/rollouts: 201 and the rollout.
 func (s *Server) createRollout(w http.ResponseWriter, r *http.Request, id auth.Identity) error {
-	m, err := s.rolloutManager()
-	if err != nil {
-		return err
-	}
 	var spec proto.RolloutSpec
 	if err := decodeJSON(r, &spec); err != nil {
 		return err
 	}
 	ctx, cancel := s.etcdCtx(r)
 	defer cancel()
-	ro, err := m.Create(ctx, spec, id.Name)
+	ro, err := s.rollouts.Create(ctx, spec, id.Name)
 	if err != nil {
 		return err
 	}
-	s.auditRollout(ctx, r, id, ro, "created")
+	s.auditRollout(r, id, ro, "created")
 	s.log.Info("rollout created", zapRollout(ro.ID), zapRuleSet(ro.Spec.RuleSet), zapVersion(ro.Spec.Version), zapWho(id))
 	w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
 	writeJSON(w, http.StatusCreated, ro)
@@ -60,10 +41,13 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request, id auth.I
 }
 
 // auditRollout records a rollout write. The rollout manager writes in
-// its own transaction, so the record follows it: if it cannot be
-// written, the write stands (a client retrying it would start a second
+// its own transaction, so the record follows it, with a deadline of its
+// own that a client hanging up does not cut short. If it cannot be
+// written the write stands (a client retrying it would start a second
 // rollout) and the failure is logged.
-func (s *Server) auditRollout(ctx context.Context, r *http.Request, id auth.Identity, ro proto.Rollout, result string) {
+func (s *Server) auditRollout(r *http.Request, id auth.Identity, ro proto.Rollout, result string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.timeout)
+	defer cancel()
 	rec := auditRecord(r, id, "rollout "+ro.ID)
 	rec.Result = fmt.Sprintf("%s (rule set %s version %d)", result, ro.Spec.RuleSet, ro.Spec.Version)
 	if _, _, err := s.store.PutAudit(ctx, rec); err != nil {
@@ -74,13 +58,9 @@ func (s *Server) auditRollout(ctx context.Context, r *http.Request, id auth.Iden
 
 // listRollouts answers GET /v1/rollouts.
 func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request, _ auth.Identity) error {
-	m, err := s.rolloutManager()
-	if err != nil {
-		return err
-	}
 	ctx, cancel := s.etcdCtx(r)
 	defer cancel()
-	list, err := m.List(ctx)
+	list, err := s.rollouts.List(ctx)
 	if err != nil {
 		return err
 	}
@@ -93,13 +73,9 @@ func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request, _ auth.Ide
 
 // getRollout answers GET /v1/rollouts/{id}.
 func (s *Server) getRollout(w http.ResponseWriter, r *http.Request, _ auth.Identity) error {
-	m, err := s.rolloutManager()
-	if err != nil {
-		return err
-	}
 	ctx, cancel := s.etcdCtx(r)
 	defer cancel()
-	ro, err := m.Get(ctx, r.PathValue("id"))
+	ro, err := s.rollouts.Get(ctx, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -110,17 +86,13 @@ func (s *Server) getRollout(w http.ResponseWriter, r *http.Request, _ auth.Ident
 // controlRollout answers POST /v1/rollouts/{id}/pause|resume|abort.
 func (s *Server) controlRollout(want string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, id auth.Identity) error {
-		m, err := s.rolloutManager()
-		if err != nil {
-			return err
-		}
 		ctx, cancel := s.etcdCtx(r)
 		defer cancel()
-		ro, err := m.Control(ctx, r.PathValue("id"), want, id.Name)
+		ro, err := s.rollouts.Control(ctx, r.PathValue("id"), want, id.Name)
 		if err != nil {
 			return err
 		}
-		s.auditRollout(ctx, r, id, ro, "want "+want)
+		s.auditRollout(r, id, ro, "want "+want)
 		s.log.Info("rollout control", zapRollout(ro.ID), zap.String("want", want), zapWho(id))
 		writeJSON(w, http.StatusOK, ro)
 		return nil

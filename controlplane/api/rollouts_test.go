@@ -1,0 +1,112 @@
+package api
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+func TestRollouts(t *testing.T) {
+	e := newEnv(t)
+	e.must(http.StatusCreated, "PUT", "/v1/rulesets/web", operatorToken, ruleSetYAML("web", 80))
+
+	refused := []struct {
+		name, body string
+		code       int
+		errCode    string
+		problems   []string
+	}{
+		{"missing rule set", `{"ruleset": "nope", "version": 1}`, 400, proto.CodeInvalid, []string{"ruleset: "}},
+		{"missing version", `{"ruleset": "web", "version": 9}`, 400, proto.CodeInvalid, []string{"version: rule set web has no version 9"}},
+		{"bad waves", `{"ruleset": "web", "version": 1, "waves": ["1", "150%"]}`, 400, proto.CodeInvalid, []string{"waves[1]: "}},
+		{"unknown field", `{"ruleset": "web", "version": 1, "wave": ["1"]}`, 400, proto.CodeInvalid, nil},
+		{"not JSON", `ruleset: web`, 400, proto.CodeInvalid, nil},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			before := e.revision()
+			r := e.must(tt.code, "POST", "/v1/rollouts", operatorToken, tt.body)
+			eb := r.apiError(t)
+			if eb.Code != tt.errCode || len(eb.Problems) != len(tt.problems) {
+				t.Fatalf("error %+v, want %s with problems %q", eb, tt.errCode, tt.problems)
+			}
+			for i, p := range eb.Problems {
+				if !strings.HasPrefix(p.String(), tt.problems[i]) {
+					t.Errorf("problem %q, want %q", p, tt.problems[i])
+				}
+			}
+			if e.revision() != before {
+				t.Fatal("a refused rollout wrote")
+			}
+		})
+	}
+
+	r := e.must(http.StatusCreated, "POST", "/v1/rollouts", operatorToken, proto.RolloutSpec{RuleSet: "web", Version: 1, Waves: []string{"1", "100%"}})
+	var ro proto.Rollout
+	r.decode(t, &ro)
+	if ro.ID == "" || ro.Spec.RuleSet != "web" || ro.CreatedBy != "oscar" || ro.Control.Want != proto.RolloutWantRun ||
+		r.header.Get("Location") != "/v1/rollouts/"+ro.ID {
+		t.Fatalf("created: %+v, Location %q", ro, r.header.Get("Location"))
+	}
+	var got proto.Rollout
+	e.must(http.StatusOK, "GET", "/v1/rollouts/"+ro.ID, viewerToken, nil).decode(t, &got)
+	if got.ID != ro.ID || got.Spec.Version != 1 {
+		t.Fatalf("GET: %+v", got)
+	}
+	var list []proto.Rollout
+	e.must(http.StatusOK, "GET", "/v1/rollouts", viewerToken, nil).decode(t, &list)
+	if len(list) != 1 || list[0].ID != ro.ID {
+		t.Fatalf("list: %+v", list)
+	}
+	// One active rollout per rule set; and the rule set cannot go.
+	before := e.revision()
+	e.must(http.StatusConflict, "POST", "/v1/rollouts", operatorToken, `{"ruleset": "web", "version": 1}`)
+	r = e.must(http.StatusConflict, "DELETE", "/v1/rulesets/web", adminToken, nil)
+	if eb := r.apiError(t); !strings.Contains(eb.Message, ro.ID) {
+		t.Fatalf("delete during a rollout: %+v, want the rollout named", eb)
+	}
+	if e.revision() != before {
+		t.Fatal("refused requests wrote")
+	}
+
+	for _, step := range []struct{ verb, want string }{
+		{"pause", proto.RolloutWantPause}, {"resume", proto.RolloutWantRun}, {"abort", proto.RolloutWantAbort},
+	} {
+		var c proto.Rollout
+		e.must(http.StatusOK, "POST", "/v1/rollouts/"+ro.ID+"/"+step.verb, operatorToken, nil).decode(t, &c)
+		if c.Control.Want != step.want || c.Control.By != "oscar" {
+			t.Fatalf("%s: control %+v", step.verb, c.Control)
+		}
+	}
+	before = e.revision()
+	r = e.must(http.StatusConflict, "POST", "/v1/rollouts/"+ro.ID+"/resume", operatorToken, nil)
+	if eb := r.apiError(t); eb.Code != proto.CodeConflict || !strings.Contains(eb.Message, "abort") {
+		t.Fatalf("resume after abort: %+v", eb)
+	}
+	e.must(http.StatusNotFound, "GET", "/v1/rollouts/nope", viewerToken, nil)
+	e.must(http.StatusNotFound, "POST", "/v1/rollouts/nope/pause", operatorToken, nil)
+	e.must(http.StatusForbidden, "POST", "/v1/rollouts/"+ro.ID+"/pause", viewerToken, nil)
+	if e.revision() != before {
+		t.Fatal("refused controls wrote")
+	}
+
+	// Every rollout write is in the audit trail, newest first.
+	var recs []proto.AuditRecord
+	e.must(http.StatusOK, "GET", "/v1/audit?limit=4", adminToken, nil).decode(t, &recs)
+	want := []string{
+		"POST /v1/rollouts/" + ro.ID + "/abort: want abort (rule set web version 1)",
+		"POST /v1/rollouts/" + ro.ID + "/resume: want run (rule set web version 1)",
+		"POST /v1/rollouts/" + ro.ID + "/pause: want pause (rule set web version 1)",
+		"POST /v1/rollouts: created (rule set web version 1)",
+	}
+	if len(recs) != len(want) {
+		t.Fatalf("audit records %+v", recs)
+	}
+	for i, rec := range recs {
+		if got := rec.Action + ": " + rec.Result; got != want[i] || rec.Who != "oscar" || rec.Target != "rollout "+ro.ID || rec.Revision == 0 {
+			t.Errorf("record %d: %+v, want %q by oscar", i, rec, want[i])
+		}
+	}
+}
