@@ -55,8 +55,9 @@ func (e *InUseError) Error() string {
 	if n := len(e.Rollouts); n > 0 {
 		what = append(what, fmt.Sprintf("%d active rollout(s) (%s)", n, list(e.Rollouts)))
 	}
-	return fmt.Sprintf("rule set %s is in use by %s: take it out of those hosts' desired state and finish or abort its rollouts first",
-		e.Name, strings.Join(what, " and "))
+	return fmt.Sprintf("rule set %s is in use by %s: delete it once no host's desired state names it "+
+		"(write a version whose selector matches none of them; a lost host keeps its desired state until its key is removed) "+
+		"and its rollouts have finished or been aborted", e.Name, strings.Join(what, " and "))
 }
 
 // list shows the first few names of a list.
