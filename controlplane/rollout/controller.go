@@ -1,0 +1,513 @@
+package rollout
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// Defaults of ControllerOptions and the controller's timings.
+const (
+	DefaultInterval = time.Second
+	// SessionTTL is the lease of the leader's election key, in seconds: a
+	// leader that dies without resigning is replaced within about this.
+	SessionTTL = 5
+	// roundTimeout bounds one round's reads and writes.
+	roundTimeout = 30 * time.Second
+	// settle lets a burst of watch events fold into one round.
+	settle = 10 * time.Millisecond
+	// resignTimeout bounds the resignation when Run's context ends.
+	resignTimeout = 2 * time.Second
+)
+
+var (
+	// errNotLeader ends a leadership term: a guarded write found that the
+	// election key is no longer this controller's.
+	errNotLeader = errors.New("not the leader any more")
+	// errStale: a write's compares failed because a key changed after
+	// the round's snapshot; the round is run again.
+	errStale = errors.New("snapshot is stale")
+)
+
+// ControllerOptions configure a Controller.
+type ControllerOptions struct {
+	// Name is the replica's name: the election value and
+	// RolloutState.Controller.
+	Name string
+	// Interval is the resync period (default 1s): a round runs at least
+	// this often while leading, and on every relevant etcd change.
+	Interval time.Duration
+	// Log receives the controller's logs (nil: none).
+	Log *zap.Logger
+}
+
+// Controller is the rollout controller. Run campaigns for leadership
+// and, while leading, runs rounds: read a snapshot, move each active
+// rollout on (writing its state), and write the desired state of every
+// host whose desired key differs from Desired. Every write is guarded by
+// the leadership compare, so a deposed leader writes nothing.
+type Controller struct {
+	cli      *clientv3.Client
+	keys     proto.Keys
+	name     string
+	interval time.Duration
+	log      *zap.Logger
+	metrics  *metrics
+
+	leader atomic.Bool
+	// now and sessionTTL are fixed but for tests.
+	now        func() time.Time
+	sessionTTL int
+}
+
+// NewController returns a controller of the documents under keys.
+func NewController(cli *clientv3.Client, keys proto.Keys, opts ControllerOptions) *Controller {
+	if keys.Prefix == "" {
+		keys = proto.NewKeys("")
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultInterval
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	return &Controller{
+		cli: cli, keys: keys, name: opts.Name, interval: opts.Interval,
+		log:     opts.Log.With(zap.String("controller", opts.Name)),
+		metrics: newMetrics(),
+		now:     time.Now, sessionTTL: SessionTTL,
+	}
+}
+
+// IsLeader says whether the controller leads now.
+func (c *Controller) IsLeader() bool { return c.leader.Load() }
+
+func (c *Controller) setLeader(on bool) {
+	c.leader.Store(on)
+	if on {
+		c.metrics.leader.Set(1)
+		return
+	}
+	c.metrics.leader.Set(0)
+	c.metrics.rollouts.Reset()
+}
+
+// Run campaigns for leadership on keys.Election() and leads until ctx
+// ends or the session is lost, then campaigns again. When ctx ends it
+// resigns (so another replica takes over at once) and returns nil.
+func (c *Controller) Run(ctx context.Context) error {
+	wait := 200 * time.Millisecond
+	for {
+		err := c.term(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.log.Warn("leadership: campaigning again", zap.Duration("after", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+		if errors.Is(err, errNotLeader) {
+			wait = 200 * time.Millisecond
+		}
+	}
+}
+
+// term is one session: campaign, lead, step down.
+func (c *Controller) term(ctx context.Context) error {
+	lease, err := c.cli.Grant(ctx, int64(c.sessionTTL))
+	if err != nil {
+		return fmt.Errorf("grant the session lease for %s: %w", c.keys.Election(), err)
+	}
+	// The session outlives ctx a little, so that stepping down can
+	// resign and revoke the lease after ctx ends.
+	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer scancel()
+	sess, err := concurrency.NewSession(c.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(c.sessionTTL), concurrency.WithContext(sctx))
+	if err != nil {
+		rctx, cancel := context.WithTimeout(sctx, resignTimeout)
+		_, _ = c.cli.Revoke(rctx, lease.ID)
+		cancel()
+		return fmt.Errorf("session for %s: %w", c.keys.Election(), err)
+	}
+	defer func() {
+		if err := sess.Close(); err != nil {
+			c.log.Debug("revoke the session lease", zap.Error(err))
+		}
+	}()
+
+	// The term ends when ctx does or when the session is lost.
+	tctx, tcancel := context.WithCancel(ctx)
+	defer tcancel()
+	stop := context.AfterFunc(sess.Ctx(), tcancel)
+	defer stop()
+
+	el := concurrency.NewElection(sess, c.keys.Election())
+	if err := el.Campaign(tctx, c.name); err != nil {
+		if sess.Ctx().Err() != nil {
+			return fmt.Errorf("campaign on %s: session lost: %w", c.keys.Election(), err)
+		}
+		return fmt.Errorf("campaign on %s: %w", c.keys.Election(), err)
+	}
+	t := &leadership{key: el.Key(), rev: el.Rev()}
+	c.setLeader(true)
+	c.log.Info("leading", zap.String("key", t.key), zap.Int64("revision", t.rev))
+	err = c.lead(tctx, t)
+	c.setLeader(false)
+
+	lost := sess.Ctx().Err() != nil
+	if !lost && !errors.Is(err, errNotLeader) {
+		rctx, cancel := context.WithTimeout(sctx, resignTimeout)
+		if rerr := el.Resign(rctx); rerr != nil {
+			c.log.Warn("resign", zap.String("key", t.key), zap.Error(rerr))
+		}
+		cancel()
+	}
+	switch {
+	case err != nil:
+		c.log.Warn("stepped down", zap.Error(err))
+		return err
+	case lost:
+		c.log.Warn("stepped down: session lost", zap.String("key", t.key))
+		return fmt.Errorf("%w: session of %s lost", errNotLeader, t.key)
+	}
+	c.log.Info("stepped down")
+	return nil
+}
+
+// leadership is the proof of a term: the election key and the revision
+// that created it. Every write of the term is guarded by it.
+type leadership struct {
+	key string
+	rev int64
+}
+
+// commit runs a transaction guarded by the leadership and by cmps. It
+// returns errNotLeader when the leadership is gone, errStale when only
+// cmps failed.
+func (t *leadership) commit(ctx context.Context, cli *clientv3.Client, cmps []clientv3.Cmp, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
+	guard := clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.rev)
+	resp, err := cli.Txn(ctx).If(append([]clientv3.Cmp{guard}, cmps...)...).Then(ops...).Else(clientv3.OpGet(t.key)).Commit()
+	if err != nil {
+		return nil, err
+	}
+	if resp.Succeeded {
+		return resp, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 || kvs[0].CreateRevision != t.rev {
+		return nil, fmt.Errorf("%w: election key %s (created at revision %d) is gone", errNotLeader, t.key, t.rev)
+	}
+	return nil, errStale
+}
+
+// lead runs rounds until ctx ends or the leadership is lost.
+func (c *Controller) lead(ctx context.Context, t *leadership) error {
+	kick := make(chan struct{}, 1)
+	wctx, wcancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.watch(wctx, kick)
+	}()
+	defer func() {
+		wcancel()
+		wg.Wait()
+	}()
+
+	reader := newSnapshotReader(c.cli, c.keys, c.log)
+	tick := time.NewTicker(c.interval)
+	defer tick.Stop()
+	for {
+		err := c.round(ctx, t, reader)
+		switch {
+		case errors.Is(err, errNotLeader):
+			return err
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, errStale):
+			c.log.Debug("round: snapshot stale, again", zap.Error(err))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(settle):
+			}
+			continue
+		case err != nil:
+			c.log.Warn("round failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-kick:
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(settle):
+			}
+		}
+	}
+}
+
+// watch signals kick on every change a round may act on, restarting its
+// watches on errors (rounds read everything again, so nothing is lost
+// between two watches).
+func (c *Controller) watch(ctx context.Context, kick chan<- struct{}) {
+	for ctx.Err() == nil {
+		err := c.watchOnce(ctx, kick)
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Debug("watch ended: restarting", zap.Error(err))
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Controller) watchOnce(ctx context.Context, kick chan<- struct{}) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	hosts := c.cli.Watch(wctx, c.keys.Hosts(), clientv3.WithPrefix())
+	sets := c.cli.Watch(wctx, c.keys.RuleSets(), clientv3.WithPrefix())
+	rollouts := c.cli.Watch(wctx, c.keys.Rollouts(), clientv3.WithPrefix())
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case resp, ok = <-hosts:
+		case resp, ok = <-sets:
+		case resp, ok = <-rollouts:
+		}
+		if !ok {
+			return errors.New("watch channel closed")
+		}
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watch: %w", err)
+		}
+		if slices.ContainsFunc(resp.Events, func(ev *clientv3.Event) bool { return c.relevant(string(ev.Kv.Key)) }) {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// relevant says whether a change of key can change a round's decisions:
+// statuses and desired states, heads and releases, rollouts (not
+// telemetry, nor versions, which only matter once a head names them).
+func (c *Controller) relevant(key string) bool {
+	if _, leaf, ok := c.keys.ParseHostKey(key); ok {
+		return leaf == "status" || leaf == "desired"
+	}
+	if _, _, ok := c.keys.ParseRuleSetVersion(key); ok {
+		return false
+	}
+	return true
+}
+
+// round reads a snapshot, moves the rollouts on and writes the desired
+// states that differ.
+func (c *Controller) round(ctx context.Context, t *leadership, reader *snapshotReader) (err error) {
+	start := time.Now()
+	defer func() {
+		c.metrics.roundSeconds.Observe(time.Since(start).Seconds())
+		c.metrics.rounds.WithLabelValues(roundResult(err)).Inc()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, roundTimeout)
+	defer cancel()
+
+	snap, err := reader.read(ctx)
+	if err != nil {
+		return err
+	}
+	now := c.now().UTC()
+	s := &stepper{snap: snap, keys: c.keys, now: now}
+	for i := range snap.Rollouts {
+		ro := &snap.Rollouts[i]
+		next, release := s.step(ro)
+		if sameState(ro.State, next) {
+			continue
+		}
+		next.UpdatedAt, next.Controller = now, c.name
+		if err := c.writeState(ctx, t, ro, next, release, now); err != nil {
+			return err
+		}
+		c.logChanges(ro, next)
+		ro.State = next
+		if release {
+			// The desired states below must see the release just written,
+			// or they would send the hosts back to the old one for a round.
+			rs := snap.RuleSets[ro.Spec.RuleSet]
+			rs.Released = ro.Spec.Version
+			snap.RuleSets[ro.Spec.RuleSet] = rs
+		}
+	}
+	counts := map[string]float64{}
+	for _, ro := range snap.Rollouts {
+		counts[ro.State.State]++
+	}
+	for _, st := range []string{proto.RolloutRunning, proto.RolloutPaused, proto.RolloutHalted,
+		proto.RolloutSucceeded, proto.RolloutAborting, proto.RolloutAborted} {
+		c.metrics.rollouts.WithLabelValues(st).Set(counts[st])
+	}
+	return c.writeDesired(ctx, t, snap)
+}
+
+func roundResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, errStale):
+		return "stale"
+	case errors.Is(err, errNotLeader):
+		return "deposed"
+	}
+	return "error"
+}
+
+// sameState compares two rollout states but for when and by whom they
+// were written.
+func sameState(a, b proto.RolloutState) bool {
+	a.UpdatedAt, b.UpdatedAt = time.Time{}, time.Time{}
+	a.Controller, b.Controller = "", ""
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && bytes.Equal(ja, jb)
+}
+
+// writeState writes a rollout's next state (and, when it succeeded, the
+// rule set's release) if neither its control nor its state changed
+// since the snapshot.
+func (c *Controller) writeState(ctx context.Context, t *leadership, ro *RolloutView, next proto.RolloutState, release bool, now time.Time) error {
+	stateKey := c.keys.RolloutState(ro.ID)
+	docs := map[string]any{stateKey: next}
+	if release {
+		docs[c.keys.RuleSetReleased(ro.Spec.RuleSet)] = proto.Release{Version: ro.Spec.Version, Rollout: ro.ID, At: now}
+	}
+	ops, err := marshalPuts(docs)
+	if err != nil {
+		return fmt.Errorf("rollout %s: %w", ro.ID, err)
+	}
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(c.keys.RolloutControl(ro.ID)), "=", ro.ControlRevision),
+		clientv3.Compare(clientv3.ModRevision(stateKey), "=", ro.StateRevision),
+	}
+	resp, err := t.commit(ctx, c.cli, cmps, ops)
+	if err != nil {
+		return fmt.Errorf("rollout %s: write %s: %w", ro.ID, stateKey, err)
+	}
+	ro.StateRevision = resp.Header.Revision
+	return nil
+}
+
+// logChanges logs what a round changed in a rollout.
+func (c *Controller) logChanges(ro *RolloutView, next proto.RolloutState) {
+	log := c.log.With(zap.String("rollout", ro.ID), zap.String("ruleset", ro.Spec.RuleSet), zap.Int64("version", ro.Spec.Version))
+	prev := ro.State
+	if prev.State != next.State {
+		log.Info("rollout state", zap.String("state", next.State), zap.Int("wave", next.Wave), zap.String("message", next.Message))
+	}
+	if prev.Wave != next.Wave && next.State != proto.RolloutSucceeded {
+		log.Info("wave started", zap.String("state", next.State), zap.Int("wave", next.Wave))
+	}
+	hosts := make([]string, 0, len(next.Hosts))
+	for h := range next.Hosts {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		e, old := next.Hosts[h], prev.Hosts[h]
+		if e.State == old.State {
+			continue
+		}
+		fields := []zap.Field{zap.String("host", h), zap.Int("wave", e.Wave), zap.String("state", e.State)}
+		if e.State == proto.HostFailed {
+			log.Warn("host failed", append(fields, zap.String("error", e.Error))...)
+			continue
+		}
+		log.Debug("host", append(fields, zap.Int64("previous", e.Previous))...)
+	}
+}
+
+// writeDesired writes the desired state of each host whose key differs
+// from Desired(snap), at most txnOps hosts per transaction, each guarded
+// by the leadership and by the key's mod revision in the snapshot.
+func (c *Controller) writeDesired(ctx context.Context, t *leadership, snap *Snapshot) error {
+	want := Desired(snap)
+	hosts := make([]string, 0, len(want))
+	for h, refs := range want {
+		if !sameRefs(snap.Hosts[h].Desired, refs) {
+			hosts = append(hosts, h)
+		}
+	}
+	sort.Strings(hosts)
+	for start := 0; start < len(hosts); start += txnOps {
+		batch := hosts[start:min(start+txnOps, len(hosts))]
+		cmps := make([]clientv3.Cmp, 0, len(batch))
+		ops := make([]clientv3.Op, 0, len(batch))
+		for _, h := range batch {
+			key := c.keys.HostDesired(h)
+			refs := want[h]
+			if refs == nil {
+				refs = []proto.RuleSetRef{}
+			}
+			doc, err := json.Marshal(proto.NewHostDesired(refs...))
+			if err != nil {
+				return fmt.Errorf("host %s: encode %s: %w", h, key, err)
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", snap.Hosts[h].DesiredRevision))
+			ops = append(ops, clientv3.OpPut(key, string(doc)))
+		}
+		if _, err := t.commit(ctx, c.cli, cmps, ops); err != nil {
+			return fmt.Errorf("write %s (and %d more hosts' desired states): %w", c.keys.HostDesired(batch[0]), len(batch)-1, err)
+		}
+		c.metrics.desiredWrites.Add(float64(len(batch)))
+		for _, h := range batch {
+			c.log.Debug("desired state written", zap.String("host", h), zap.Stringers("ruleSets", refsOf(want[h])))
+		}
+	}
+	if len(hosts) > 0 {
+		c.log.Info("desired states written", zap.Int("hosts", len(hosts)), zap.Int64("snapshot", snap.Revision))
+	}
+	return nil
+}
+
+func refsOf(refs []proto.RuleSetRef) []fmt.Stringer {
+	out := make([]fmt.Stringer, len(refs))
+	for i, r := range refs {
+		out[i] = r
+	}
+	return out
+}
+
+// sameRefs says whether a host's desired document already says refs.
+func sameRefs(d *proto.HostDesired, refs []proto.RuleSetRef) bool {
+	return d != nil && slices.Equal(d.RuleSets, refs)
+}
