@@ -238,14 +238,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 	keys := proto.NewKeys(o.prefix)
 	checkEtcd(ctx, cli, keys, endpoints, lg)
 
-	// The rollout manager for the API, and the leader-elected controller.
-	rollouts, ctl := newRollouts(cli, keys, o.name, o.rolloutInterval, lg)
-	cols := []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})}
-	if ctl != nil {
-		cols = append(cols, ctl.Collectors()...)
-	}
+	// The API (with its rollout manager) and the leader-elected rollout
+	// controller.
+	ctl := newController(cli, keys, o.name, o.rolloutInterval, lg)
+	cols := append([]prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
+		ctl.Collectors()...)
 	handler, err := api.New(api.Config{
-		Client: cli, Keys: keys, Tokens: tokens, Rollouts: rollouts,
+		Client: cli, Keys: keys, Tokens: tokens,
 		Log: lg.Named("api"), Collectors: cols, EtcdTimeout: o.etcdTimeout,
 	})
 	if err != nil {
@@ -258,18 +257,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 		ReadTimeout:       time.Minute,
 		WriteTimeout:      time.Minute,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          zap.NewStdLog(lg.Named("http").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))),
+	}
+	// net/http's own complaints (TLS handshakes refused, bad requests).
+	if srv.ErrorLog, err = zap.NewStdLogAt(lg.Named("http"), zapcore.WarnLevel); err != nil {
+		return fail("logger set-up failed", err)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
 	ctlCtx, stopCtl := context.WithCancel(context.Background())
 	ctlDone := make(chan error, 1)
-	if ctl != nil {
-		go func() { ctlDone <- ctl.Run(ctlCtx) }()
-	} else {
-		close(ctlDone)
-	}
+	go func() { ctlDone <- ctl.Run(ctlCtx) }()
 
 	fmt.Fprintf(stdout, "xdpfw-controlplane: ready, API at %s\n", url)
 	lg.Info("ready", zap.String("url", url), zap.String("name", o.name), zap.String("prefix", keys.Prefix),
@@ -298,12 +296,13 @@ loop:
 		case err := <-memberErr:
 			code = fail("embedded etcd member failed", err)
 			break loop
-		case err, ok := <-ctlDone:
-			if ok && err != nil {
-				code = fail("rollout controller failed", err)
-				break loop
+		case err := <-ctlDone:
+			ctlDone = nil
+			if err == nil {
+				err = errors.New("the rollout controller stopped on its own")
 			}
-			ctlDone = nil // returned with no error: keep serving
+			code = fail("rollout controller failed", err)
+			break loop
 		}
 	}
 
@@ -319,6 +318,7 @@ loop:
 	if ctlDone != nil {
 		select {
 		case <-ctlDone:
+			lg.Info("rollout controller stopped (leadership resigned)")
 		case <-shCtx.Done():
 			lg.Warn("the rollout controller did not stop in time")
 		}

@@ -413,6 +413,14 @@ func TestRunTLS(t *testing.T) {
 			resp.Body.Close()
 			t.Fatalf("a client with no certificate got %d, want the handshake refused", resp.StatusCode)
 		}
+		// The refusal is in the log, as JSON at warn level.
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(r.stderr.String(), "TLS handshake error") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the refused handshake is not logged:\n%s", r.stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 		// A certificate of another CA is refused too.
 		other := newCerts(t)
 		wrongCA := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool, Certificates: []tls.Certificate{other.clientPair}}}}
@@ -514,5 +522,112 @@ func TestBinaryStopsOnSIGTERM(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "http://"), time.Second); err == nil {
 		t.Fatal("the API still accepts connections after the exit")
+	}
+}
+
+// leads reads a replica's xdpfw_controller_leader gauge.
+func (r *replica) leads(t *testing.T) bool {
+	t.Helper()
+	code, body := call(t, &http.Client{}, "GET", r.url+"/metrics", "", "")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	switch {
+	case strings.Contains(string(body), "\nxdpfw_controller_leader 1\n"):
+		return true
+	case strings.Contains(string(body), "\nxdpfw_controller_leader 0\n"):
+		return false
+	}
+	t.Fatalf("/metrics has no xdpfw_controller_leader gauge:\n%s", body)
+	return false
+}
+
+// waitLeader waits until exactly one of the replicas leads and returns it.
+func waitLeader(t *testing.T, rs ...*replica) *replica {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var leaders []*replica
+		for _, r := range rs {
+			if r.leads(t) {
+				leaders = append(leaders, r)
+			}
+		}
+		if len(leaders) == 1 {
+			return leaders[0]
+		}
+		if len(leaders) > 1 {
+			t.Fatalf("%d replicas lead at once", len(leaders))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no replica leads after 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Replicas elect one rollout controller; the leader's stop hands over at
+// once (it resigns), and the new leader moves rollouts on.
+func TestRunControllerLeadership(t *testing.T) {
+	srv := etcdtest.Start(t)
+	args := []string{"--tokens-file", tokensFile(t), "--etcd-endpoints", strings.Join(srv.Endpoints(), ","), "--listen", "127.0.0.1:0",
+		"--rollout-interval", "100ms"}
+	r1 := start(t, append(args, "--name", "cp1")...)
+	r2 := start(t, append(args, "--name", "cp2")...)
+	leader := waitLeader(t, r1, r2)
+	other := r1
+	if leader == r1 {
+		other = r2
+	}
+	// Stay with one leader for a while.
+	for range 10 {
+		if waitLeader(t, r1, r2) != leader {
+			t.Fatal("leadership moved with both replicas up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopped := time.Now()
+	if code := leader.stop(t); code != exitOK {
+		t.Fatalf("leader exit %d; stderr:\n%s", code, leader.stderr.String())
+	}
+	if !strings.Contains(leader.stderr.String(), "rollout controller stopped (leadership resigned)") {
+		t.Fatalf("the leader's log does not say its controller stopped:\n%s", leader.stderr.String())
+	}
+	if waitLeader(t, other) != other {
+		t.Fatal("the other replica does not lead")
+	}
+	// A resigned leader hands over without waiting for its session to
+	// expire (5s).
+	if took := time.Since(stopped); took > 4*time.Second {
+		t.Fatalf("the other replica took %s to lead", took)
+	}
+
+	// The new leader runs rollouts created through it.
+	c := &http.Client{}
+	if code, body := call(t, c, "PUT", other.url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
+		t.Fatalf("PUT: %d %s", code, body)
+	}
+	code, body := call(t, c, "POST", other.url+"/v1/rollouts", operatorToken, `{"ruleset": "web", "version": 1}`)
+	var ro proto.Rollout
+	if code != 201 || json.Unmarshal(body, &ro) != nil {
+		t.Fatalf("POST /v1/rollouts: %d %s", code, body)
+	}
+	otherName := "cp1"
+	if other == r2 {
+		otherName = "cp2"
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := call(t, c, "GET", other.url+"/v1/rollouts/"+ro.ID, operatorToken, "")
+		if code != 200 || json.Unmarshal(body, &ro) != nil {
+			t.Fatalf("GET rollout: %d %s", code, body)
+		}
+		if ro.Status.Controller == otherName {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the leader did not move the rollout on in 30s: %+v", ro.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
