@@ -10,12 +10,12 @@ FUZZTIME ?= 10s
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-.PHONY: all build generate check-generated test unit privileged fuzz bench lint demo bpffs clean
+.PHONY: all build generate check-generated test unit privileged fuzz bench lint demo demo-local bpffs clean
 
 all: build
 
 build:
-	$(GO) build -o $(BIN)/ ./tools/xdpfwctl ./agent/cmd/xdpfw-agent ./controlplane/cmd/xdpfw-etcd
+	$(GO) build -o $(BIN)/ ./tools/xdpfwctl ./agent/cmd/xdpfw-agent ./controlplane/cmd/xdpfw-etcd ./controlplane/cmd/xdpfw-controlplane
 
 # Rebuild the BPF objects and their Go bindings from the C source (needs clang-19).
 generate:
@@ -53,7 +53,12 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
+# The fleet: control plane, agents, a staged rollout, real traffic.
 demo: build bpffs
+	./tools/demo/fleet.sh
+
+# One host, no agent and no etcd: xdpfwctl local.
+demo-local: build bpffs
 	./tools/demo/demo.sh
 
 # The BPF filesystem that pins live in; mounted if the machine has none.
