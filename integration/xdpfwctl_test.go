@@ -16,7 +16,7 @@ import (
 
 // The binaries under test, built once by TestMain: the CLI, and the agent
 // and the etcd member of the fleet tests.
-var ctlBin, agentBin, etcdBin string
+var ctlBin, agentBin, etcdBin, cpBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -49,14 +49,16 @@ func setUpAndRun(m *testing.M) int {
 	ctlBin = filepath.Join(dir, "xdpfwctl")
 	agentBin = filepath.Join(dir, "xdpfw-agent")
 	etcdBin = filepath.Join(dir, "xdpfw-etcd")
-	// One build for the three: the go command compiles their common
+	cpBin = filepath.Join(dir, "xdpfw-controlplane")
+	// One build for the four: the go command compiles their common
 	// packages once and links them in parallel.
 	build := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
 		"github.com/xdpfw/xdpfw/tools/xdpfwctl",
 		"github.com/xdpfw/xdpfw/agent/cmd/xdpfw-agent",
-		"github.com/xdpfw/xdpfw/controlplane/cmd/xdpfw-etcd")
+		"github.com/xdpfw/xdpfw/controlplane/cmd/xdpfw-etcd",
+		"github.com/xdpfw/xdpfw/controlplane/cmd/xdpfw-controlplane")
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "integration: build xdpfwctl, xdpfw-agent, xdpfw-etcd: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "integration: build xdpfwctl, xdpfw-agent, xdpfw-etcd, xdpfw-controlplane: %v\n%s", err, out)
 		return 1
 	}
 
