@@ -122,10 +122,10 @@ func fleetAnswers() map[string]answer {
 			{Host: "web-2", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: failed},
 			{Host: "web-9", Lost: true, Desired: []proto.RuleSetRef{{Name: "edge", Version: 3}}},
 		}},
-		"GET /v1/hosts/web-1": {200, proto.HostInfo{Host: "web-1", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: status}},
-		"GET /v1/rollouts":    {200, []proto.Rollout{rollout}},
+		"GET /v1/hosts/web-1":            {200, proto.HostInfo{Host: "web-1", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: status}},
+		"GET /v1/rollouts":               {200, []proto.Rollout{rollout}},
 		"GET /v1/rollouts/" + rollout.ID: {200, rollout},
-		"POST /v1/rollouts":   {201, rollout},
+		"POST /v1/rollouts":              {201, rollout},
 		"POST /v1/rollouts/" + rollout.ID + "/abort": {200, func() proto.Rollout {
 			r := rollout
 			r.Control.Want, r.Status.State = proto.RolloutWantAbort, proto.RolloutAborting
