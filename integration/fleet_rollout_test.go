@@ -171,7 +171,21 @@ func startWebFleet(t *testing.T, replicas int) (*fleet, []*controlPlane) {
 		h.labels = append(h.labels, "role=web")
 		h.startAgent(t)
 	}
+	f.waitRegistered(t)
 	return f, f.startControlPlanes(t, replicas)
+}
+
+// waitRegistered waits until every agent has written its status: a
+// rollout started before would count fewer hosts (a host that registers
+// later joins the rollout as it goes, which is another scenario).
+func (f *fleet) waitRegistered(t testing.TB) {
+	t.Helper()
+	for _, h := range f.hosts {
+		waitFor(t, fleetTimeout, fmt.Sprintf("%s registers", h), func() (bool, string) {
+			_, found := f.status(t, h)
+			return found, "no status"
+		})
+	}
 }
 
 func TestRolloutAdvancesWaveByWaveOnHealth(t *testing.T) {
@@ -283,6 +297,7 @@ func TestRolloutHaltsWhenAnAgentRefusesAndAbortRestores(t *testing.T) {
 		}
 		h.startAgent(t)
 	}
+	f.waitRegistered(t)
 	cp := f.startControlPlanes(t, 1)[0]
 
 	// The refusing host also enforces a rule set of 4,000 rules: a version
