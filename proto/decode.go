@@ -420,32 +420,67 @@ func checkStruct(dec *json.Decoder, path string, t reflect.Type) error {
 	return err
 }
 
-// checkFileObject checks the {"file": PATH} form of a PrefixSet: exactly
-// one key, a non-empty string.
+// checkFileObject checks the object forms of a PrefixSet: {"file": PATH}
+// (a feed, in a rules file) or {"chunks": [SHA256...], "count": N} (a big
+// set as stored in etcd).
 func checkFileObject(dec *json.Decoder, path string) error {
-	seen := false
+	seen := map[string]bool{}
 	for dec.More() {
 		tok, err := dec.Token()
 		if err != nil {
 			return err
 		}
 		key := tok.(string)
-		if key != "file" {
-			return errAt(path, "unknown field %q (a set is a list of prefixes or {file: PATH})", key)
-		}
-		if seen {
+		if seen[key] {
 			return errAt(path, "duplicate field %q", key)
 		}
-		seen = true
-		v, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		if s, ok := v.(string); !ok || s == "" {
-			return errAt(joinPath(path, "file"), "expected a non-empty path, got %s", describe(v))
+		seen[key] = true
+		switch key {
+		case "file":
+			v, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			if s, ok := v.(string); !ok || s == "" {
+				return errAt(joinPath(path, "file"), "expected a non-empty path, got %s", describe(v))
+			}
+		case "chunks":
+			if tok, err := dec.Token(); err != nil {
+				return err
+			} else if d, ok := tok.(json.Delim); !ok || d != '[' {
+				return errAt(joinPath(path, "chunks"), "expected a list of chunk hashes, got %s", describe(tok))
+			}
+			for i := 0; dec.More(); i++ {
+				v, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				if s, ok := v.(string); !ok || !ValidChunkHash(s) {
+					return errAt(fmt.Sprintf("%s.chunks[%d]", path, i), "expected a sha256 in hex, got %s", describe(v))
+				}
+			}
+			if _, err := dec.Token(); err != nil { // ']'
+				return err
+			}
+		case "count":
+			v, err := dec.Token()
+			if err != nil {
+				return err
+			}
+			n, ok := v.(json.Number)
+			if i, err := n.Int64(); !ok || err != nil || i < 0 {
+				return errAt(joinPath(path, "count"), "expected a count of prefixes, got %s", describe(v))
+			}
+		default:
+			return errAt(path, "unknown field %q (a set is a list of prefixes or {file: PATH})", key)
 		}
 	}
-	if !seen {
+	switch {
+	case seen["file"] && (seen["chunks"] || seen["count"]):
+		return errAt(path, "a set has a file or chunks, not both")
+	case seen["chunks"] != seen["count"]:
+		return errAt(path, "chunks and count go together")
+	case !seen["file"] && !seen["chunks"]:
 		return errAt(path, "missing field \"file\" (a set is a list of prefixes or {file: PATH})")
 	}
 	_, err := dec.Token() // '}'
@@ -603,12 +638,14 @@ func (ps *PrefixSet) UnmarshalJSON(data []byte) error {
 		return fmt.Errorf("decode prefix set: %w", err)
 	}
 	var f struct {
-		File string `json:"file"`
+		File   string   `json:"file"`
+		Chunks []string `json:"chunks"`
+		Count  int      `json:"count"`
 	}
 	if err := json.Unmarshal(data, &f); err != nil {
 		return fmt.Errorf("decode prefix set: %w", err)
 	}
-	*ps = PrefixSet{File: f.File}
+	*ps = PrefixSet{File: f.File, Chunks: f.Chunks, Count: f.Count}
 	return nil
 }
 
@@ -618,6 +655,13 @@ func (ps PrefixSet) MarshalJSON() ([]byte, error) {
 	switch {
 	case ps.File != "" && len(ps.Prefixes) > 0:
 		return nil, fmt.Errorf("prefix set has both a file (%s) and prefixes", ps.File)
+	case len(ps.Chunks) > 0 && (ps.File != "" || len(ps.Prefixes) > 0):
+		return nil, errors.New("prefix set has chunks and a file or prefixes")
+	case len(ps.Chunks) > 0:
+		return json.Marshal(struct {
+			Chunks []string `json:"chunks"`
+			Count  int      `json:"count"`
+		}{ps.Chunks, ps.Count})
 	case ps.File != "":
 		return json.Marshal(struct {
 			File string `json:"file"`

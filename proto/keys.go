@@ -136,3 +136,9 @@ func (k Keys) Audit() string { return k.Prefix + "audit/" }
 // Election is the prefix of the control-plane replicas' leader election
 // (etcd concurrency.Election); the leader runs the rollout controller.
 func (k Keys) Election() string { return k.Prefix + "election/controller" }
+
+// Chunks is the prefix of the immutable chunks of big prefix sets.
+func (k Keys) Chunks() string { return k.Prefix + "chunks/" }
+
+// Chunk is the key of the chunk with a hash (see ChunkSets).
+func (k Keys) Chunk(hash string) string { return k.Chunks() + hash }

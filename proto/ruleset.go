@@ -83,6 +83,11 @@ type PrefixSet struct {
 	Prefixes []string
 	// File is a feed file path, relative to the rules file.
 	File string
+	// Chunks are the hashes of the chunks holding the prefixes of a big
+	// set as stored in etcd, and Count how many prefixes they hold (see
+	// ChunkSets); readers resolve them (ResolveChunks) before use.
+	Chunks []string
+	Count  int
 }
 
 // Rule is one ordered rule. Empty match fields match anything.

@@ -167,6 +167,9 @@ func (v *validator) sets() {
 				v.add(path, "feed file not resolved (documents hold prefixes, not paths)")
 			}
 		}
+		if len(set.Chunks) > 0 {
+			v.add(path, "%v (resolve them before use)", ErrUnresolvedChunks)
+		}
 		if n := len(set.Prefixes); n > MaxPrefixesPerSet {
 			v.add(path, "%d prefixes, limit is %d", n, MaxPrefixesPerSet)
 		}

@@ -1,0 +1,122 @@
+package proto
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func bigSet(n, skip int) []string {
+	var out []string
+	for i := range n {
+		if i == skip {
+			continue
+		}
+		out = append(out, fmt.Sprintf("10.%d.%d.0/24", i>>8, i&255))
+	}
+	return out
+}
+
+func TestChunkSetsRoundTrip(t *testing.T) {
+	rs := RuleSet{APIVersion: APIVersion, Kind: KindRuleSet, Name: "edge", Mode: ModeDeny,
+		Sets:  map[string]PrefixSet{"big": {Prefixes: bigSet(20000, -1)}, "small": {Prefixes: []string{"192.0.2.0/24"}}},
+		Rules: []Rule{{ID: "r", Action: ActionDrop, Src: []string{"set:big", "set:small"}}}}
+	stored, chunks, err := rs.ChunkSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs.Sets["big"].Prefixes) != 20000 {
+		t.Fatal("ChunkSets changed its input")
+	}
+	big := stored.Sets["big"]
+	if len(big.Prefixes) != 0 || big.Count != 20000 || len(big.Chunks) != len(chunks) || len(chunks) < 3 {
+		t.Fatalf("stored big set: %d prefixes, count %d, %d chunks (%d made)", len(big.Prefixes), big.Count, len(big.Chunks), len(chunks))
+	}
+	if len(stored.Sets["small"].Prefixes) != 1 {
+		t.Fatal("a small set was chunked")
+	}
+	for _, c := range chunks {
+		if len(c.Data) > 200<<10 {
+			t.Errorf("chunk %s is %d bytes", c.Hash, len(c.Data))
+		}
+	}
+	// The stored document decodes strictly, is refused by Validate until
+	// resolved, and resolves to the same prefixes.
+	data, err := json.Marshal(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(data) > 10<<10 {
+		t.Fatalf("stored document is %d bytes", len(data))
+	}
+	back, err := DecodeRuleSet(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := back.Validate(); err == nil || !strings.Contains(err.Error(), "chunk references") {
+		t.Fatalf("Validate of an unresolved document: %v", err)
+	}
+	byHash := map[string][]byte{}
+	for _, c := range chunks {
+		byHash[c.Hash] = c.Data
+	}
+	if err := back.ResolveChunks(func(h string) ([]string, error) { return DecodeChunk(h, byHash[h]) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := back.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := rs.SetPrefixes("big")
+	got, _ := back.SetPrefixes("big")
+	if !slices.Equal(want, got) {
+		t.Fatalf("resolved set differs: %d vs %d prefixes", len(got), len(want))
+	}
+}
+
+// One prefix more or less changes one or two chunks, not every chunk after it.
+func TestChunkBoundariesFollowContent(t *testing.T) {
+	a, err := SplitChunks(bigSet(50000, -1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := SplitChunks(bigSet(50000, 25000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, c := range a {
+		have[c.Hash] = true
+	}
+	changed := 0
+	for _, c := range b {
+		if !have[c.Hash] {
+			changed++
+		}
+	}
+	if changed > 2 || len(a) < 10 {
+		t.Fatalf("removing one of 50,000 prefixes changed %d of %d chunks", changed, len(b))
+	}
+}
+
+func TestDecodeChunkChecksItsHash(t *testing.T) {
+	chunks, _ := SplitChunks([]string{"192.0.2.0/24"})
+	c := chunks[0]
+	if p, err := DecodeChunk(c.Hash, c.Data); err != nil || len(p) != 1 || p[0] != "192.0.2.0/24" {
+		t.Fatalf("DecodeChunk = %v, %v", p, err)
+	}
+	bad := append([]byte(nil), c.Data...)
+	bad[len(bad)-2] = '5'
+	if _, err := DecodeChunk(c.Hash, bad); err == nil || !strings.Contains(err.Error(), "does not match its hash") {
+		t.Fatalf("a changed chunk: %v", err)
+	}
+	for _, doc := range []string{
+		`{"chunks":["zz"],"count":1}`, `{"chunks":[],"count":-1}`, `{"chunks":[]}`, `{"file":"x","count":1,"chunks":[]}`,
+	} {
+		var ps PrefixSet
+		if err := json.Unmarshal([]byte(doc), &ps); err == nil {
+			t.Errorf("set %s accepted", doc)
+		}
+	}
+}
