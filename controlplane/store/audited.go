@@ -124,16 +124,9 @@ func (s *Store) PutRuleSetAudited(ctx context.Context, rs proto.RuleSet, ifMatch
 	if ifMatch < -1 {
 		return PutResult{}, fmt.Errorf("rule set %s: if-match %d: want -1 (any version), 0 (a new rule set) or a version", rs.Name, ifMatch)
 	}
-	if err := rs.Validate(); err != nil {
-		return PutResult{}, fmt.Errorf("rule set %q: %w", rs.Name, err)
-	}
-	doc, err := json.Marshal(rs)
+	doc, err := s.encodeVersion(ctx, rs)
 	if err != nil {
-		return PutResult{}, fmt.Errorf("rule set %s: encode: %w", rs.Name, err)
-	}
-	if len(doc) > MaxDocumentBytes {
-		return PutResult{}, fmt.Errorf("rule set %s: %w: %d bytes as JSON, the limit is %d (storing large prefix sets as chunks is not supported yet)",
-			rs.Name, ErrTooLarge, len(doc), MaxDocumentBytes)
+		return PutResult{}, err
 	}
 
 	headKey := s.keys.RuleSetHead(rs.Name)
@@ -160,7 +153,7 @@ func (s *Store) PutRuleSetAudited(ctx context.Context, rs proto.RuleSet, ifMatch
 				return PutResult{}, fmt.Errorf("rule set %s: read %s: %w", rs.Name, prevKey, err)
 			}
 			if len(pr.Kvs) > 0 {
-				if prev, err := proto.DecodeRuleSet(pr.Kvs[0].Value); err == nil {
+				if prev, err := s.decodeVersion(ctx, prevKey, pr.Kvs[0].Value); err == nil {
 					res.Previous = &prev
 				}
 			}

@@ -105,18 +105,9 @@ func (s *Store) PutRuleSet(ctx context.Context, rs proto.RuleSet, ifMatch int64)
 	if ifMatch < -1 {
 		return 0, 0, fmt.Errorf("rule set %s: if-match %d: want -1 (any version), 0 (a new rule set) or a version", rs.Name, ifMatch)
 	}
-	// Validate refuses sets that still name a feed file: stored documents
-	// go to hosts that cannot read the author's files.
-	if err := rs.Validate(); err != nil {
-		return 0, 0, fmt.Errorf("rule set %q: %w", rs.Name, err)
-	}
-	doc, err := json.Marshal(rs)
+	doc, err := s.encodeVersion(ctx, rs)
 	if err != nil {
-		return 0, 0, fmt.Errorf("rule set %s: encode: %w", rs.Name, err)
-	}
-	if len(doc) > MaxDocumentBytes {
-		return 0, 0, fmt.Errorf("rule set %s: %w: %d bytes as JSON, the limit is %d (storing large prefix sets as chunks is not supported yet)",
-			rs.Name, ErrTooLarge, len(doc), MaxDocumentBytes)
+		return 0, 0, err
 	}
 
 	headKey := s.keys.RuleSetHead(rs.Name)
@@ -245,9 +236,9 @@ func (s *Store) GetRuleSet(ctx context.Context, name string, version int64) (pro
 	if len(resp.Kvs) == 0 {
 		return proto.RuleSet{}, 0, fmt.Errorf("rule set %s version %d: %w (no %s)", name, version, ErrNotFound, key)
 	}
-	rs, err := proto.DecodeRuleSet(resp.Kvs[0].Value)
+	rs, err := s.decodeVersion(ctx, key, resp.Kvs[0].Value)
 	if err != nil {
-		return proto.RuleSet{}, 0, fmt.Errorf("decode %s: %w", key, err)
+		return proto.RuleSet{}, 0, err
 	}
 	if rs.Name != name {
 		return proto.RuleSet{}, 0, fmt.Errorf("decode %s: the document is rule set %q", key, rs.Name)

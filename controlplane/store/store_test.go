@@ -247,18 +247,19 @@ func TestPutRuleSetRefusesBadDocuments(t *testing.T) {
 		t.Fatalf("feed file: %v", err)
 	}
 
+	// Big sets are stored as chunks, but a document of many sets each
+	// under the chunking threshold can still be too large: 40 sets of
+	// 4,000 prefixes are about 2.5 MB as JSON.
 	big := ruleSet("web", 1)
-	var prefixes []string
-	// 65,536 IPv4 and 30,000 IPv6 prefixes: about 1.6 MB as JSON.
-	for i := range 65536 {
-		prefixes = append(prefixes, fmt.Sprintf("10.%d.%d.0/24", i/256, i%256))
+	for set := range 40 {
+		prefixes := make([]string, 4000)
+		for i := range prefixes {
+			prefixes[i] = fmt.Sprintf("10.%d.%d.%d/32", set, i/256, i%256)
+		}
+		big.Sets[fmt.Sprintf("s%d", set)] = proto.PrefixSet{Prefixes: prefixes}
 	}
-	for i := range 30000 {
-		prefixes = append(prefixes, fmt.Sprintf("2001:db8:%x::/48", i))
-	}
-	big.Sets["bad"] = proto.PrefixSet{Prefixes: prefixes}
 	if _, _, err := s.PutRuleSet(ctx, big, -1); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("a %d-prefix set: %v, want ErrTooLarge", len(prefixes), err)
+		t.Fatalf("40 sets of 4,000 prefixes: %v, want ErrTooLarge", err)
 	}
 
 	if _, err := s.Versions(ctx, "web"); !errors.Is(err, ErrNotFound) {
@@ -520,5 +521,65 @@ func TestConnect(t *testing.T) {
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("request to nothing took %v", d)
+	}
+}
+
+// A set of 95,536 prefixes (about 1.6 MB as JSON) is stored as chunks: the
+// version document stays small, every request under 1 MiB, and the set
+// reads back whole. A second version that adds one prefix writes one or
+// two new chunks, not all of them again.
+func TestBigSetStoredAsChunks(t *testing.T) {
+	s, cli := newStore(t)
+	ctx := testCtx(t)
+	big := ruleSet("web", 1)
+	var prefixes []string
+	for i := range 65536 {
+		prefixes = append(prefixes, fmt.Sprintf("10.%d.%d.0/24", i/256, i%256))
+	}
+	for i := range 30000 {
+		prefixes = append(prefixes, fmt.Sprintf("2001:db8:%x::/48", i))
+	}
+	big.Sets["bad"] = proto.PrefixSet{Prefixes: prefixes}
+	mustPut(t, s, big, 0)
+
+	raw, err := cli.Get(ctx, s.Keys().RuleSetVersion("web", 1))
+	if err != nil || len(raw.Kvs) != 1 {
+		t.Fatal(err)
+	}
+	if n := len(raw.Kvs[0].Value); n > 64<<10 {
+		t.Fatalf("stored version is %d bytes", n)
+	}
+	chunks, err := cli.Get(ctx, s.Keys().Chunks(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chunks.Kvs) < 10 {
+		t.Fatalf("%d chunks stored", len(chunks.Kvs))
+	}
+	for _, kv := range chunks.Kvs {
+		if len(kv.Value) > 512<<10 {
+			t.Errorf("chunk %s is %d bytes", kv.Key, len(kv.Value))
+		}
+	}
+	got, _, err := s.GetRuleSet(ctx, "web", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := big.SetPrefixes("bad")
+	have, err := got.SetPrefixes("bad")
+	if err != nil || !slices.Equal(want, have) {
+		t.Fatalf("read back %d prefixes (%v), want %d", len(have), err, len(want))
+	}
+
+	next := ruleSet("web", 1)
+	next.Sets["bad"] = proto.PrefixSet{Prefixes: append(slices.Clone(prefixes), "192.0.2.0/24")}
+	rev := chunks.Header.Revision
+	mustPut(t, s, next, 1)
+	after, err := cli.Get(ctx, s.Keys().Chunks(), clientv3.WithPrefix(), clientv3.WithMinCreateRev(rev+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(after.Kvs); n == 0 || n > 2 {
+		t.Fatalf("adding one prefix wrote %d new chunks, want 1 or 2", n)
 	}
 }
