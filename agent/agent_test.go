@@ -19,6 +19,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/bpf"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/controlplane/store"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -380,5 +381,66 @@ func TestAgentServesMetrics(t *testing.T) {
 			t.Fatalf("/metrics lacks %q:\n%s", missing, body)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A big set arrives as chunks (written by the store): the agent fetches
+// them, checks them against their hashes, and enforces the whole set.
+func TestAgentFetchesChunkedSets(t *testing.T) {
+	f := newFixture(t)
+	var prefixes []string
+	for i := range 20000 {
+		prefixes = append(prefixes, fmt.Sprintf("10.%d.%d.0/24", i>>8, i&255))
+	}
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: prefixes}},
+		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{"22"}, Src: []string{"set:big"}}}}
+	st := store.New(f.cli, f.keys)
+	if _, _, err := st.PutRuleSet(context.Background(), rs, 0); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := f.cli.Get(context.Background(), f.keys.RuleSetVersion("edge", 1))
+	if err != nil || !strings.Contains(string(raw.Kvs[0].Value), `"chunks"`) {
+		t.Fatalf("the version is not stored as chunks: %v", err)
+	}
+	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
+	f.start()
+	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
+	fw, err := bpf.OpenPinned(bpf.Options{PinPath: f.pinPath, Interface: "lo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	sets, _, err := fw.AppliedRuleSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(sets[0].Sets["big"].Prefixes); n != 20000 {
+		t.Fatalf("the maps enforce a set of %d prefixes, want 20,000", n)
+	}
+	state, err := fw.State()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state.Tables["src4"] != "dir24" {
+		t.Fatalf("src4 table %q, want dir24 for 20,000 prefixes", state.Tables["src4"])
+	}
+
+	// A chunk that does not match its hash is refused, named in the status.
+	bad := rs
+	bad.Sets = map[string]proto.PrefixSet{"big": {Prefixes: append(prefixes[:10000:10000], "192.0.2.0/24")}}
+	stored, chunks, err := bad.ChunkSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chunks {
+		f.put(f.keys.Chunk(c.Hash), string(c.Data)+"tampered\n")
+	}
+	doc, _ := json.Marshal(stored)
+	f.put(f.keys.RuleSetVersion("edge", 2), string(doc))
+	rev := f.desire(proto.RuleSetRef{Name: "edge", Version: 2})
+	got := f.waitStatus("edge@2 refused", func(st proto.HostStatus) bool { return st.Revision >= rev && st.LastError != nil })
+	if !strings.Contains(got.LastError.Message, "chunk") || got.Applied[0].Version != 1 {
+		t.Fatalf("status %+v, error %+v", got, got.LastError)
 	}
 }

@@ -29,6 +29,9 @@ type syncCache struct {
 	desiredRev int64
 	// docs holds each referenced rule-set version by key.
 	docs map[string]cachedDoc
+	// chunks holds the prefixes of each chunk the docs name, by hash
+	// (chunks are immutable: fetched once, dropped when unreferenced).
+	chunks map[string][]string
 	// refs are the references of the desired state (nil if it is bad).
 	refs []proto.RuleSetRef
 
@@ -47,6 +50,16 @@ type syncCache struct {
 type cachedDoc struct {
 	raw    []byte
 	modRev int64
+	// chunks are the hashes of the chunks its big sets are stored in.
+	chunks []string
+}
+
+func newCachedDoc(raw []byte, modRev int64) cachedDoc {
+	d := cachedDoc{raw: raw, modRev: modRev}
+	if rs, err := proto.DecodeRuleSet(raw); err == nil {
+		d.chunks = rs.ChunkRefs() // a bad document is reported by reconcile
+	}
+	return d
 }
 
 // errResync asks the sync loop to read everything again.
@@ -105,7 +118,65 @@ func (a *Agent) resync(ctx context.Context) error {
 	if err := a.fetchReferenced(rctx, rev); err != nil {
 		return err
 	}
+	if err := a.fetchChunks(rctx); err != nil {
+		return err
+	}
 	a.reconcile()
+	return nil
+}
+
+// fetchChunks reads the chunks the cached documents name that the cache
+// lacks, checks each against its hash, and drops the ones no document
+// names any more. A chunk missing from etcd is left out: reconcile then
+// refuses the document that needs it.
+func (a *Agent) fetchChunks(ctx context.Context) error {
+	c := &a.cache
+	if c.chunks == nil {
+		c.chunks = map[string][]string{}
+	}
+	need := map[string]bool{}
+	var missing []string
+	for _, d := range c.docs {
+		for _, h := range d.chunks {
+			if !need[h] {
+				need[h] = true
+				if _, ok := c.chunks[h]; !ok {
+					missing = append(missing, h)
+				}
+			}
+		}
+	}
+	for h := range c.chunks {
+		if !need[h] {
+			delete(c.chunks, h)
+		}
+	}
+	for lo := 0; lo < len(missing); lo += 100 {
+		batch := missing[lo:min(lo+100, len(missing))]
+		ops := make([]clientv3.Op, len(batch))
+		for i, h := range batch {
+			ops[i] = clientv3.OpGet(a.keys.Chunk(h))
+		}
+		resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("get %d chunks: %w", len(batch), err)
+		}
+		for i, h := range batch {
+			kvs := resp.Responses[i].GetResponseRange().Kvs
+			if len(kvs) == 0 {
+				continue
+			}
+			p, err := proto.DecodeChunk(h, kvs[0].Value)
+			if err != nil {
+				a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
+				continue
+			}
+			c.chunks[h] = p
+		}
+	}
+	if len(missing) > 0 {
+		a.log.Info("fetched chunks", zap.Int("fetched", len(missing)), zap.Int("cached", len(c.chunks)))
+	}
 	return nil
 }
 
@@ -134,7 +205,7 @@ func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
 			return fmt.Errorf("get %s at revision %d: %w", key, rev, err)
 		}
 		if len(resp.Kvs) > 0 {
-			keep[key] = cachedDoc{raw: resp.Kvs[0].Value, modRev: resp.Kvs[0].ModRevision}
+			keep[key] = newCachedDoc(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 		}
 	}
 	c.docs = keep
@@ -208,19 +279,22 @@ func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) er
 			if ev.Type == mvccpb.DELETE {
 				delete(c.docs, key)
 			} else {
-				c.docs[key] = cachedDoc{raw: ev.Kv.Value, modRev: ev.Kv.ModRevision}
+				c.docs[key] = newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)
 			}
 		}
 	}
 	if resp.Header.Revision > c.rev {
 		c.rev = resp.Header.Revision
 	}
+	fctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	if desiredChanged {
-		fctx, cancel := context.WithTimeout(ctx, opTimeout)
-		defer cancel()
 		if err := a.fetchReferenced(fctx, c.desiredRev); err != nil {
 			return err
 		}
+	}
+	if err := a.fetchChunks(fctx); err != nil {
+		return err
 	}
 	a.reconcile()
 	return nil
@@ -326,6 +400,15 @@ func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.S
 				Message: fmt.Sprintf("rule set %s version %d not found", ref.Name, ref.Version)}
 		}
 		rs, err := proto.DecodeRuleSet(doc.raw)
+		if err == nil {
+			err = rs.ResolveChunks(func(h string) ([]string, error) {
+				p, ok := c.chunks[h]
+				if !ok {
+					return nil, fmt.Errorf("chunk %s not found (or not matching its hash)", a.keys.Chunk(h))
+				}
+				return p, nil
+			})
+		}
 		if err == nil {
 			err = rs.Validate()
 		}
