@@ -38,7 +38,9 @@ import (
 // Defaults of Config.
 const (
 	DefaultEtcdTimeout  = 5 * time.Second
-	DefaultMaxBodyBytes = 2 << 20
+	// DefaultMaxBodyBytes admits a rule set with a set of a million
+	// prefixes (about 20 MB of YAML); the store cuts big sets into chunks.
+	DefaultMaxBodyBytes = 64 << 20
 	// ReadyTimeout bounds /readyz's etcd request.
 	ReadyTimeout = time.Second
 )
@@ -65,7 +67,7 @@ type Config struct {
 	// EtcdTimeout bounds the etcd requests of one API request (5s); past
 	// it the answer is 503.
 	EtcdTimeout time.Duration
-	// MaxBodyBytes caps request bodies (2 MiB); a bigger one is 413.
+	// MaxBodyBytes caps request bodies (64 MiB); a bigger one is 413.
 	MaxBodyBytes int64
 }
 

@@ -107,19 +107,26 @@ func TestRuleSetListEmpty(t *testing.T) {
 
 // Every refused write answers the right error and leaves etcd as it was.
 func TestRuleSetWritesRefused(t *testing.T) {
-	e := newEnv(t)
+	const bodyCap = 2 << 20 // small, to test the cap without sending 64 MiB
+	e := newEnv(t, func(c *Config) { c.MaxBodyBytes = bodyCap })
 	e.must(http.StatusCreated, "PUT", "/v1/rulesets/web", operatorToken, ruleSetYAML("web", 80))
 	e.must(http.StatusOK, "PUT", "/v1/rulesets/web", operatorToken, ruleSetYAML("web", 81))
 
 	invalid := strings.NewReplacer("mode: deny", "mode: maybe", "203.0.113.0/24", "203.0.113.1/24", "dstPorts: [80]", "dstPorts: [70000]").
 		Replace(ruleSetYAML("web", 80))
-	big := ruleSetYAML("web", 80) + "# " + strings.Repeat("x", DefaultMaxBodyBytes) + "\n"
-	// Under the body cap, over the store's 1 MiB document limit.
-	var prefixes []string
-	for i := range 70000 {
-		prefixes = append(prefixes, fmt.Sprintf(`"10.%d.%d.0/24"`, i/256%256, i%256))
+	big := ruleSetYAML("web", 80) + "# " + strings.Repeat("x", bodyCap) + "\n"
+	// Under the body cap, over the store's 1 MiB document limit: big sets
+	// are stored as chunks, but sets of 4,000 prefixes (each under the
+	// chunking threshold) stay in the document: 20 sets of 4,000 are 1.4 MB.
+	var sets []string
+	for s := range 20 {
+		var prefixes []string
+		for i := range 4000 {
+			prefixes = append(prefixes, fmt.Sprintf(`"10.%d.%d.%d/32"`, s, i/256, i%256))
+		}
+		sets = append(sets, fmt.Sprintf("  s%d: [%s]\n", s, strings.Join(prefixes, ",")))
 	}
-	huge := strings.Replace(ruleSetYAML("web", 80), `[203.0.113.0/24, "2001:db8:bad::/48"]`, "["+strings.Join(prefixes[:65536], ",")+"]", 1)
+	huge := strings.Replace(ruleSetYAML("web", 80), "sets:\n", "sets:\n"+strings.Join(sets, ""), 1)
 
 	tests := []struct {
 		name     string
@@ -160,7 +167,7 @@ func TestRuleSetWritesRefused(t *testing.T) {
 		{"rollback without to", "POST", "/v1/rulesets/web/rollback", operatorToken, `{}`, nil, 400, proto.CodeInvalid, "", []string{"to: 0: want a version number"}},
 		{"rollback with an unknown field", "POST", "/v1/rulesets/web/rollback", operatorToken, `{"to": 1, "force": true}`, nil, 400, proto.CodeInvalid, `unknown field "force"`, nil},
 		{"rollback, stale If-Match", "POST", "/v1/rulesets/web/rollback", operatorToken, `{"to": 1}`, []string{"If-Match", "1"}, 409, proto.CodeConflict, "is at version 2, not 1", nil},
-		{"rollback body over the cap", "POST", "/v1/rulesets/web/rollback", operatorToken, `{"to": 1}` + strings.Repeat(" ", DefaultMaxBodyBytes), nil, 413, proto.CodeTooLarge, "", nil},
+		{"rollback body over the cap", "POST", "/v1/rulesets/web/rollback", operatorToken, `{"to": 1}` + strings.Repeat(" ", bodyCap), nil, 413, proto.CodeTooLarge, "", nil},
 		{"delete of a missing rule set", "DELETE", "/v1/rulesets/api", adminToken, "", nil, 404, proto.CodeNotFound, "rule set api", nil},
 		{"delete, stale If-Match", "DELETE", "/v1/rulesets/web", adminToken, "", []string{"If-Match", "1"}, 409, proto.CodeConflict, "is at version 2, not 1", nil},
 		{"delete, If-Match 0", "DELETE", "/v1/rulesets/web", adminToken, "", []string{"If-Match", "0"}, 400, proto.CodeInvalid, "If-Match", nil},
