@@ -37,7 +37,7 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultEtcdTimeout  = 5 * time.Second
+	DefaultEtcdTimeout = 5 * time.Second
 	// DefaultMaxBodyBytes admits a rule set with a set of a million
 	// prefixes (about 20 MB of YAML); the store cuts big sets into chunks.
 	DefaultMaxBodyBytes = 64 << 20
