@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -390,4 +391,94 @@ func BenchmarkControlPlanePropagation(b *testing.B) {
 	b.Logf("%d changes through the API (PUT, then a one-wave rollout), 3 agents: every agent applied p50 %.0f p99 %.0f ms "+
 		"(status polled every 50 ms); rollout succeeded p50 %.0f p99 %.0f ms", rounds,
 		msOf(pct(applied, 50)), msOf(pct(applied, 99)), msOf(pct(done, 50)), msOf(pct(done, 99)))
+}
+
+// BenchmarkControlPlaneBigSet: a rule set with a 100,000-prefix set
+// uploaded through the API (stored as chunks) and rolled out to 3 real
+// agents; then one prefix added and rolled out again, which moves one or
+// two chunks instead of the whole set.
+func BenchmarkControlPlaneBigSet(b *testing.B) {
+	f := newFleet(b, 3)
+	for _, h := range f.hosts {
+		h.labels = append(h.labels, "role=web")
+		h.startAgent(b, "--telemetry-interval", "5s")
+	}
+	f.waitRegistered(b)
+	cp := f.startControlPlanes(b, 1)[0]
+	httpc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: f.client.dialContext}}
+	call := func(method, path string, body []byte, out any) {
+		req, err := http.NewRequest(method, cp.url()+path, bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+cpToken)
+		resp, err := httpc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode >= 300 {
+			b.Fatalf("%s %s: %d %.300s", method, path, resp.StatusCode, data)
+		}
+		if out != nil {
+			if err := json.Unmarshal(data, out); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	doc := func(extra string) []byte {
+		y := strings.Replace(bigEdge(100_000), "name: edge", "name: web\nselector: {role: web}", 1) + extra
+		rs, err := wire.DecodeRuleSet([]byte(y))
+		if err != nil {
+			b.Fatal(err)
+		}
+		data, _ := json.Marshal(rs)
+		return data
+	}
+	rollout := func(what string, body []byte) (upload, applied time.Duration) {
+		start := time.Now()
+		var w wire.RuleSetWrite
+		call("PUT", "/v1/rulesets/web", body, &w)
+		upload = time.Since(start)
+		var ro wire.Rollout
+		call("POST", "/v1/rollouts", fmt.Appendf(nil, `{"ruleset":"web","version":%d}`, w.Version), &ro)
+		ref := wire.RuleSetRef{Name: "web", Version: w.Version}
+		for _, h := range f.hosts {
+			waitApplied(b, f, h, ref)
+		}
+		applied = time.Since(start)
+		b.Logf("%s: %d bytes uploaded in %v; every agent applied it %v after the upload began", what, len(body), upload, applied)
+		return upload, applied
+	}
+	chunksBefore := f.countKeys(b, wire.NewKeys("").Chunks())
+	u1, a1 := rollout("100,000 prefixes", doc(""))
+	chunksAfter := f.countKeys(b, wire.NewKeys("").Chunks())
+	body := doc("")
+	// One more prefix in the set: the YAML list ends the document.
+	var rs wire.RuleSet
+	json.Unmarshal(body, &rs)
+	set := rs.Sets["blocklist"]
+	set.Prefixes = append(set.Prefixes, "192.0.2.0/24")
+	rs.Sets["blocklist"] = set
+	body2, _ := json.Marshal(rs)
+	u2, a2 := rollout("one prefix added", body2)
+	chunksLast := f.countKeys(b, wire.NewKeys("").Chunks())
+	b.ReportMetric(msOf(u1), "upload-100k-ms")
+	b.ReportMetric(msOf(a1), "applied-100k-ms")
+	b.ReportMetric(msOf(u2), "upload-1-more-ms")
+	b.ReportMetric(msOf(a2), "applied-1-more-ms")
+	b.ReportMetric(float64(chunksAfter-chunksBefore), "chunks")
+	b.ReportMetric(float64(chunksLast-chunksAfter), "chunks-written-for-1-more")
+	b.Logf("chunks: %d for 100,000 prefixes; %d new for one added prefix", chunksAfter-chunksBefore, chunksLast-chunksAfter)
+}
+
+// countKeys counts the keys under prefix.
+func (f *fleet) countKeys(t testing.TB, prefix string) int64 {
+	t.Helper()
+	resp, err := f.etcd.Get(t.Context(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count
 }

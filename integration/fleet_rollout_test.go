@@ -341,7 +341,7 @@ func TestRolloutHaltsWhenAnAgentRefusesAndAbortRestores(t *testing.T) {
 }
 
 // waitApplied waits until h's status lists ref among what it applied.
-func waitApplied(t *testing.T, f *fleet, h *agentHost, ref wire.RuleSetRef) {
+func waitApplied(t testing.TB, f *fleet, h *agentHost, ref wire.RuleSetRef) {
 	t.Helper()
 	waitFor(t, fleetTimeout, fmt.Sprintf("%s applies %s", h, ref), func() (bool, string) {
 		st, found := f.status(t, h)
