@@ -403,3 +403,47 @@ func countApplied(r wire.Rollout) (applied, total int) {
 	}
 	return applied, total
 }
+
+// bigBlocklist is rule set web dropping everything from a set of n /32s
+// of 100.64.0.0/10, plus extra prefixes.
+func bigBlocklist(n int, extra ...string) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: xdpfw/v1\nkind: RuleSet\nname: web\nselector: {role: web}\nmode: deny\n")
+	b.WriteString("rules:\n  - {id: blocklist, action: drop, src: [set:blocklist]}\nsets:\n  blocklist:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "    - 100.%d.%d.%d/32\n", 64+i>>16, (i>>8)&255, i&255)
+	}
+	for _, e := range extra {
+		fmt.Fprintf(&b, "    - %s\n", e)
+	}
+	return b.String()
+}
+
+func TestRolloutOfABigSetThroughTheAPI(t *testing.T) {
+	f, cps := startWebFleet(t, 1)
+	cp := cps[0]
+	chunks := wire.NewKeys("").Chunks()
+
+	// 30,000 prefixes and the client's address: stored as chunks, rolled
+	// out, and the client is cut off from every host.
+	cp.mustOp(t, "apply", "-f", f.writeRules(t, "big1.yaml", bigBlocklist(30_000, clientV4.Addr().String()+"/32")))
+	stored := f.countKeys(t, chunks)
+	if stored < 5 {
+		t.Fatalf("%d chunks stored for 30,001 prefixes", stored)
+	}
+	cp.waitRollout(t, cp.startRollout(t, "web", "--version", "1"), wire.RolloutSucceeded)
+	for _, h := range f.hosts {
+		expectFlows(t, map[flow]outcome{tcp4(f.client, h.host, 80): blocked, tcp6(f.client, h.host, 80): passes})
+	}
+
+	// Without the client's address: one chunk changes, and the client is
+	// let through again.
+	cp.mustOp(t, "apply", "-f", f.writeRules(t, "big2.yaml", bigBlocklist(30_000)))
+	if n := f.countKeys(t, chunks) - stored; n < 1 || n > 2 {
+		t.Errorf("removing one prefix stored %d new chunks, want 1 or 2", n)
+	}
+	cp.waitRollout(t, cp.startRollout(t, "web", "--version", "2"), wire.RolloutSucceeded)
+	for _, h := range f.hosts {
+		expectFlows(t, map[flow]outcome{tcp4(f.client, h.host, 80): passes})
+	}
+}
