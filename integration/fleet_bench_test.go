@@ -1,13 +1,10 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -328,28 +325,6 @@ func BenchmarkControlPlanePropagation(b *testing.B) {
 	}
 	f.waitRegistered(b)
 	cp := f.startControlPlanes(b, 1)[0]
-	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: f.client.dialContext}}
-	call := func(method, path, body string, out any) {
-		req, err := http.NewRequest(method, cp.url()+path, strings.NewReader(body))
-		if err != nil {
-			b.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+cpToken)
-		resp, err := httpc.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode >= 300 {
-			b.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, data)
-		}
-		if out != nil {
-			if err := json.Unmarshal(data, out); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
 	var applied, done []time.Duration
 	for r := range rounds + 1 { // round 0 registers the rule set everywhere
 		rs, err := wire.DecodeRuleSet([]byte(webRules(2200 + r)))
@@ -359,9 +334,9 @@ func BenchmarkControlPlanePropagation(b *testing.B) {
 		doc, _ := json.Marshal(rs)
 		start := time.Now()
 		var w wire.RuleSetWrite
-		call("PUT", "/v1/rulesets/web", string(doc), &w)
+		cp.call(b, "PUT", "/v1/rulesets/web", doc, &w)
 		var ro wire.Rollout
-		call("POST", "/v1/rollouts", fmt.Sprintf(`{"ruleset":"web","version":%d}`, w.Version), &ro)
+		cp.call(b, "POST", "/v1/rollouts", fmt.Appendf(nil, `{"ruleset":"web","version":%d}`, w.Version), &ro)
 		ref := wire.RuleSetRef{Name: "web", Version: w.Version}
 		var lastApplied time.Time
 		waitFor(b, fleetTimeout, fmt.Sprintf("round %d: every agent applies %s", r, ref), func() (bool, string) {
@@ -376,7 +351,7 @@ func BenchmarkControlPlanePropagation(b *testing.B) {
 		})
 		var got wire.Rollout
 		waitFor(b, fleetTimeout, "rollout succeeds", func() (bool, string) {
-			call("GET", "/v1/rollouts/"+ro.ID, "", &got)
+			cp.call(b, "GET", "/v1/rollouts/"+ro.ID, nil, &got)
 			return got.Status.State == wire.RolloutSucceeded, got.Status.Message
 		})
 		if r > 0 {
@@ -405,28 +380,6 @@ func BenchmarkControlPlaneBigSet(b *testing.B) {
 	}
 	f.waitRegistered(b)
 	cp := f.startControlPlanes(b, 1)[0]
-	httpc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: f.client.dialContext}}
-	call := func(method, path string, body []byte, out any) {
-		req, err := http.NewRequest(method, cp.url()+path, bytes.NewReader(body))
-		if err != nil {
-			b.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+cpToken)
-		resp, err := httpc.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode >= 300 {
-			b.Fatalf("%s %s: %d %.300s", method, path, resp.StatusCode, data)
-		}
-		if out != nil {
-			if err := json.Unmarshal(data, out); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
 	doc := func(extra string) []byte {
 		y := strings.Replace(bigEdge(100_000), "name: edge", "name: web\nselector: {role: web}", 1) + extra
 		rs, err := wire.DecodeRuleSet([]byte(y))
@@ -439,10 +392,10 @@ func BenchmarkControlPlaneBigSet(b *testing.B) {
 	rollout := func(what string, body []byte) (upload, applied time.Duration) {
 		start := time.Now()
 		var w wire.RuleSetWrite
-		call("PUT", "/v1/rulesets/web", body, &w)
+		cp.call(b, "PUT", "/v1/rulesets/web", body, &w)
 		upload = time.Since(start)
 		var ro wire.Rollout
-		call("POST", "/v1/rollouts", fmt.Appendf(nil, `{"ruleset":"web","version":%d}`, w.Version), &ro)
+		cp.call(b, "POST", "/v1/rollouts", fmt.Appendf(nil, `{"ruleset":"web","version":%d}`, w.Version), &ro)
 		ref := wire.RuleSetRef{Name: "web", Version: w.Version}
 		for _, h := range f.hosts {
 			waitApplied(b, f, h, ref)

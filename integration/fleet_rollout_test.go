@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -91,6 +92,32 @@ func (c *controlPlane) leads(t testing.TB) bool {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return strings.Contains(string(b), "\nxdpfw_controller_leader 1\n")
+}
+
+// call sends one API request as the operator, from the client host, and
+// decodes the answer into out (nil: none); an error answer fails t.
+func (c *controlPlane) call(t testing.TB, method, path string, body []byte, out any) {
+	t.Helper()
+	hc := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: c.f.client.dialContext, DisableKeepAlives: true}}
+	req, err := http.NewRequest(method, c.url()+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cpToken)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode >= 300 {
+		t.Fatalf("%s %s: %d %.300s", method, path, resp.StatusCode, data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: decode: %v", method, path, err)
+		}
+	}
 }
 
 // op runs xdpfwctl as the operator, from the client host, against cp.
