@@ -24,6 +24,7 @@ import (
 const (
 	cpPort      = 8080
 	cpToken     = "it-operator"
+	cpAdmin     = "it-admin"
 	cpReadyLine = "xdpfw-controlplane: ready"
 )
 
@@ -46,7 +47,7 @@ func (c *controlPlane) url() string {
 func (f *fleet) startControlPlanes(t testing.TB, n int) []*controlPlane {
 	t.Helper()
 	tokens := filepath.Join(f.dir, "tokens.yaml")
-	doc := fmt.Sprintf("tokens:\n  - {name: it-operator, role: operator, token: %s}\n", cpToken)
+	doc := fmt.Sprintf("tokens:\n  - {name: it-operator, role: operator, token: %s}\n  - {name: it-admin, role: admin, token: %s}\n", cpToken, cpAdmin)
 	if err := os.WriteFile(tokens, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +287,39 @@ func TestRolloutAdvancesWaveByWaveOnHealth(t *testing.T) {
 	if len(sets) != 1 || sets[0].Name != "web" || sets[0].Released != 1 {
 		t.Errorf("rule sets %+v, want web released at version 1", sets)
 	}
+
+	// Deleting a rule set the fleet enforces retires it first: every host
+	// drops it (port 22 opens), then a second DELETE removes it.
+	if code := cp.delete(t, "/v1/rulesets/web"); code != http.StatusAccepted {
+		t.Fatalf("DELETE of an enforced rule set: %d, want 202", code)
+	}
+	for _, h := range f.hosts {
+		waitFor(t, fleetTimeout, fmt.Sprintf("%s drops web", h), func() (bool, string) {
+			st, found := f.status(t, h)
+			return found && st.InSync && len(st.Applied) == 0, fmt.Sprintf("applied %v", st.Applied)
+		})
+		enforcesNothingOn22(t, f, h)
+	}
+	if code := cp.delete(t, "/v1/rulesets/web"); code != http.StatusNoContent {
+		t.Fatalf("DELETE once no host enforces it: %d, want 204", code)
+	}
+}
+
+// delete sends DELETE as the admin and returns the status code.
+func (c *controlPlane) delete(t testing.TB, path string) int {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: c.f.client.dialContext, DisableKeepAlives: true}}
+	req, err := http.NewRequest("DELETE", c.url()+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cpAdmin)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // enforcesNothingOn22 checks that h lets TCP to port 22 through.

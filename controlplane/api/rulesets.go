@@ -12,6 +12,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/rulediff"
+	"github.com/xdpfw/xdpfw/controlplane/store"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -318,10 +319,35 @@ func (s *Server) deleteRuleSet(w http.ResponseWriter, r *http.Request, id auth.I
 		rec.Result = fmt.Sprintf("deleted (head was version %d)", v)
 		return rec
 	})
+	var inUse *store.InUseError
+	if errors.As(err, &inUse) && len(inUse.Rollouts) == 0 {
+		// Hosts enforce its release: retire it (the controller takes it
+		// off them) and say so; a DELETE once they have deletes it.
+		rec := auditRecord(r, id, "ruleset "+name)
+		rec.Result = "retired: the controller takes it off every host"
+		retired, rev, rerr := s.store.RetireRuleSet(ctx, name, rec)
+		if rerr != nil {
+			return rerr
+		}
+		if retired {
+			s.log.Info("rule set retired", zapRuleSet(name), zapRevision(rev), zapWho(id))
+		}
+		writeJSON(w, http.StatusAccepted, RetireAnswer{Name: name, Hosts: inUse.Hosts,
+			Message: fmt.Sprintf("rule set %s is being taken off %d host(s); DELETE it again once none enforces it", name, len(inUse.Hosts))})
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	s.log.Info("rule set deleted", zapRuleSet(name), zapVersion(res.Version), zapRevision(res.Revision), zapWho(id))
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// RetireAnswer is the 202 answer of a DELETE of a rule set that hosts
+// still enforce: it is retired first.
+type RetireAnswer struct {
+	Name    string   `json:"name"`
+	Hosts   []string `json:"hosts"`
+	Message string   `json:"message"`
 }

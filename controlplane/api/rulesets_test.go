@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -397,4 +398,37 @@ func TestDeleteRuleSet(t *testing.T) {
 	if w.Version != 1 || w.Diff != nil {
 		t.Fatalf("recreated: %+v", w)
 	}
+}
+
+// A rule set that hosts enforce through its release is retired by DELETE
+// (202: the controller takes it off them), and deleted by a DELETE once
+// no host's desired state names it.
+func TestDeleteRetiresARuleSetHostsEnforce(t *testing.T) {
+	e := newEnv(t)
+	e.must(http.StatusCreated, "PUT", "/v1/rulesets/web", operatorToken, ruleSetYAML("web", 80))
+	e.put(e.keys.RuleSetReleased("web"), `{"version":1,"at":"2026-01-01T00:00:00Z"}`)
+	doc, _ := json.Marshal(proto.NewHostDesired(proto.RuleSetRef{Name: "web", Version: 1}))
+	e.put(e.keys.HostDesired("h1"), string(doc))
+
+	var ans RetireAnswer
+	e.must(http.StatusAccepted, "DELETE", "/v1/rulesets/web", adminToken, nil).decode(t, &ans)
+	if ans.Name != "web" || len(ans.Hosts) != 1 || ans.Hosts[0] != "h1" || !strings.Contains(ans.Message, "DELETE it again") {
+		t.Fatalf("retire answer %+v", ans)
+	}
+	if resp, err := e.cli.Get(context.Background(), e.keys.RuleSetReleased("web")); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("the release is still there: %v %v", resp, err)
+	}
+	var recs []proto.AuditRecord
+	e.must(http.StatusOK, "GET", "/v1/audit?limit=1", adminToken, nil).decode(t, &recs)
+	if len(recs) != 1 || !strings.HasPrefix(recs[0].Result, "retired") {
+		t.Fatalf("audit of the retirement: %+v", recs)
+	}
+	// Still referenced: 202 again, nothing deleted.
+	e.must(http.StatusAccepted, "DELETE", "/v1/rulesets/web", adminToken, nil)
+	e.must(http.StatusOK, "GET", "/v1/rulesets/web", viewerToken, nil)
+
+	// The controller took it off h1: now DELETE deletes.
+	e.put(e.keys.HostDesired("h1"), `{"apiVersion":"xdpfw/v1","kind":"HostDesired","ruleSets":[]}`)
+	e.must(http.StatusNoContent, "DELETE", "/v1/rulesets/web", adminToken, nil)
+	e.must(http.StatusNotFound, "GET", "/v1/rulesets/web", viewerToken, nil)
 }
