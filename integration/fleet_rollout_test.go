@@ -225,7 +225,7 @@ func TestRolloutAdvancesWaveByWaveOnHealth(t *testing.T) {
 	for _, h := range f.hosts {
 		enforcesNothingOn22(t, f, h)
 	}
-	id := cp.startRollout(t, "web", "--version", "1", "--waves", "1,2,100%", "--pause", "1s")
+	id := cp.startRollout(t, "web", "--version", "1", "--waves", "1,2,100%", "--pause", "2s")
 
 	// Watch the rollout: a host of wave k+1 is given the version only once
 	// every host of wave k reports it applied, and the pause has passed.
@@ -272,8 +272,11 @@ func TestRolloutAdvancesWaveByWaveOnHealth(t *testing.T) {
 		t.Errorf("hosts per wave %v, want one each (waves 1, 2, 100%% of 3)", waves)
 	}
 	for w := 1; w <= 2; w++ {
-		if gap := givenAt[w].Sub(healthyAt[w-1]); gap < 900*time.Millisecond {
-			t.Errorf("wave %d started %v after wave %d was healthy, want the 1 s pause", w+1, gap, w)
+		// Both times are when this test saw the change (one xdpfwctl run
+		// apart, tens of milliseconds when the machine is busy): a second
+		// of slack, and still far from no pause at all.
+		if gap := givenAt[w].Sub(healthyAt[w-1]); gap < time.Second {
+			t.Errorf("wave %d started %v after wave %d was healthy, want the 2 s pause", w+1, gap, w)
 		}
 	}
 	for _, h := range f.hosts {
