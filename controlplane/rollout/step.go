@@ -97,7 +97,11 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 			candidates = append(candidates, h)
 		}
 	}
-	waveOf := assignWaves(ro.ID, candidates, p.waves)
+	kept := make(map[string]int, len(st.Hosts))
+	for h, e := range st.Hosts {
+		kept[h] = e.Wave
+	}
+	waveOf := assignWavesKeeping(ro.ID, candidates, p.waves, kept)
 
 	for {
 		if st.State == proto.RolloutRunning {

@@ -53,15 +53,47 @@ func waveSizes(waves []wave, n int) []int {
 // orderHosts: the first wave whose size exceeds the place. Hosts that no
 // wave covers (a last wave under 100%) get len(waves).
 func assignWaves(id string, hosts []string, waves []wave) map[string]int {
-	ordered := orderHosts(id, hosts)
-	sizes := waveSizes(waves, len(ordered))
-	out := make(map[string]int, len(ordered))
-	w := 0
-	for i, h := range ordered {
-		for w < len(sizes) && i >= sizes[w] {
+	return assignWavesKeeping(id, hosts, waves, nil)
+}
+
+// assignWavesKeeping is assignWaves for a rollout under way: the hosts it
+// has touched keep their wave (kept), and count against its size, and the
+// others fill what is left of each wave in orderHosts order. Without it,
+// a host that joins mid-rollout could take an early place in the order,
+// land in a wave that has already started and make it bigger than its
+// size. Wave sizes are taken over the selected and the touched hosts; the
+// map holds the selected hosts only.
+func assignWavesKeeping(id string, hosts []string, waves []wave, kept map[string]int) map[string]int {
+	all := append([]string(nil), hosts...)
+	selected := make(map[string]bool, len(hosts))
+	for _, h := range hosts {
+		selected[h] = true
+	}
+	for h := range kept {
+		if !selected[h] {
+			all = append(all, h)
+		}
+	}
+	sizes := waveSizes(waves, len(all))
+	filled := make([]int, len(waves)+1) // hosts placed in each wave
+	for _, w := range kept {
+		filled[min(w, len(waves))]++
+	}
+	out := make(map[string]int, len(hosts))
+	for _, h := range orderHosts(id, hosts) {
+		if w, ok := kept[h]; ok {
+			out[h] = w
+			continue
+		}
+		// The first wave with room: hosts in waves up to w fewer than
+		// the hosts waves up to w cover.
+		w, placed := 0, filled[0]
+		for w < len(sizes) && placed >= sizes[w] {
 			w++
+			placed += filled[w]
 		}
 		out[h] = w
+		filled[w]++
 	}
 	return out
 }

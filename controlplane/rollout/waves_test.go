@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -117,5 +118,50 @@ func TestNextID(t *testing.T) {
 		if !validID(got) {
 			t.Errorf("nextID made an invalid ID %q", got)
 		}
+	}
+}
+
+// Hosts that join a rollout under way fill what is left of each wave: a
+// wave never grows past its size because the newcomers took early places
+// in the order.
+func TestAssignWavesKeepsTouchedHosts(t *testing.T) {
+	waves := mustWaves(t, "1", "50%", "100%")
+	var hosts []string
+	for i := range 10 {
+		hosts = append(hosts, fmt.Sprintf("h%d", i))
+	}
+	// The rollout started when one host, the last in its order, was
+	// there: that host is wave 0.
+	order := orderHosts("r-1", hosts)
+	first := order[len(order)-1]
+	if w := assignWaves("r-1", []string{first}, waves); w[first] != 0 {
+		t.Fatalf("the only host is in wave %d", w[first])
+	}
+	got := assignWavesKeeping("r-1", hosts, waves, map[string]int{first: 0})
+	count := map[int]int{}
+	for _, w := range got {
+		count[w]++
+	}
+	if got[first] != 0 || count[0] != 1 || count[1] != 4 || count[2] != 5 {
+		t.Fatalf("after 9 hosts joined: %s in wave %d, hosts per wave %v; want it alone in wave 0, then 4 and 5", first, got[first], count)
+	}
+	// A touched host that is gone still takes its place: 9 selected
+	// hosts and the lost one make 10, so the waves keep their sizes.
+	lost := order[0]
+	rest := slices.DeleteFunc(slices.Clone(hosts), func(h string) bool { return h == lost })
+	got = assignWavesKeeping("r-1", rest, waves, map[string]int{first: 0, lost: 1})
+	if _, ok := got[lost]; ok {
+		t.Fatal("a host that is not selected got a wave")
+	}
+	count = map[int]int{}
+	for _, w := range got {
+		count[w]++
+	}
+	if count[0] != 1 || count[1] != 3 || count[2] != 5 {
+		t.Fatalf("with a lost host of wave 1: hosts per wave %v, want 1, 3 (and the lost one), 5", count)
+	}
+	// Nothing kept: the same as assignWaves.
+	if a, b := assignWavesKeeping("r-1", hosts, waves, nil), assignWaves("r-1", hosts, waves); !maps.Equal(a, b) {
+		t.Fatalf("assignWavesKeeping without kept hosts differs: %v vs %v", a, b)
 	}
 }
