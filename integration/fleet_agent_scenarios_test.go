@@ -286,12 +286,7 @@ func TestFleetChangingOneRuleWritesOnlyItsEntries(t *testing.T) {
 }
 
 func TestFleetAgentKilledMidApplyNeverStopsFiltering(t *testing.T) {
-	f := newFleet(t, 1)
-	h := f.hosts[0]
-	h.startAgent(t)
-	f.putVersion(t, 1, edgeWith(22))
-	rev := f.desire(t, f.hosts, edge(1))
-	f.waitApplied(t, f.hosts, rev, edge(1))
+	f, h := oneHostEnforcingEdge1(t)
 
 	// Version 2 adds a set of 50,000 prefixes (one etcd request stays
 	// under 1 MiB): its apply writes the big-set tables for a few hundred
@@ -299,7 +294,7 @@ func TestFleetAgentKilledMidApplyNeverStopsFiltering(t *testing.T) {
 	f.putVersion(t, 2, bigEdge(50_000))
 	traffic := startUDPTraffic(t, []flow{udp4(f.client, h.host, 53), udp6(f.client, h.host, 53)}, []flow{udp4(f.client, h.host, 9999)})
 	writing := agentLogCount(t, h, "writing maps")
-	rev = f.desire(t, f.hosts, edge(2))
+	rev := f.desire(t, f.hosts, edge(2))
 	waitFor(t, fleetTimeout, "the agent starts writing the maps", func() (bool, string) {
 		return agentLogCount(t, h, "writing maps") > writing, "no new \"writing maps\" line in the agent's log"
 	})
@@ -433,12 +428,7 @@ func TestFleetSurvivesEtcdMemberAndLeaderLoss(t *testing.T) {
 }
 
 func TestFleetCompactionPastAgentsWatchResyncs(t *testing.T) {
-	f := newFleet(t, 1)
-	h := f.hosts[0]
-	h.startAgent(t)
-	f.putVersion(t, 1, edgeWith(22))
-	rev := f.desire(t, f.hosts, edge(1))
-	f.waitApplied(t, f.hosts, rev, edge(1))
+	f, h := oneHostEnforcingEdge1(t)
 
 	// The agent's watch falls behind while it is cut off; meanwhile the
 	// desired state changes twice and etcd compacts past all of it, so
@@ -447,7 +437,7 @@ func TestFleetCompactionPastAgentsWatchResyncs(t *testing.T) {
 	f.putVersion(t, 2, edgeWith(2222))
 	f.putVersion(t, 3, edgeWith(2223))
 	f.desire(t, f.hosts, edge(2))
-	rev = f.desire(t, f.hosts, edge(3))
+	rev := f.desire(t, f.hosts, edge(3))
 	ctx, cancel := context.WithTimeout(t.Context(), etcdRequestTimeout)
 	defer cancel()
 	if _, err := f.etcd.Compact(ctx, rev); err != nil {
@@ -463,12 +453,7 @@ func TestFleetCompactionPastAgentsWatchResyncs(t *testing.T) {
 }
 
 func TestFleetRefusesBadDocumentAndKeepsLastGoodRules(t *testing.T) {
-	f := newFleet(t, 1)
-	h := f.hosts[0]
-	h.startAgent(t)
-	f.putVersion(t, 1, edgeWith(22))
-	rev := f.desire(t, f.hosts, edge(1))
-	f.waitApplied(t, f.hosts, rev, edge(1))
+	f, h := oneHostEnforcingEdge1(t)
 
 	keys := wire.NewKeys("")
 	for _, bad := range []struct {
@@ -495,7 +480,7 @@ func TestFleetRefusesBadDocumentAndKeepsLastGoodRules(t *testing.T) {
 	}
 	// Fixed: the next good version applies.
 	f.putVersion(t, 3, edgeWith(2223))
-	rev = f.desire(t, f.hosts, edge(3))
+	rev := f.desire(t, f.hosts, edge(3))
 	f.waitApplied(t, f.hosts, rev, edge(3))
 	enforcesSSHPort(t, f, h, 2223)
 }
@@ -520,12 +505,7 @@ func tailFile(t testing.TB, path string, n int) string {
 }
 
 func TestFleetAgentStopRevokesLeaseAndLeavesFirewallFiltering(t *testing.T) {
-	f := newFleet(t, 1)
-	h := f.hosts[0]
-	h.startAgent(t, "--lease-ttl", "30s")
-	f.putVersion(t, 1, edgeWith(22))
-	rev := f.desire(t, f.hosts, edge(1))
-	f.waitApplied(t, f.hosts, rev, edge(1))
+	f, h := oneHostEnforcingEdge1(t, "--lease-ttl", "30s")
 	waitFor(t, fleetTimeout, "telemetry written", func() (bool, string) {
 		_, found := f.telemetry(t, h)
 		return found, "no telemetry"
@@ -560,4 +540,17 @@ func TestFleetAgentRefusesToStartOnUnknownInterface(t *testing.T) {
 	if h.xdpMode(t) != "" {
 		t.Error("an XDP program is attached to eth0, which the agent was not told to manage")
 	}
+}
+
+// oneHostEnforcingEdge1 is a fleet of one agent host enforcing edge@1
+// (TCP to port 22 dropped).
+func oneHostEnforcingEdge1(t *testing.T, agentArgs ...string) (*fleet, *agentHost) {
+	t.Helper()
+	f := newFleet(t, 1)
+	h := f.hosts[0]
+	h.startAgent(t, agentArgs...)
+	f.putVersion(t, 1, edgeWith(22))
+	rev := f.desire(t, f.hosts, edge(1))
+	f.waitApplied(t, f.hosts, rev, edge(1))
+	return f, h
 }
