@@ -35,12 +35,7 @@ unit:
 	$(GO) test -short -count=1 $(PKGS)
 
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
-	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./tools/fuzz.sh
 
 # Data plane (ns/packet), then propagation: simulated agents in one process
 # against the raw watch fan-out, and real agents in namespace hosts.
