@@ -2,15 +2,18 @@ package etcdserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // startForDefrag runs a member on loopback ports that were free a moment
@@ -82,5 +85,22 @@ func TestDefragmentsWhenHalfTheFileIsFree(t *testing.T) {
 		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != val+"1" {
 			t.Fatalf("key %d after defragmentation: %v %v", i, resp, err)
 		}
+	}
+}
+
+// A read its client cancels is not logged as an error by the member; any
+// other readonly-txn error still is.
+func TestCancelledReadsAreNotErrors(t *testing.T) {
+	var out strings.Builder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(&out), zapcore.WarnLevel)
+	lg := zap.New(closingFilter{core, new(atomic.Bool)})
+	lg.Error(cancelledTxn, zap.Error(errors.New("applyTxn: failed Range: rangeKeys: context cancelled: context canceled")))
+	if out.Len() != 0 {
+		t.Fatalf("a cancelled read was logged: %s", out.String())
+	}
+	lg.Error(cancelledTxn, zap.Error(errors.New("applyTxn: failed Range: mvcc: database space exceeded")))
+	lg.Error("something else", zap.Error(errors.New("context canceled")))
+	if n := strings.Count(out.String(), "\n"); n != 2 {
+		t.Fatalf("want the other two errors logged, got:\n%s", out.String())
 	}
 }

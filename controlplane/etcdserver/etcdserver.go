@@ -353,7 +353,29 @@ func (c closingFilter) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore
 	if e.Message == closeNoise && c.closing.Load() {
 		return ce
 	}
+	if e.Message == cancelledTxn && c.Core.Enabled(e.Level) {
+		return ce.AddCore(e, c) // Write looks at the error
+	}
 	return c.Core.Check(e, ce)
+}
+
+// cancelledTxn is what etcd logs, at error level, when a read in a
+// transaction ends because its client cancelled it: a client that stops
+// (a replica shutting down mid-round) is not a fault of the member.
+const cancelledTxn = "unexpected error during readonly txn"
+
+// Write drops cancelledTxn when its error is a cancellation and passes
+// everything else on.
+func (c closingFilter) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	if e.Message == cancelledTxn {
+		for _, f := range fields {
+			if err, ok := f.Interface.(error); ok && f.Type == zapcore.ErrorType &&
+				(strings.Contains(err.Error(), "context canceled") || strings.Contains(err.Error(), "context cancelled")) {
+				return nil
+			}
+		}
+	}
+	return c.Core.Write(e, fields)
 }
 
 // checkDataDir creates the data dir and makes sure it is writable, so that
