@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // ApplyReport says what an apply changed.
@@ -434,6 +435,13 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		if r.Implicit {
 			fr.Flags |= uint8(firewallFwRuleFlagFW_RULE_IMPLICIT)
 		}
+		if r.RateLimit != nil {
+			fr.Action = uint8(firewallFwActionFW_ACTION_RATE_LIMIT)
+			if r.RateLimit.WithinLimit == proto.WithinNext {
+				fr.Flags |= uint8(firewallFwRuleFlagFW_RULE_LIMIT_NEXT)
+			}
+			fr.Limit = kernelLimit(r.Identity, r.RateLimit)
+		}
 		want.rules[i] = fr
 	}
 	if c.Src4Dir24 != nil {
@@ -692,6 +700,7 @@ func (fw *Firewall) assignSlots(c *Compiled, active uint32, hasActive bool, rep 
 		}
 		rep.Writes["rule_names"]++
 		rep.Writes["rule_stats"]++
+		rep.Writes["rule_limited"]++
 		if old, named := bySlot[s]; named {
 			delete(byName, old)
 		}
@@ -718,6 +727,7 @@ func (fw *Firewall) releaseSlots(plan *slotPlan, rep *ApplyReport) error {
 		}
 		rep.Writes["rule_names"]++
 		rep.Writes["rule_stats"]++
+		rep.Writes["rule_limited"]++
 	}
 	return nil
 }
@@ -728,6 +738,9 @@ func (fw *Firewall) resetSlot(slot uint32, name string) error {
 	zero := make([]firewallFwCounter, ebpf.MustPossibleCPU())
 	if err := fw.objs.RuleStats.Put(slot, zero); err != nil {
 		return fmt.Errorf("reset rule_stats[%d]: %w", slot, err)
+	}
+	if err := fw.objs.RuleLimited.Put(slot, zero); err != nil {
+		return fmt.Errorf("reset rule_limited[%d]: %w", slot, err)
 	}
 	var n firewallFwRuleName
 	if len(name) >= ruleNameLen {

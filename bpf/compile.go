@@ -97,6 +97,8 @@ type CompiledRule struct {
 	Drop     bool
 	DryRun   bool
 	Implicit bool
+	// RateLimit is set for action rate-limit.
+	RateLimit *proto.RateLimit
 	// Next is the index of the first rule after this rule's set.
 	Next int
 }
@@ -216,6 +218,10 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 				Identity: reference.Identity(rs.Name, r.ID), RuleSet: rs.Name, ID: r.ID,
 				Drop: r.Action == proto.ActionDrop, DryRun: dry,
 			})
+			if r.Action == proto.ActionRateLimit {
+				rl := *r.RateLimit
+				c.Rules[len(c.Rules)-1].RateLimit = &rl
+			}
 		}
 		if rs.Mode == proto.ModeAllow {
 			fields = append(fields, ruleFields{proto: -1, icmpType: -1, ruleSet: rs})

@@ -34,6 +34,11 @@ struct fw_btf_anchor {
 	enum fw_action action;
 	enum fw_rule_flag rule_flag;
 	enum fw_stat stat;
+	enum fw_limit_per limit_per;
+	enum fw_sampling_flag sampling_flag;
+	enum fw_sample_stat sample_stat;
+	struct fw_sample sample;
+	struct fw_sample_reader sample_reader;
 	/* Inner map value types, which BTF would otherwise only forward-declare. */
 	struct fw_v4_block v4_block;
 	struct fw_v4_t8 v4_t8;
@@ -302,6 +307,96 @@ struct {
 	__type(value, struct fw_rule_name);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rule_names SEC(".maps");
+
+/* rule_limited[slot]: packets and bytes a rate-limit rule dropped (or, in a
+ * dry-run set, would have dropped) because they were over its limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_limited SEC(".maps");
+
+/* rl_rule[slot]: the token bucket of a per-rule limit, shared by all CPUs
+ * (updated with compare-and-swap), keyed like the rule's counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_rule SEC(".maps");
+
+/* rl_source: the token buckets of per-source limits. An LRU: a flood of
+ * spoofed sources evicts the least recently seen buckets instead of
+ * failing. Its size is set by user space when it creates the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FW_DEFAULT_SOURCE_BUCKETS);
+	__type(key, struct fw_source_key);
+	__type(value, struct fw_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_source SEC(".maps");
+
+/* sampling[0]: struct fw_sampling. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sampling);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sampling SEC(".maps");
+
+/* sample_reader[0]: struct fw_sample_reader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sample_reader);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_reader SEC(".maps");
+
+/* sample_win[0]: struct fw_sample_win. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sample_win);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_win SEC(".maps");
+
+/* sample_stats[enum fw_sample_stat]: per-CPU counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_SAMPLE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_stats SEC(".maps");
+
+/* samples: struct fw_sample records for user space (xdpfwctl local drops).
+ * 256 KB hold about 1,500 samples: a second and a half at the default cap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} samples SEC(".maps");
+
+/* ---- clock ---- */
+
+/* Tests load the program with fw_test_clock set and drive fw_clock_ns, to
+ * check the token buckets' arithmetic at chosen times. In production the
+ * constant is 0 and the verifier removes the branch. */
+volatile const __u32 fw_test_clock = 0;
+volatile __u64 fw_clock_ns = 0;
+
+static __always_inline __u64 now_ns(void)
+{
+	if (fw_test_clock)
+		return fw_clock_ns;
+	return bpf_ktime_get_ns();
+}
 
 /* ---- parsing ---- */
 
@@ -708,8 +803,9 @@ static __always_inline __u32 *lookup_addr(struct packet *pkt, __u32 gen, __u32 f
 
 /* The outcome of classification. */
 struct verdict {
-	int stat; /* enum fw_stat */
-	int xdp;  /* XDP_PASS or XDP_DROP */
+	int stat;   /* enum fw_stat */
+	int xdp;    /* XDP_PASS or XDP_DROP */
+	__u32 slot; /* counter slot of the deciding rule, or FW_NO_SLOT */
 };
 
 static __always_inline void count(void *map, __u32 idx, __u64 bytes)
@@ -730,8 +826,104 @@ struct search {
 	__u32 start;   /* first rule index still in play */
 	__u32 gen;
 	__u64 bytes;
+	__u64 now;        /* ticks, read at the first rate limit; 0 until then */
+	__u32 would_slot; /* slot of the first dry-run drop, or FW_NO_SLOT */
+	__u32 would_stat; /* its enum fw_stat: drop-rule or rate-limited */
+	__u8 family;      /* the packet's source address, for per-source limits */
+	__u8 src[16];
 	struct verdict result;
 };
+
+/* GCRA on one bucket: if the arrival time *tat is at most tol ticks ahead
+ * of now, the packet conforms and moves it cost ticks on. CPUs share the
+ * bucket: the update is a compare-and-swap, retried when another CPU moved
+ * it first; a packet that loses every round is dropped, which errs on the
+ * side of the limit. */
+static __always_inline int gcra(__u64 *tat, __u64 now, __u64 cost, __u64 tol)
+{
+	int i;
+#pragma clang loop unroll(full)
+	for (i = 0; i < 4; i++) {
+		__u64 old = *(volatile __u64 *)tat;
+		__u64 t = old > now ? old : now;
+		if (t - now > tol)
+			return 0;
+		if (__sync_val_compare_and_swap(tat, old, t + cost) == old)
+			return 1;
+	}
+	return 0;
+}
+
+/* Whether a packet is within a rate-limit rule's limit (and, if so, takes
+ * its tokens). */
+static __always_inline int within_limit(struct search *st, struct fw_rule *r)
+{
+	struct fw_limit *l = &r->limit;
+	struct fw_bucket *b;
+
+	if (!st->now)
+		st->now = now_ns() << 4;
+	if (l->per == FW_PER_SOURCE) {
+		struct fw_source_key k = {.id = l->id};
+		__u32 n = st->family == 4 ? l->prefix4 : l->prefix6;
+		__u32 i;
+		/* Copy the prefix's whole bytes, then mask the partial one. */
+#pragma clang loop unroll(full)
+		for (i = 0; i < 16; i++) {
+			__u8 m = 0;
+			if (8 * i + 8 <= n)
+				m = 0xFF;
+			else if (8 * i < n)
+				m = (__u8)(0xFF00 >> (n - 8 * i));
+			k.addr[i] = st->src[i] & m;
+		}
+		b = bpf_map_lookup_elem(&rl_source, &k);
+		if (!b) {
+			/* A new source: a full bucket. Another CPU may add the
+			 * same one first; then use that one. */
+			struct fw_bucket fresh = {.id = l->id};
+			bpf_map_update_elem(&rl_source, &k, &fresh, BPF_NOEXIST);
+			b = bpf_map_lookup_elem(&rl_source, &k);
+			if (!b)
+				return 0;
+		}
+	} else {
+		__u32 slot = r->slot % FW_COUNTER_SLOTS;
+		b = bpf_map_lookup_elem(&rl_rule, &slot);
+		if (!b)
+			return 0;
+		if (b->id != l->id) {
+			/* The slot's bucket was another limit's: start afresh.
+			 * CPUs racing here all write the same values. */
+			b->pkt_tat = 0;
+			b->byte_tat = 0;
+			b->id = l->id;
+		}
+	}
+	if (l->pkt_cost && !gcra(&b->pkt_tat, st->now, l->pkt_cost, l->pkt_tol))
+		return 0;
+	if (l->byte_cost && !gcra(&b->byte_tat, st->now, (st->bytes * l->byte_cost) >> 16, l->byte_tol))
+		return 0;
+	return 1;
+}
+
+/* A dry-run set decided: note a would-drop, go on at the next set. Returns
+ * 1 when the search is over. */
+static __always_inline long dry_run_next(struct search *st, struct fw_rule *r, int drop_stat)
+{
+	if (drop_stat >= 0) {
+		count(&action_stats, FW_STAT_WOULD_DROP, st->bytes);
+		if (st->would_slot == FW_NO_SLOT) {
+			st->would_slot = r->slot;
+			st->would_stat = drop_stat;
+		}
+	}
+	st->start = r->next;
+	if (st->start >= FW_MAX_RULES)
+		return 1;
+	st->summary &= ~0ULL << (st->start >> 6);
+	return 0;
+}
 
 /* One round: take the lowest word where every field has a rule, AND it;
  * the lowest bit is the first rule that matches every field. A rule of a
@@ -758,40 +950,59 @@ static long search_step(__u64 round, void *ctx)
 		st->summary &= st->summary - 1;
 		return 0;
 	}
-	__u32 rkey = st->gen * FW_MAX_RULES + w * 64 + ctz64(bits);
+	__u32 index = w * 64 + ctz64(bits);
+	__u32 rkey = st->gen * FW_MAX_RULES + index;
 	struct fw_rule *r = bpf_map_lookup_elem(&rules, &rkey);
 	if (!r)
 		return 1;
-	count(&rule_stats, r->slot % FW_COUNTER_SLOTS, st->bytes);
+	__u32 slot = r->slot % FW_COUNTER_SLOTS;
+	count(&rule_stats, slot, st->bytes);
+	int dry = r->flags & FW_RULE_DRY_RUN;
 
-	if (!(r->flags & FW_RULE_DRY_RUN)) {
-		if (r->action == FW_ACTION_DROP)
-			st->result = (struct verdict){FW_STAT_DROP_RULE, XDP_DROP};
-		else
-			st->result = (struct verdict){FW_STAT_PASS_RULE, XDP_PASS};
+	if (r->action == FW_ACTION_RATE_LIMIT) {
+		if (!within_limit(st, r)) {
+			count(&rule_limited, slot, st->bytes);
+			if (dry)
+				return dry_run_next(st, r, FW_STAT_RATE_LIMITED);
+			st->result = (struct verdict){FW_STAT_RATE_LIMITED, XDP_DROP, r->slot};
+			return 1;
+		}
+		if (r->flags & FW_RULE_LIMIT_NEXT) {
+			/* Within the limit, and told to go on: the next rule. */
+			st->start = index + 1;
+			if (st->start >= FW_MAX_RULES)
+				return 1;
+			st->summary &= ~0ULL << (st->start >> 6);
+			return 0;
+		}
+		if (dry)
+			return dry_run_next(st, r, -1);
+		st->result = (struct verdict){FW_STAT_PASS_RULE, XDP_PASS, r->slot};
 		return 1;
 	}
-	/* Dry run: note what the set decided, go on with the next set. */
+	if (dry)
+		return dry_run_next(st, r, r->action == FW_ACTION_DROP ? FW_STAT_DROP_RULE : -1);
 	if (r->action == FW_ACTION_DROP)
-		count(&action_stats, FW_STAT_WOULD_DROP, st->bytes);
-	st->start = r->next;
-	if (st->start >= FW_MAX_RULES)
-		return 1;
-	st->summary &= ~0ULL << (st->start >> 6);
-	return 0;
+		st->result = (struct verdict){FW_STAT_DROP_RULE, XDP_DROP, r->slot};
+	else
+		st->result = (struct verdict){FW_STAT_PASS_RULE, XDP_PASS, r->slot};
+	return 1;
 }
 
-static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
+/* classify decides a packet's verdict; *would is set to the search's
+ * first dry-run drop (slot FW_NO_SLOT when none). */
+static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes, struct verdict *would)
 {
-	struct verdict pass = {FW_STAT_PASS_DEFAULT, XDP_PASS};
+	struct verdict pass = {FW_STAT_PASS_DEFAULT, XDP_PASS, FW_NO_SLOT};
 	__u32 zero = 0;
 
+	would->slot = FW_NO_SLOT;
 	void *inner = bpf_map_lookup_elem(&gen_sel, &zero);
 	if (!inner)
-		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
+		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS, FW_NO_SLOT};
 	struct fw_active *active = bpf_map_lookup_elem(inner, &zero);
 	if (!active)
-		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS};
+		return (struct verdict){FW_STAT_NO_POLICY, XDP_PASS, FW_NO_SLOT};
 	__u32 gen = active->gen & 1;
 	__u32 fields = active->fields;
 
@@ -880,10 +1091,15 @@ static __always_inline struct verdict classify(struct packet *pkt, __u64 bytes)
 			   v_proto->summary & v_flags->summary & v_icmp->summary,
 		.gen = gen,
 		.bytes = bytes,
+		.would_slot = FW_NO_SLOT,
+		.family = pkt->family,
 		.result = pass,
 	};
+	__builtin_memcpy(st.src, pkt->addr_src, 16);
 	/* bpf_loop: the verifier checks the step once, not once per round. */
 	bpf_loop(FW_MAX_ITER, search_step, &st, 0);
+	would->slot = st.would_slot;
+	would->stat = st.would_stat;
 	return st.result;
 }
 
@@ -896,25 +1112,99 @@ static __always_inline __u32 policy_action(int which)
 	return which == PARSE_ERROR ? s->parse_error_action : s->non_ip_action;
 }
 
+/* sample sends a dropped (or would-be dropped) frame to user space when a
+ * reader is there and the interface's sampling lets this one through. */
+static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int would)
+{
+	__u32 zero = 0;
+	struct fw_sample_reader *rd = bpf_map_lookup_elem(&sample_reader, &zero);
+	/* The one check every drop pays: is anyone reading? */
+	if (!rd || !rd->until_ns)
+		return;
+	struct fw_sampling *cfg = bpf_map_lookup_elem(&sampling, &zero);
+	if (!cfg || (cfg->flags & FW_SAMPLING_OFF))
+		return;
+	if (would && !(cfg->flags & FW_SAMPLING_WOULD_DROP))
+		return;
+	if (rd->only_slot && rd->only_slot != slot + 1)
+		return;
+	__u64 now = now_ns();
+	if (now > rd->until_ns)
+		return; /* the reader went away without saying so */
+	if (cfg->every > 1 && bpf_get_prandom_u32() % cfg->every)
+		return;
+
+	struct fw_sample_win *win = bpf_map_lookup_elem(&sample_win, &zero);
+	if (!win)
+		return;
+	__u64 second = now / 1000000000ULL;
+	__u64 cap = cfg->max_per_sec ? cfg->max_per_sec : FW_SAMPLE_DEFAULT_RATE;
+	if (win->second != second) {
+		/* A new second. CPUs racing here may each reset the count:
+		 * at worst a few samples over the cap at a second's start. */
+		win->second = second;
+		win->count = 0;
+	}
+	if (__sync_fetch_and_add(&win->count, 1) >= cap) {
+		__u32 k = FW_SAMPLE_CAPPED;
+		__u64 *c = bpf_map_lookup_elem(&sample_stats, &k);
+		if (c)
+			(*c)++;
+		return;
+	}
+
+	__u32 key = FW_SAMPLE_SENT;
+	struct fw_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
+	if (!s) {
+		key = FW_SAMPLE_LOST;
+	} else {
+		__u64 len = ctx->data_end - ctx->data;
+		s->ktime_ns = now;
+		s->ifindex = ctx->ingress_ifindex;
+		s->slot = slot;
+		s->frame_len = len;
+		s->stat = stat;
+		s->pad = 0;
+		/* The verifier needs len's bounds on the register it sees:
+		 * mask in asm (clang would drop a mask it can prove idle),
+		 * then clamp. */
+		asm volatile("%0 &= 0xffff" : "+r"(len));
+		if (len > FW_SAMPLE_BYTES)
+			len = FW_SAMPLE_BYTES;
+		s->cap_len = len;
+		if (len == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, len) < 0)
+			s->cap_len = 0;
+		bpf_ringbuf_submit(s, 0);
+	}
+	__u64 *c = bpf_map_lookup_elem(&sample_stats, &key);
+	if (c)
+		(*c)++;
+}
+
 SEC("xdp")
 int xdpfw_filter(struct xdp_md *ctx)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
 	struct packet pkt = {};
-	struct verdict v;
+	struct verdict v, would = {0, 0, FW_NO_SLOT};
 
 	int res = parse(ctx, &pkt);
 	if (res != PARSE_OK) {
 		v.stat = res == PARSE_ERROR ? FW_STAT_PARSE_ERROR : FW_STAT_NON_IP;
 		v.xdp = policy_action(res) == FW_ACTION_DROP ? XDP_DROP : XDP_PASS;
+		v.slot = FW_NO_SLOT;
 		goto out;
 	}
 	if (pkt.fragment)
 		count(&action_stats, FW_STAT_FRAGMENT, bytes);
-	v = classify(&pkt, bytes);
+	v = classify(&pkt, bytes, &would);
 
 out:
 	/* Every verdict leaves through here and is counted once. */
 	count(&action_stats, v.stat, bytes);
+	if (v.xdp == XDP_DROP)
+		sample(ctx, v.slot, v.stat, 0);
+	else if (would.slot != FW_NO_SLOT)
+		sample(ctx, would.slot, would.stat, 1);
 	return v.xdp;
 }

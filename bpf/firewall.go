@@ -63,7 +63,19 @@ type Options struct {
 	PinPath string
 	// Interface is the network interface the firewall filters.
 	Interface string
+	// SourceBuckets sizes the LRU map of per-source rate-limit buckets
+	// when Open creates it (0: DefaultSourceBuckets). A pinned map keeps
+	// the size it was created with; see Firewall.SourceBuckets.
+	SourceBuckets int
+
+	// testClock loads the program with its test clock (fw_clock_ns in
+	// place of the kernel's), for the rate limiter's tests.
+	testClock bool
 }
+
+// DefaultSourceBuckets is the default number of per-source rate-limit
+// buckets of an interface: about 6 MB of kernel memory.
+const DefaultSourceBuckets = int(firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS)
 
 func (o Options) dir() string {
 	p := o.PinPath
@@ -107,7 +119,7 @@ func Open(opts Options) (*Firewall, error) {
 	if err != nil {
 		return nil, err
 	}
-	fw, err := load(opts.Interface, dir)
+	fw, err := load(opts, dir)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -116,10 +128,28 @@ func Open(opts Options) (*Firewall, error) {
 	return fw, nil
 }
 
-func load(iface, dir string) (*Firewall, error) {
+func load(opts Options, dir string) (*Firewall, error) {
+	iface := opts.Interface
 	spec, err := loadFirewall()
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF object: %w", err)
+	}
+	if opts.SourceBuckets < 0 || opts.SourceBuckets > 1<<26 {
+		return nil, fmt.Errorf("source buckets %d: out of range 0..%d", opts.SourceBuckets, 1<<26)
+	}
+	if opts.SourceBuckets > 0 {
+		spec.Maps["rl_source"].MaxEntries = uint32(opts.SourceBuckets)
+	}
+	// A pinned bucket map is adopted at whatever size it has: resizing
+	// would drop every bucket, and the running program uses that map.
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "rl_source"), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+		spec.Maps["rl_source"].MaxEntries = m.MaxEntries()
+		m.Close()
+	}
+	if opts.testClock {
+		if err := spec.Variables["fw_test_clock"].Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("set test clock: %w", err)
+		}
 	}
 	fw := &Firewall{iface: iface, dir: dir, spec: spec}
 	err = spec.LoadAndAssign(&fw.objs, &ebpf.CollectionOptions{
@@ -159,6 +189,9 @@ func OpenPinned(opts Options) (*Firewall, error) {
 		"rules": &fw.objs.Rules, "gen_info": &fw.objs.GenInfo, "gen_sel": &fw.objs.GenSel,
 		"settings": &fw.objs.Settings, "rule_stats": &fw.objs.RuleStats,
 		"action_stats": &fw.objs.ActionStats, "rule_names": &fw.objs.RuleNames, "docs": &fw.objs.Docs,
+		"rule_limited": &fw.objs.RuleLimited, "rl_rule": &fw.objs.RlRule, "rl_source": &fw.objs.RlSource,
+		"sampling": &fw.objs.Sampling, "sample_reader": &fw.objs.SampleReader,
+		"sample_win": &fw.objs.SampleWin, "sample_stats": &fw.objs.SampleStats, "samples": &fw.objs.Samples,
 	}
 	for name, dst := range maps {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
@@ -170,6 +203,9 @@ func OpenPinned(opts Options) (*Firewall, error) {
 	}
 	return fw, nil
 }
+
+// SourceBuckets is the size of the per-source rate-limit bucket map.
+func (fw *Firewall) SourceBuckets() int { return int(fw.objs.RlSource.MaxEntries()) }
 
 // Interface is the interface this firewall filters.
 func (fw *Firewall) Interface() string { return fw.iface }

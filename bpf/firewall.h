@@ -40,10 +40,20 @@ enum fw_limits {
 	FW_PROTO_SLOTS = 256,
 	/* Prefix entries per address family and direction, both generations. */
 	FW_MAX_PREFIXES = 2 * 1048576 + 2 * 65536,
-	/* Loop bound of the classifier: one pass per summary bit, plus one per
-	 * dry-run rule set that decides and lets evaluation continue. */
-	FW_MAX_ITER = 64 + 64,
+	/* Loop bound of the classifier: a round either clears a summary bit
+	 * or moves the first rule in play past the rule that matched (a
+	 * dry-run decision, a rate limit passing to the next rule), so the
+	 * search ends within this many rounds and never falls off the end. */
+	FW_MAX_ITER = FW_VEC_WORDS + FW_MAX_RULES,
 	FW_RULE_NAME_LEN = 128,
+	/* Bytes of a dropped frame a drop sample carries. */
+	FW_SAMPLE_BYTES = 128,
+	/* Samples per second per interface when none is configured. */
+	FW_SAMPLE_DEFAULT_RATE = 1000,
+	/* Source buckets (rl_source entries) when none is configured. */
+	FW_DEFAULT_SOURCE_BUCKETS = 65536,
+	/* fw_sample.slot of a drop no rule decided (parse error, non-IP). */
+	FW_NO_SLOT = 0xFFFFFFFF,
 };
 
 /* Match fields, as bits of fw_gen_info.fields: a field no rule uses is not
@@ -98,6 +108,8 @@ enum fw_dir24 {
 enum fw_action {
 	FW_ACTION_PASS = 0,
 	FW_ACTION_DROP = 1,
+	/* Pass within the rule's limit (see struct fw_limit), drop beyond. */
+	FW_ACTION_RATE_LIMIT = 2,
 };
 
 /* fw_rule.flags */
@@ -107,6 +119,15 @@ enum fw_rule_flag {
 	FW_RULE_DRY_RUN = 1 << 0,
 	/* The implicit "drop the rest" rule that ends an allow-mode set. */
 	FW_RULE_IMPLICIT = 1 << 1,
+	/* A rate-limit rule whose packets within the limit go on to the next
+	 * rule instead of passing. */
+	FW_RULE_LIMIT_NEXT = 1 << 2,
+};
+
+/* fw_limit.per: whose packets share a token bucket. */
+enum fw_limit_per {
+	FW_PER_RULE = 0,   /* one bucket for the rule, shared by all CPUs */
+	FW_PER_SOURCE = 1, /* one bucket per source prefix, in rl_source */
 };
 
 /* Indexes of action_stats: how each packet ended, plus would-drops and
@@ -120,7 +141,8 @@ enum fw_stat {
 	FW_STAT_WOULD_DROP = 5,   /* a dry-run set would have dropped it */
 	FW_STAT_FRAGMENT = 6,     /* a non-first fragment (matched without ports) */
 	FW_STAT_NO_POLICY = 7,    /* no generation active yet: passed */
-	FW_STAT_MAX = 8,
+	FW_STAT_RATE_LIMITED = 8, /* a rate-limit rule's limit dropped it */
+	FW_STAT_MAX = 9,
 };
 
 /* src4, dst4: LPM trie key. data = generation byte then the address, so
@@ -148,6 +170,28 @@ struct fw_bitvec {
 	__u64 words[FW_VEC_WORDS];
 };
 
+/* A rate limit: a token bucket per packets and one per bytes, kept as
+ * GCRA theoretical arrival times (struct fw_bucket). Time is counted in
+ * ticks of 1/16 ns, so a 64-bit clock lasts 36 years and the cost of a
+ * packet at 100 Mpps is still exact. A packet conforms when its bucket's
+ * arrival time is at most tol ticks ahead of now; it then moves the
+ * arrival time cost ticks on. tol = (burst - 1) * cost lets burst packets
+ * through back to back. */
+struct fw_limit {
+	/* Bucket identity: a hash of the rule's identity and its limit, so
+	 * a swap that keeps the rule keeps its buckets and a changed limit
+	 * starts afresh. */
+	__u64 id;
+	__u64 pkt_cost;  /* ticks per packet; 0: no packet rate */
+	__u64 pkt_tol;   /* ticks */
+	__u64 byte_cost; /* ticks per byte, 16.16 fixed point; 0: no byte rate */
+	__u64 byte_tol;  /* ticks */
+	__u8 per;        /* enum fw_limit_per */
+	__u8 prefix4;    /* FW_PER_SOURCE: sources aggregated to this IPv4 prefix */
+	__u8 prefix6;    /* ... and to this IPv6 prefix */
+	__u8 pad[5];
+};
+
 /* rules[gen * FW_MAX_RULES + i]: rule i of a generation, in first-match
  * order. */
 struct fw_rule {
@@ -158,6 +202,25 @@ struct fw_rule {
 	__u16 next;
 	__u8 action; /* enum fw_action */
 	__u8 flags;  /* enum fw_rule_flag */
+	/* FW_ACTION_RATE_LIMIT only; zero otherwise. */
+	struct fw_limit limit;
+};
+
+/* rl_rule[slot] (FW_PER_RULE, indexed by the rule's counter slot) and
+ * rl_source values: a bucket's state, written by the program only. A bucket
+ * whose id differs from its rule's limit id belongs to an old limit and
+ * starts afresh (full burst). */
+struct fw_bucket {
+	__u64 id;
+	__u64 pkt_tat;  /* ticks */
+	__u64 byte_tat; /* ticks */
+};
+
+/* rl_source key: the limit's id and the source address masked to the
+ * limit's prefix (IPv4 in the first 4 bytes, the rest zero). */
+struct fw_source_key {
+	__u64 id;
+	__u8 addr[16];
 };
 
 /* gen_info[gen]: what a generation holds. */
@@ -203,6 +266,59 @@ struct fw_v6_block {
 	__u16 n;
 	__u16 bounds[FW_V6_BLOCK_BOUNDS];
 	__u16 ids[FW_V6_BLOCK_BOUNDS + 1];
+};
+
+/* sampling[0]: drop sampling of this interface, written by user space (the
+ * agent or an operator). Zero values mean the defaults, so a new map samples
+ * every drop, at most FW_SAMPLE_DEFAULT_RATE a second, once a reader comes. */
+struct fw_sampling {
+	__u32 every;       /* sample 1 drop in every; 0: 1 */
+	__u32 max_per_sec; /* at most this many samples a second; 0: default */
+	__u32 flags;       /* enum fw_sampling_flag */
+	__u32 pad;
+};
+
+/* sample_reader[0]: who reads the samples ring buffer, written by that
+ * reader only (a map apart from sampling, so neither writer can undo the
+ * other's change). The program sends no samples unless a reader is there,
+ * so sampling costs a drop one array read while no one reads. */
+struct fw_sample_reader {
+	/* Reading until this CLOCK_MONOTONIC time; the reader renews it
+	 * every second and clears it when it stops. 0: no reader. */
+	__u64 until_ns;
+	__u32 pid;       /* the reader's process, for "another reader" errors */
+	__u32 only_slot; /* counter slot + 1 of the only rule to sample; 0: all */
+};
+
+enum fw_sampling_flag {
+	FW_SAMPLING_OFF = 1 << 0,        /* send no samples, reader or not */
+	FW_SAMPLING_WOULD_DROP = 1 << 1, /* sample dry-run would-drops too */
+};
+
+/* sample_win[0]: the per-second cap's window, written by the program. */
+struct fw_sample_win {
+	__u64 second; /* CLOCK_MONOTONIC second of the window */
+	__u64 count;  /* samples sent in it */
+};
+
+/* Indexes of sample_stats (per-CPU __u64 counts). */
+enum fw_sample_stat {
+	FW_SAMPLE_SENT = 0,    /* written to the ring buffer */
+	FW_SAMPLE_CAPPED = 1,  /* skipped: over the per-second cap */
+	FW_SAMPLE_LOST = 2,    /* skipped: the ring buffer was full */
+	FW_SAMPLE_STAT_MAX = 3,
+};
+
+/* A record of the samples ring buffer. */
+struct fw_sample {
+	__u64 ktime_ns;   /* CLOCK_MONOTONIC */
+	__u32 ifindex;
+	__u32 slot;       /* the deciding rule's counter slot, or FW_NO_SLOT */
+	__u32 frame_len;  /* the frame's length on the wire */
+	__u16 cap_len;    /* bytes of it in data */
+	__u8 stat;        /* enum fw_stat: why it was (or would be) dropped */
+	__u8 pad;
+	__u8 data[FW_SAMPLE_BYTES];
 };
 
 /* A page of the docs maps (see firewall.c). */

@@ -16,8 +16,9 @@ import (
 type firewallFwAction uint32
 
 const (
-	firewallFwActionFW_ACTION_PASS firewallFwAction = 0
-	firewallFwActionFW_ACTION_DROP firewallFwAction = 1
+	firewallFwActionFW_ACTION_PASS       firewallFwAction = 0
+	firewallFwActionFW_ACTION_DROP       firewallFwAction = 1
+	firewallFwActionFW_ACTION_RATE_LIMIT firewallFwAction = 2
 )
 
 type firewallFwActive struct {
@@ -30,6 +31,13 @@ type firewallFwBitvec struct {
 	_       structs.HostLayout
 	Summary uint64
 	Words   [64]uint64
+}
+
+type firewallFwBucket struct {
+	_       structs.HostLayout
+	Id      uint64
+	PktTat  uint64
+	ByteTat uint64
 }
 
 type firewallFwCounter struct {
@@ -86,22 +94,46 @@ const (
 	firewallFwH48FW_V6BLOCK_BOUNDS firewallFwH48 = 15
 )
 
+type firewallFwLimit struct {
+	_        structs.HostLayout
+	Id       uint64
+	PktCost  uint64
+	PktTol   uint64
+	ByteCost uint64
+	ByteTol  uint64
+	Per      uint8
+	Prefix4  uint8
+	Prefix6  uint8
+	Pad      [5]uint8
+}
+
+type firewallFwLimitPer uint32
+
+const (
+	firewallFwLimitPerFW_PER_RULE   firewallFwLimitPer = 0
+	firewallFwLimitPerFW_PER_SOURCE firewallFwLimitPer = 1
+)
+
 type firewallFwLimits uint32
 
 const (
-	firewallFwLimitsFW_MAX_RULES     firewallFwLimits = 4096
-	firewallFwLimitsFW_VEC_WORDS     firewallFwLimits = 64
-	firewallFwLimitsFW_MAX_VECS      firewallFwLimits = 16384
-	firewallFwLimitsFW_VEC_ALL       firewallFwLimits = 0
-	firewallFwLimitsFW_COUNTER_SLOTS firewallFwLimits = 8192
-	firewallFwLimitsFW_PORT_NONE     firewallFwLimits = 65536
-	firewallFwLimitsFW_PORT_SLOTS    firewallFwLimits = 65537
-	firewallFwLimitsFW_BYTE_NONE     firewallFwLimits = 256
-	firewallFwLimitsFW_BYTE_SLOTS    firewallFwLimits = 257
-	firewallFwLimitsFW_PROTO_SLOTS   firewallFwLimits = 256
-	firewallFwLimitsFW_MAX_PREFIXES  firewallFwLimits = 2228224
-	firewallFwLimitsFW_MAX_ITER      firewallFwLimits = 128
-	firewallFwLimitsFW_RULE_NAME_LEN firewallFwLimits = 128
+	firewallFwLimitsFW_MAX_RULES              firewallFwLimits = 4096
+	firewallFwLimitsFW_VEC_WORDS              firewallFwLimits = 64
+	firewallFwLimitsFW_MAX_VECS               firewallFwLimits = 16384
+	firewallFwLimitsFW_VEC_ALL                firewallFwLimits = 0
+	firewallFwLimitsFW_COUNTER_SLOTS          firewallFwLimits = 8192
+	firewallFwLimitsFW_PORT_NONE              firewallFwLimits = 65536
+	firewallFwLimitsFW_PORT_SLOTS             firewallFwLimits = 65537
+	firewallFwLimitsFW_BYTE_NONE              firewallFwLimits = 256
+	firewallFwLimitsFW_BYTE_SLOTS             firewallFwLimits = 257
+	firewallFwLimitsFW_PROTO_SLOTS            firewallFwLimits = 256
+	firewallFwLimitsFW_MAX_PREFIXES           firewallFwLimits = 2228224
+	firewallFwLimitsFW_MAX_ITER               firewallFwLimits = 4160
+	firewallFwLimitsFW_RULE_NAME_LEN          firewallFwLimits = 128
+	firewallFwLimitsFW_SAMPLE_BYTES           firewallFwLimits = 128
+	firewallFwLimitsFW_SAMPLE_DEFAULT_RATE    firewallFwLimits = 1000
+	firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS firewallFwLimits = 65536
+	firewallFwLimitsFW_NO_SLOT                firewallFwLimits = 4294967295
 )
 
 type firewallFwLpm4Key struct {
@@ -131,13 +163,15 @@ type firewallFwRule struct {
 	Next   uint16
 	Action uint8
 	Flags  uint8
+	Limit  firewallFwLimit
 }
 
 type firewallFwRuleFlag uint32
 
 const (
-	firewallFwRuleFlagFW_RULE_DRY_RUN  firewallFwRuleFlag = 1
-	firewallFwRuleFlagFW_RULE_IMPLICIT firewallFwRuleFlag = 2
+	firewallFwRuleFlagFW_RULE_DRY_RUN    firewallFwRuleFlag = 1
+	firewallFwRuleFlagFW_RULE_IMPLICIT   firewallFwRuleFlag = 2
+	firewallFwRuleFlagFW_RULE_LIMIT_NEXT firewallFwRuleFlag = 4
 )
 
 type firewallFwRuleName struct {
@@ -145,10 +179,65 @@ type firewallFwRuleName struct {
 	Name [128]int8
 }
 
+type firewallFwSample struct {
+	_        structs.HostLayout
+	KtimeNs  uint64
+	Ifindex  uint32
+	Slot     uint32
+	FrameLen uint32
+	CapLen   uint16
+	Stat     uint8
+	Pad      uint8
+	Data     [128]uint8
+}
+
+type firewallFwSampleReader struct {
+	_        structs.HostLayout
+	UntilNs  uint64
+	Pid      uint32
+	OnlySlot uint32
+}
+
+type firewallFwSampleStat uint32
+
+const (
+	firewallFwSampleStatFW_SAMPLE_SENT     firewallFwSampleStat = 0
+	firewallFwSampleStatFW_SAMPLE_CAPPED   firewallFwSampleStat = 1
+	firewallFwSampleStatFW_SAMPLE_LOST     firewallFwSampleStat = 2
+	firewallFwSampleStatFW_SAMPLE_STAT_MAX firewallFwSampleStat = 3
+)
+
+type firewallFwSampleWin struct {
+	_      structs.HostLayout
+	Second uint64
+	Count  uint64
+}
+
+type firewallFwSampling struct {
+	_         structs.HostLayout
+	Every     uint32
+	MaxPerSec uint32
+	Flags     uint32
+	Pad       uint32
+}
+
+type firewallFwSamplingFlag uint32
+
+const (
+	firewallFwSamplingFlagFW_SAMPLING_OFF        firewallFwSamplingFlag = 1
+	firewallFwSamplingFlagFW_SAMPLING_WOULD_DROP firewallFwSamplingFlag = 2
+)
+
 type firewallFwSettings struct {
 	_                structs.HostLayout
 	ParseErrorAction uint32
 	NonIpAction      uint32
+}
+
+type firewallFwSourceKey struct {
+	_    structs.HostLayout
+	Id   uint64
+	Addr [16]uint8
 }
 
 type firewallFwStat uint32
@@ -162,7 +251,8 @@ const (
 	firewallFwStatFW_STAT_WOULD_DROP   firewallFwStat = 5
 	firewallFwStatFW_STAT_FRAGMENT     firewallFwStat = 6
 	firewallFwStatFW_STAT_NO_POLICY    firewallFwStat = 7
-	firewallFwStatFW_STAT_MAX          firewallFwStat = 8
+	firewallFwStatFW_STAT_RATE_LIMITED firewallFwStat = 8
+	firewallFwStatFW_STAT_MAX          firewallFwStat = 9
 )
 
 type firewallFwV4Block struct {
@@ -204,9 +294,17 @@ const (
 	firewallMapGenSel       = "gen_sel"
 	firewallMapIcmptype     = "icmptype"
 	firewallMapProto        = "proto"
+	firewallMapRlRule       = "rl_rule"
+	firewallMapRlSource     = "rl_source"
+	firewallMapRuleLimited  = "rule_limited"
 	firewallMapRuleNames    = "rule_names"
 	firewallMapRuleStats    = "rule_stats"
 	firewallMapRules        = "rules"
+	firewallMapSampleReader = "sample_reader"
+	firewallMapSampleStats  = "sample_stats"
+	firewallMapSampleWin    = "sample_win"
+	firewallMapSamples      = "samples"
+	firewallMapSampling     = "sampling"
 	firewallMapSettings     = "settings"
 	firewallMapSport        = "sport"
 	firewallMapSrc4         = "src4"
@@ -220,6 +318,8 @@ const (
 	firewallMapTcpflags     = "tcpflags"
 	firewallProgXdpfwFilter = "xdpfw_filter"
 	firewallVarFwBtfAnchor  = "fw_btf_anchor"
+	firewallVarFwClockNs    = "fw_clock_ns"
+	firewallVarFwTestClock  = "fw_test_clock"
 )
 
 // loadFirewall returns the embedded CollectionSpec for firewall.
@@ -271,36 +371,44 @@ type firewallProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type firewallMapSpecs struct {
-	ActionStats *ebpf.MapSpec `ebpf:"action_stats"`
-	Bitvecs     *ebpf.MapSpec `ebpf:"bitvecs"`
-	Docs        *ebpf.MapSpec `ebpf:"docs"`
-	Dport       *ebpf.MapSpec `ebpf:"dport"`
-	Dst4        *ebpf.MapSpec `ebpf:"dst4"`
-	Dst4Blk     *ebpf.MapSpec `ebpf:"dst4_blk"`
-	Dst4T24     *ebpf.MapSpec `ebpf:"dst4_t24"`
-	Dst4T8      *ebpf.MapSpec `ebpf:"dst4_t8"`
-	Dst6        *ebpf.MapSpec `ebpf:"dst6"`
-	Dst6Blk     *ebpf.MapSpec `ebpf:"dst6_blk"`
-	Dst6H48     *ebpf.MapSpec `ebpf:"dst6_h48"`
-	Dst6Long    *ebpf.MapSpec `ebpf:"dst6_long"`
-	GenInfo     *ebpf.MapSpec `ebpf:"gen_info"`
-	GenSel      *ebpf.MapSpec `ebpf:"gen_sel"`
-	Icmptype    *ebpf.MapSpec `ebpf:"icmptype"`
-	Proto       *ebpf.MapSpec `ebpf:"proto"`
-	RuleNames   *ebpf.MapSpec `ebpf:"rule_names"`
-	RuleStats   *ebpf.MapSpec `ebpf:"rule_stats"`
-	Rules       *ebpf.MapSpec `ebpf:"rules"`
-	Settings    *ebpf.MapSpec `ebpf:"settings"`
-	Sport       *ebpf.MapSpec `ebpf:"sport"`
-	Src4        *ebpf.MapSpec `ebpf:"src4"`
-	Src4Blk     *ebpf.MapSpec `ebpf:"src4_blk"`
-	Src4T24     *ebpf.MapSpec `ebpf:"src4_t24"`
-	Src4T8      *ebpf.MapSpec `ebpf:"src4_t8"`
-	Src6        *ebpf.MapSpec `ebpf:"src6"`
-	Src6Blk     *ebpf.MapSpec `ebpf:"src6_blk"`
-	Src6H48     *ebpf.MapSpec `ebpf:"src6_h48"`
-	Src6Long    *ebpf.MapSpec `ebpf:"src6_long"`
-	Tcpflags    *ebpf.MapSpec `ebpf:"tcpflags"`
+	ActionStats  *ebpf.MapSpec `ebpf:"action_stats"`
+	Bitvecs      *ebpf.MapSpec `ebpf:"bitvecs"`
+	Docs         *ebpf.MapSpec `ebpf:"docs"`
+	Dport        *ebpf.MapSpec `ebpf:"dport"`
+	Dst4         *ebpf.MapSpec `ebpf:"dst4"`
+	Dst4Blk      *ebpf.MapSpec `ebpf:"dst4_blk"`
+	Dst4T24      *ebpf.MapSpec `ebpf:"dst4_t24"`
+	Dst4T8       *ebpf.MapSpec `ebpf:"dst4_t8"`
+	Dst6         *ebpf.MapSpec `ebpf:"dst6"`
+	Dst6Blk      *ebpf.MapSpec `ebpf:"dst6_blk"`
+	Dst6H48      *ebpf.MapSpec `ebpf:"dst6_h48"`
+	Dst6Long     *ebpf.MapSpec `ebpf:"dst6_long"`
+	GenInfo      *ebpf.MapSpec `ebpf:"gen_info"`
+	GenSel       *ebpf.MapSpec `ebpf:"gen_sel"`
+	Icmptype     *ebpf.MapSpec `ebpf:"icmptype"`
+	Proto        *ebpf.MapSpec `ebpf:"proto"`
+	RlRule       *ebpf.MapSpec `ebpf:"rl_rule"`
+	RlSource     *ebpf.MapSpec `ebpf:"rl_source"`
+	RuleLimited  *ebpf.MapSpec `ebpf:"rule_limited"`
+	RuleNames    *ebpf.MapSpec `ebpf:"rule_names"`
+	RuleStats    *ebpf.MapSpec `ebpf:"rule_stats"`
+	Rules        *ebpf.MapSpec `ebpf:"rules"`
+	SampleReader *ebpf.MapSpec `ebpf:"sample_reader"`
+	SampleStats  *ebpf.MapSpec `ebpf:"sample_stats"`
+	SampleWin    *ebpf.MapSpec `ebpf:"sample_win"`
+	Samples      *ebpf.MapSpec `ebpf:"samples"`
+	Sampling     *ebpf.MapSpec `ebpf:"sampling"`
+	Settings     *ebpf.MapSpec `ebpf:"settings"`
+	Sport        *ebpf.MapSpec `ebpf:"sport"`
+	Src4         *ebpf.MapSpec `ebpf:"src4"`
+	Src4Blk      *ebpf.MapSpec `ebpf:"src4_blk"`
+	Src4T24      *ebpf.MapSpec `ebpf:"src4_t24"`
+	Src4T8       *ebpf.MapSpec `ebpf:"src4_t8"`
+	Src6         *ebpf.MapSpec `ebpf:"src6"`
+	Src6Blk      *ebpf.MapSpec `ebpf:"src6_blk"`
+	Src6H48      *ebpf.MapSpec `ebpf:"src6_h48"`
+	Src6Long     *ebpf.MapSpec `ebpf:"src6_long"`
+	Tcpflags     *ebpf.MapSpec `ebpf:"tcpflags"`
 }
 
 // firewallVariableSpecs contains global variables before they are loaded into the kernel.
@@ -308,6 +416,8 @@ type firewallMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type firewallVariableSpecs struct {
 	FwBtfAnchor *ebpf.VariableSpec `ebpf:"fw_btf_anchor"`
+	FwClockNs   *ebpf.VariableSpec `ebpf:"fw_clock_ns"`
+	FwTestClock *ebpf.VariableSpec `ebpf:"fw_test_clock"`
 }
 
 // firewallObjects contains all objects after they have been loaded into the kernel.
@@ -330,36 +440,44 @@ func (o *firewallObjects) Close() error {
 //
 // It can be passed to loadFirewallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type firewallMaps struct {
-	ActionStats *ebpf.Map `ebpf:"action_stats"`
-	Bitvecs     *ebpf.Map `ebpf:"bitvecs"`
-	Docs        *ebpf.Map `ebpf:"docs"`
-	Dport       *ebpf.Map `ebpf:"dport"`
-	Dst4        *ebpf.Map `ebpf:"dst4"`
-	Dst4Blk     *ebpf.Map `ebpf:"dst4_blk"`
-	Dst4T24     *ebpf.Map `ebpf:"dst4_t24"`
-	Dst4T8      *ebpf.Map `ebpf:"dst4_t8"`
-	Dst6        *ebpf.Map `ebpf:"dst6"`
-	Dst6Blk     *ebpf.Map `ebpf:"dst6_blk"`
-	Dst6H48     *ebpf.Map `ebpf:"dst6_h48"`
-	Dst6Long    *ebpf.Map `ebpf:"dst6_long"`
-	GenInfo     *ebpf.Map `ebpf:"gen_info"`
-	GenSel      *ebpf.Map `ebpf:"gen_sel"`
-	Icmptype    *ebpf.Map `ebpf:"icmptype"`
-	Proto       *ebpf.Map `ebpf:"proto"`
-	RuleNames   *ebpf.Map `ebpf:"rule_names"`
-	RuleStats   *ebpf.Map `ebpf:"rule_stats"`
-	Rules       *ebpf.Map `ebpf:"rules"`
-	Settings    *ebpf.Map `ebpf:"settings"`
-	Sport       *ebpf.Map `ebpf:"sport"`
-	Src4        *ebpf.Map `ebpf:"src4"`
-	Src4Blk     *ebpf.Map `ebpf:"src4_blk"`
-	Src4T24     *ebpf.Map `ebpf:"src4_t24"`
-	Src4T8      *ebpf.Map `ebpf:"src4_t8"`
-	Src6        *ebpf.Map `ebpf:"src6"`
-	Src6Blk     *ebpf.Map `ebpf:"src6_blk"`
-	Src6H48     *ebpf.Map `ebpf:"src6_h48"`
-	Src6Long    *ebpf.Map `ebpf:"src6_long"`
-	Tcpflags    *ebpf.Map `ebpf:"tcpflags"`
+	ActionStats  *ebpf.Map `ebpf:"action_stats"`
+	Bitvecs      *ebpf.Map `ebpf:"bitvecs"`
+	Docs         *ebpf.Map `ebpf:"docs"`
+	Dport        *ebpf.Map `ebpf:"dport"`
+	Dst4         *ebpf.Map `ebpf:"dst4"`
+	Dst4Blk      *ebpf.Map `ebpf:"dst4_blk"`
+	Dst4T24      *ebpf.Map `ebpf:"dst4_t24"`
+	Dst4T8       *ebpf.Map `ebpf:"dst4_t8"`
+	Dst6         *ebpf.Map `ebpf:"dst6"`
+	Dst6Blk      *ebpf.Map `ebpf:"dst6_blk"`
+	Dst6H48      *ebpf.Map `ebpf:"dst6_h48"`
+	Dst6Long     *ebpf.Map `ebpf:"dst6_long"`
+	GenInfo      *ebpf.Map `ebpf:"gen_info"`
+	GenSel       *ebpf.Map `ebpf:"gen_sel"`
+	Icmptype     *ebpf.Map `ebpf:"icmptype"`
+	Proto        *ebpf.Map `ebpf:"proto"`
+	RlRule       *ebpf.Map `ebpf:"rl_rule"`
+	RlSource     *ebpf.Map `ebpf:"rl_source"`
+	RuleLimited  *ebpf.Map `ebpf:"rule_limited"`
+	RuleNames    *ebpf.Map `ebpf:"rule_names"`
+	RuleStats    *ebpf.Map `ebpf:"rule_stats"`
+	Rules        *ebpf.Map `ebpf:"rules"`
+	SampleReader *ebpf.Map `ebpf:"sample_reader"`
+	SampleStats  *ebpf.Map `ebpf:"sample_stats"`
+	SampleWin    *ebpf.Map `ebpf:"sample_win"`
+	Samples      *ebpf.Map `ebpf:"samples"`
+	Sampling     *ebpf.Map `ebpf:"sampling"`
+	Settings     *ebpf.Map `ebpf:"settings"`
+	Sport        *ebpf.Map `ebpf:"sport"`
+	Src4         *ebpf.Map `ebpf:"src4"`
+	Src4Blk      *ebpf.Map `ebpf:"src4_blk"`
+	Src4T24      *ebpf.Map `ebpf:"src4_t24"`
+	Src4T8       *ebpf.Map `ebpf:"src4_t8"`
+	Src6         *ebpf.Map `ebpf:"src6"`
+	Src6Blk      *ebpf.Map `ebpf:"src6_blk"`
+	Src6H48      *ebpf.Map `ebpf:"src6_h48"`
+	Src6Long     *ebpf.Map `ebpf:"src6_long"`
+	Tcpflags     *ebpf.Map `ebpf:"tcpflags"`
 }
 
 func (m *firewallMaps) Close() error {
@@ -380,9 +498,17 @@ func (m *firewallMaps) Close() error {
 		m.GenSel,
 		m.Icmptype,
 		m.Proto,
+		m.RlRule,
+		m.RlSource,
+		m.RuleLimited,
 		m.RuleNames,
 		m.RuleStats,
 		m.Rules,
+		m.SampleReader,
+		m.SampleStats,
+		m.SampleWin,
+		m.Samples,
+		m.Sampling,
 		m.Settings,
 		m.Sport,
 		m.Src4,
@@ -402,6 +528,8 @@ func (m *firewallMaps) Close() error {
 // It can be passed to loadFirewallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type firewallVariables struct {
 	FwBtfAnchor *ebpf.Variable `ebpf:"fw_btf_anchor"`
+	FwClockNs   *ebpf.Variable `ebpf:"fw_clock_ns"`
+	FwTestClock *ebpf.Variable `ebpf:"fw_test_clock"`
 }
 
 // firewallPrograms contains all programs after they have been loaded into the kernel.

@@ -18,6 +18,13 @@ const (
 // the loopback interface (programs are run with BPF_PROG_RUN, not attached).
 func openTestFirewall(t testing.TB) *Firewall {
 	t.Helper()
+	return openTestFirewallWith(t, Options{})
+}
+
+// openTestFirewallWith is openTestFirewall with options (the pin path and
+// interface are the test's).
+func openTestFirewallWith(t testing.TB, opts Options) *Firewall {
+	t.Helper()
 	if err := checkBPFFS(DefaultPinPath); err != nil {
 		t.Fatalf("BPF tests need root and a bpffs at /sys/fs/bpf: %v", err)
 	}
@@ -25,7 +32,8 @@ func openTestFirewall(t testing.TB) *Firewall {
 	if err != nil {
 		t.Fatalf("make pin dir: %v", err)
 	}
-	fw, err := Open(Options{PinPath: dir, Interface: "lo"})
+	opts.PinPath, opts.Interface = dir, "lo"
+	fw, err := Open(opts)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatalf("open firewall: %v", err)

@@ -26,12 +26,18 @@ type RuleStats struct {
 	ID      string `json:"id"`
 	Action  string `json:"action"`
 	DryRun  bool   `json:"dryRun,omitempty"`
+	// Counter counts the packets the rule matched.
 	Counter
+	// Limited counts, for a rate-limit rule, the matched packets that were
+	// over its limit: dropped (would-drops in a dry-run set). The rest
+	// passed or went on to the next rule.
+	Limited *Counter `json:"limited,omitempty"`
 }
 
 // Action counter names, in firewall.h's enum fw_stat order.
 var actionNames = [...]string{
 	"pass-rule", "drop-rule", "pass-default", "parse-error", "non-ip", "would-drop", "fragment", "no-policy",
+	"rate-limited",
 }
 
 // Stats are the firewall's counters: per rule of the active rule set, in
@@ -76,14 +82,22 @@ func (fw *Firewall) Stats() (*Stats, error) {
 			return nil, fmt.Errorf("read rule_stats[%d]: %w", r.Slot, err)
 		}
 		set, id, _ := strings.Cut(cString(name.Name[:]), "/")
-		action := "pass"
-		if r.Action == uint8(firewallFwActionFW_ACTION_DROP) {
-			action = "drop"
-		}
-		st.Rules = append(st.Rules, RuleStats{
-			Index: i, RuleSet: set, ID: id, Action: action,
+		rs := RuleStats{
+			Index: i, RuleSet: set, ID: id, Action: "pass",
 			DryRun: r.Flags&uint8(firewallFwRuleFlagFW_RULE_DRY_RUN) != 0, Counter: c,
-		})
+		}
+		switch r.Action {
+		case uint8(firewallFwActionFW_ACTION_DROP):
+			rs.Action = "drop"
+		case uint8(firewallFwActionFW_ACTION_RATE_LIMIT):
+			rs.Action = "rate-limit"
+			l, err := sumCounter(fw.objs.RuleLimited, r.Slot)
+			if err != nil {
+				return nil, fmt.Errorf("read rule_limited[%d]: %w", r.Slot, err)
+			}
+			rs.Limited = &l
+		}
+		st.Rules = append(st.Rules, rs)
 	}
 	return st, nil
 }

@@ -351,3 +351,43 @@ func comparePrefix(a, b netip.Prefix) int {
 	}
 	return a.Bits() - b.Bits()
 }
+
+// LimitScope is a parsed RateLimit.Per: whose packets share a bucket.
+type LimitScope struct {
+	// PerSource is false for one bucket per rule.
+	PerSource bool
+	// Bits4 and Bits6 are the source prefix lengths buckets are kept per
+	// (32 and 128 for "source").
+	Bits4, Bits6 int
+}
+
+// ParseLimitScope parses RateLimit.Per ("" is "rule").
+func ParseLimitScope(per string) (LimitScope, error) {
+	switch per {
+	case "", PerRule:
+		return LimitScope{}, nil
+	case PerSource:
+		return LimitScope{PerSource: true, Bits4: 32, Bits6: 128}, nil
+	}
+	rest, ok := strings.CutPrefix(per, perSourceAt)
+	if !ok {
+		return LimitScope{}, fmt.Errorf("%q: want rule, source, source/N or source/N4/N6", per)
+	}
+	n4s, n6s, two := strings.Cut(rest, "/")
+	if !two {
+		n, err := parseBits(n4s, 128)
+		if err != nil {
+			return LimitScope{}, fmt.Errorf("%q: %w", per, err)
+		}
+		return LimitScope{PerSource: true, Bits4: min(n, 32), Bits6: n}, nil
+	}
+	n4, err := parseBits(n4s, 32)
+	if err != nil {
+		return LimitScope{}, fmt.Errorf("%q: IPv4 %w", per, err)
+	}
+	n6, err := parseBits(n6s, 128)
+	if err != nil {
+		return LimitScope{}, fmt.Errorf("%q: IPv6 %w", per, err)
+	}
+	return LimitScope{PerSource: true, Bits4: n4, Bits6: n6}, nil
+}

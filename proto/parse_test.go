@@ -219,3 +219,51 @@ func TestSetPrefixes(t *testing.T) {
 		}
 	}
 }
+
+func TestParseLimitScope(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    LimitScope
+		wantErr string
+	}{
+		{"", LimitScope{}, ""},
+		{"rule", LimitScope{}, ""},
+		{"source", LimitScope{PerSource: true, Bits4: 32, Bits6: 128}, ""},
+		{"source/24", LimitScope{PerSource: true, Bits4: 24, Bits6: 24}, ""},
+		{"source/64", LimitScope{PerSource: true, Bits4: 32, Bits6: 64}, ""},
+		{"source/0", LimitScope{PerSource: true, Bits4: 0, Bits6: 0}, ""},
+		{"source/24/56", LimitScope{PerSource: true, Bits4: 24, Bits6: 56}, ""},
+		{"source/129", LimitScope{}, `"source/129": prefix length 129 is out of range 0..128`},
+		{"source/024", LimitScope{}, `"source/024": bad prefix length "024"`},
+		{"source/", LimitScope{}, `"source/": missing prefix length after '/'`},
+		{"source/24/", LimitScope{}, `"source/24/": IPv6 missing prefix length after '/'`},
+		{"sources", LimitScope{}, `"sources": want rule, source, source/N or source/N4/N6`},
+	}
+	for _, tt := range tests {
+		got, err := ParseLimitScope(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || err.Error() != tt.wantErr {
+				t.Errorf("ParseLimitScope(%q) error = %v, want %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseLimitScope(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestRateLimitDefaults(t *testing.T) {
+	if got := (RateLimit{PPS: 10000}).EffectiveBurst(); got != 1000 {
+		t.Errorf("EffectiveBurst(pps 10000) = %d, want 1000", got)
+	}
+	if got := (RateLimit{PPS: 5}).EffectiveBurst(); got != 1 {
+		t.Errorf("EffectiveBurst(pps 5) = %d, want 1", got)
+	}
+	if got := (RateLimit{PPS: 5, Burst: 7}).EffectiveBurst(); got != 7 {
+		t.Errorf("EffectiveBurst(burst 7) = %d, want 7", got)
+	}
+	if got := (RateLimit{BPS: 8_000_000}).EffectiveBurstBytes(); got != 100_000 {
+		t.Errorf("EffectiveBurstBytes(8 Mbit/s) = %d, want 100000", got)
+	}
+}

@@ -113,11 +113,59 @@ type Rule struct {
 // string ("22", "1000-2000"); YAML and JSON numbers are accepted too.
 type PortSpec string
 
-// RateLimit configures action rate-limit.
+// RateLimit configures action rate-limit: a token bucket for packets (PPS)
+// and one for bytes (BPS), at least one of them. Packets within the limit
+// pass (or go on to the next rule, WithinLimit "next"); the rest drop.
 type RateLimit struct {
-	PPS   uint64 `json:"pps,omitempty"`
-	BPS   uint64 `json:"bps,omitempty"`
+	// PPS is the packet rate, per second.
+	PPS uint64 `json:"pps,omitempty"`
+	// BPS is the bit rate (of whole frames), per second.
+	BPS uint64 `json:"bps,omitempty"`
+	// Burst is how many packets may pass back to back above PPS; default
+	// a tenth of a second at PPS, at least 1.
 	Burst uint64 `json:"burst,omitempty"`
-	// Per is "rule", "source", or "source/N" to aggregate sources by prefix.
+	// BurstBytes is the same for BPS, in bytes; default a tenth of a
+	// second at BPS.
+	BurstBytes uint64 `json:"burstBytes,omitempty"`
+	// Per is "rule" (one bucket, the default), "source" (one per source
+	// address), "source/N" (per source prefix of N bits, IPv4 sources to
+	// at most /32) or "source/N4/N6" (IPv4 and IPv6 prefixes apart).
 	Per string `json:"per,omitempty"`
+	// WithinLimit is what packets within the limit do: "pass" (default) or
+	// "next" (evaluation goes on at the next rule).
+	WithinLimit string `json:"withinLimit,omitempty"`
+}
+
+// Rate-limit bounds.
+const (
+	MaxPPS        = 1_000_000_000
+	MinBPS        = 8_000 // 1 kB/s
+	MaxBPS        = 1_000_000_000_000
+	MaxBurst      = 100_000_000
+	MaxBurstBytes = 1 << 40
+)
+
+// Values of RateLimit.Per and WithinLimit.
+const (
+	PerRule     = "rule"
+	PerSource   = "source"
+	WithinPass  = "pass"
+	WithinNext  = "next"
+	perSourceAt = "source/"
+)
+
+// EffectiveBurst is Burst, or a tenth of a second at PPS (at least 1).
+func (r RateLimit) EffectiveBurst() uint64 {
+	if r.Burst > 0 {
+		return r.Burst
+	}
+	return max(1, r.PPS/10)
+}
+
+// EffectiveBurstBytes is BurstBytes, or a tenth of a second at BPS.
+func (r RateLimit) EffectiveBurstBytes() uint64 {
+	if r.BurstBytes > 0 {
+		return r.BurstBytes
+	}
+	return r.BPS / 80
 }

@@ -216,6 +216,39 @@ func (v *validator) rules() {
 	}
 }
 
+func (v *validator) rateLimit(path string, rl *RateLimit) {
+	at := func(field string) string { return path + "." + field }
+	if rl.PPS == 0 && rl.BPS == 0 {
+		v.add(path, "needs pps, bps or both")
+	}
+	if rl.PPS > MaxPPS {
+		v.add(at("pps"), "%d is over %d", rl.PPS, MaxPPS)
+	}
+	if rl.BPS != 0 && (rl.BPS < MinBPS || rl.BPS > MaxBPS) {
+		v.add(at("bps"), "%d is out of range %d..%d", rl.BPS, MinBPS, MaxBPS)
+	}
+	if rl.Burst > MaxBurst {
+		v.add(at("burst"), "%d is over %d", rl.Burst, MaxBurst)
+	}
+	if rl.Burst != 0 && rl.PPS == 0 {
+		v.add(at("burst"), "counts packets: needs pps (burstBytes goes with bps)")
+	}
+	if rl.BurstBytes > MaxBurstBytes {
+		v.add(at("burstBytes"), "%d is over %d", rl.BurstBytes, uint64(MaxBurstBytes))
+	}
+	if rl.BurstBytes != 0 && rl.BPS == 0 {
+		v.add(at("burstBytes"), "needs bps")
+	}
+	if _, err := ParseLimitScope(rl.Per); err != nil {
+		v.add(at("per"), "%v", err)
+	}
+	switch rl.WithinLimit {
+	case "", WithinPass, WithinNext:
+	default:
+		v.add(at("withinLimit"), "unknown value %q (want pass or next)", rl.WithinLimit)
+	}
+}
+
 func (v *validator) rule(i int, r *Rule, firstID map[string]int) {
 	path := fmt.Sprintf("rules[%d]", i)
 	at := func(field string) string { return path + "." + field }
@@ -236,11 +269,13 @@ func (v *validator) rule(i int, r *Rule, firstID map[string]int) {
 	switch r.Action {
 	case ActionPass, ActionDrop:
 	case ActionRateLimit:
-		v.add(at("action"), "rate-limit is not supported yet (use pass or drop)")
+		if r.RateLimit == nil {
+			v.add(at("rateLimit"), "required with action rate-limit")
+		}
 	case "":
-		v.add(at("action"), "required (pass or drop)")
+		v.add(at("action"), "required (pass, drop or rate-limit)")
 	default:
-		v.add(at("action"), "unknown action %q (want pass or drop)", r.Action)
+		v.add(at("action"), "unknown action %q (want pass, drop or rate-limit)", r.Action)
 	}
 
 	srcFam := v.addrs(at("src"), r.Src)
@@ -275,8 +310,11 @@ func (v *validator) rule(i int, r *Rule, firstID map[string]int) {
 			v.add(at("icmpType"), "%d is out of range 0..255", t)
 		}
 	}
-	if r.RateLimit != nil && r.Action != ActionRateLimit {
-		v.add(at("rateLimit"), "only allowed with action rate-limit")
+	if r.RateLimit != nil {
+		if r.Action != ActionRateLimit {
+			v.add(at("rateLimit"), "only allowed with action rate-limit")
+		}
+		v.rateLimit(at("rateLimit"), r.RateLimit)
 	}
 
 	// A packet is either IPv4 or IPv6: a rule whose fields each admit only

@@ -139,13 +139,39 @@ func TestValidateProblems(t *testing.T) {
 			{"rules[5].id", `duplicate id "ssh-office" (also rules[0])`},
 		}},
 		{"no action", func(rs *RuleSet) { rs.Rules[0].Action = "" },
-			[]Problem{{"rules[0].action", "required (pass or drop)"}}},
+			[]Problem{{"rules[0].action", "required (pass, drop or rate-limit)"}}},
 		{"bad action", func(rs *RuleSet) { rs.Rules[0].Action = "reject" },
-			[]Problem{{"rules[0].action", `unknown action "reject" (want pass or drop)`}}},
-		{"rate-limit", func(rs *RuleSet) {
+			[]Problem{{"rules[0].action", `unknown action "reject" (want pass, drop or rate-limit)`}}},
+		{"rate-limit without rateLimit", func(rs *RuleSet) { rs.Rules[2].Action = ActionRateLimit },
+			[]Problem{{"rules[2].rateLimit", "required with action rate-limit"}}},
+		{"rate-limit without a rate", func(rs *RuleSet) {
 			rs.Rules[2].Action = ActionRateLimit
-			rs.Rules[2].RateLimit = &RateLimit{PPS: 10}
-		}, []Problem{{"rules[2].action", "rate-limit is not supported yet (use pass or drop)"}}},
+			rs.Rules[2].RateLimit = &RateLimit{Burst: 5, BurstBytes: 10, Per: "source"}
+		}, []Problem{
+			{"rules[2].rateLimit", "needs pps, bps or both"},
+			{"rules[2].rateLimit.burst", "counts packets: needs pps (burstBytes goes with bps)"},
+			{"rules[2].rateLimit.burstBytes", "needs bps"},
+		}},
+		{"rate-limit out of range", func(rs *RuleSet) {
+			rs.Rules[2].Action = ActionRateLimit
+			rs.Rules[2].RateLimit = &RateLimit{PPS: MaxPPS + 1, BPS: 100, Burst: MaxBurst + 1, BurstBytes: 1 << 41}
+		}, []Problem{
+			{"rules[2].rateLimit.pps", "1000000001 is over 1000000000"},
+			{"rules[2].rateLimit.bps", "100 is out of range 8000..1000000000000"},
+			{"rules[2].rateLimit.burst", "100000001 is over 100000000"},
+			{"rules[2].rateLimit.burstBytes", "2199023255552 is over 1099511627776"},
+		}},
+		{"rate-limit bad per and withinLimit", func(rs *RuleSet) {
+			rs.Rules[2].Action = ActionRateLimit
+			rs.Rules[2].RateLimit = &RateLimit{PPS: 10, Per: "source/33/64", WithinLimit: "continue"}
+		}, []Problem{
+			{"rules[2].rateLimit.per", `"source/33/64": IPv4 prefix length 33 is out of range 0..32`},
+			{"rules[2].rateLimit.withinLimit", `unknown value "continue" (want pass or next)`},
+		}},
+		{"rate-limit bad per", func(rs *RuleSet) {
+			rs.Rules[2].Action = ActionRateLimit
+			rs.Rules[2].RateLimit = &RateLimit{BPS: 1_000_000, Per: "dest"}
+		}, []Problem{{"rules[2].rateLimit.per", `"dest": want rule, source, source/N or source/N4/N6`}}},
 		{"rateLimit with drop", func(rs *RuleSet) { rs.Rules[1].RateLimit = &RateLimit{PPS: 10} },
 			[]Problem{{"rules[1].rateLimit", "only allowed with action rate-limit"}}},
 		{"bad addresses", func(rs *RuleSet) {
@@ -242,7 +268,7 @@ func TestValidateReportsEverything(t *testing.T) {
 		`sets.bad-actors[0]: "1.2.3.4/33": prefix length 33 is out of range 0..32`,
 		`rules[0].dstPorts[1]: range 90-80 is empty`,
 		`rules[1].id: duplicate id "a" (also rules[0])`,
-		`rules[1].action: rate-limit is not supported yet (use pass or drop)`,
+		`rules[1].rateLimit: required with action rate-limit`,
 		`rules[1].src[0]: unknown set "bad"`,
 		`rules[2].dstPorts: ports need protocol tcp or udp`,
 	}, "\n")

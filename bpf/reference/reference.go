@@ -44,8 +44,12 @@ type set struct {
 }
 
 type rule struct {
-	id             string
-	drop           bool
+	id   string
+	drop bool
+	// next: a rate-limit rule whose packets within the limit go on to
+	// the next rule. The reference has no clock: it takes every packet as
+	// within its limit, so such a rule never decides.
+	next           bool
 	src, dst       []netip.Prefix
 	anySrc, anyDst bool
 	proto          int // -1: any
@@ -106,6 +110,7 @@ func appliesTo(rs proto.RuleSet, iface string) bool {
 
 func prepare(rs *proto.RuleSet, r proto.Rule) (rule, error) {
 	out := rule{id: r.ID, drop: r.Action == proto.ActionDrop, proto: -1, icmpType: -1}
+	out.next = r.RateLimit != nil && r.RateLimit.WithinLimit == proto.WithinNext
 	var err error
 	if out.src, err = addrs(rs, r.Src); err != nil {
 		return out, err
@@ -167,13 +172,14 @@ func ports(specs []proto.PortSpec) ([][2]uint16, error) {
 	return out, nil
 }
 
-// Classify evaluates the sets in order, first match wins within a set.
+// Classify evaluates the sets in order, first match wins within a set. A
+// rate-limit rule decides as if the packet were within its limit.
 func (c *Classifier) Classify(p Packet) Result {
 	var res Result
 	for _, s := range c.sets {
 		decided, drop := "", false
 		for _, r := range s.rules {
-			if r.matches(p) {
+			if !r.next && r.matches(p) {
 				decided, drop = r.id, r.drop
 				break
 			}
