@@ -1164,7 +1164,7 @@ static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int wo
 		s->slot = slot;
 		s->frame_len = len;
 		s->stat = stat;
-		s->pad = 0;
+		s->would_drop = would;
 		/* The verifier needs len's bounds on the register it sees:
 		 * mask in asm (clang would drop a mask it can prove idle),
 		 * then clamp. */

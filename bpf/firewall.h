@@ -317,7 +317,7 @@ struct fw_sample {
 	__u32 frame_len;  /* the frame's length on the wire */
 	__u16 cap_len;    /* bytes of it in data */
 	__u8 stat;        /* enum fw_stat: why it was (or would be) dropped */
-	__u8 pad;
+	__u8 would_drop;  /* 1: a dry-run set's would-drop; the frame passed */
 	__u8 data[FW_SAMPLE_BYTES];
 };
 

@@ -180,15 +180,15 @@ type firewallFwRuleName struct {
 }
 
 type firewallFwSample struct {
-	_        structs.HostLayout
-	KtimeNs  uint64
-	Ifindex  uint32
-	Slot     uint32
-	FrameLen uint32
-	CapLen   uint16
-	Stat     uint8
-	Pad      uint8
-	Data     [128]uint8
+	_         structs.HostLayout
+	KtimeNs   uint64
+	Ifindex   uint32
+	Slot      uint32
+	FrameLen  uint32
+	CapLen    uint16
+	Stat      uint8
+	WouldDrop uint8
+	Data      [128]uint8
 }
 
 type firewallFwSampleReader struct {
