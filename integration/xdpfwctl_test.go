@@ -175,6 +175,8 @@ type ruleStats struct {
 	Action  string `json:"action"`
 	DryRun  bool   `json:"dryRun"`
 	counter
+	// Limited counts a rate-limit rule's packets over its limit.
+	Limited *counter `json:"limited"`
 }
 
 type stats struct {

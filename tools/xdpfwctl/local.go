@@ -18,11 +18,13 @@ import (
 
 // localCommands work on this host's pinned maps directly: no agent, no etcd.
 var localCommands = map[string]command{
-	"apply":  {runLocalApply, "load and attach if needed, then apply rule sets atomically"},
-	"stats":  {runLocalStats, "counters per rule and per action"},
-	"show":   {runLocalShow, "what is attached, its mode, the active rule set and its digest"},
-	"detach": {runLocalDetach, "detach the program and unpin everything"},
-	"set":    {runLocalSet, "add, remove or load the prefixes of one set of the applied rule sets"},
+	"apply":    {runLocalApply, "load and attach if needed, then apply rule sets atomically"},
+	"stats":    {runLocalStats, "counters per rule and per action"},
+	"show":     {runLocalShow, "what is attached, its mode, the active rule set and its digest"},
+	"detach":   {runLocalDetach, "detach the program and unpin everything"},
+	"set":      {runLocalSet, "add, remove or load the prefixes of one set of the applied rule sets"},
+	"drops":    {runLocalDrops, "stream samples of dropped packets, or write them to a pcap file"},
+	"sampling": {runLocalSampling, "show or set an interface's drop sampling (1 in N, cap per second)"},
 }
 
 func runLocal(args []string, stdout, stderr io.Writer) error {
@@ -55,6 +57,7 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	mode := fs.String("mode", "auto", "attach mode: native, generic or auto (native, else generic)")
 	parseErrors := fs.String("parse-errors", "pass", "what to do with frames the parser cannot read: pass or drop")
 	nonIP := fs.String("non-ip", "pass", "what to do with non-IP frames (ARP, LLDP): pass or drop")
+	sourceBuckets := fs.Int("source-buckets", bpf.DefaultSourceBuckets, "per-source rate-limit buckets (LRU) of the interface, fixed when its maps are first created")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -62,6 +65,7 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	opts.SourceBuckets = *sourceBuckets
 	if *file == "" {
 		return usageError("-f is required")
 	}
@@ -109,6 +113,10 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s: applied %d rule(s) from %d rule set(s) in %s mode, generation %d, %d map write(s), digest %x\n",
 		opts.Interface, rep.Rules, len(compiled.RuleSets), used, rep.Generation, rep.TotalWrites(), rep.Digest[:6])
+	if flagSet(fs, "source-buckets") && fw.SourceBuckets() != *sourceBuckets {
+		fmt.Fprintf(stderr, "%s: keeping the pinned %d source buckets (--source-buckets %d takes effect after `xdpfwctl local detach`)\n",
+			opts.Interface, fw.SourceBuckets(), *sourceBuckets)
+	}
 	return nil
 }
 
@@ -163,13 +171,17 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 		return writeJSON(stdout, st)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tRULESET\tRULE\tACTION\tPACKETS\tBYTES")
+	fmt.Fprintln(tw, "#\tRULESET\tRULE\tACTION\tPACKETS\tBYTES\tOVER LIMIT")
 	for _, r := range st.Rules {
 		action := r.Action
 		if r.DryRun {
 			action += " (dry-run)"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\n", r.Index, r.RuleSet, r.ID, action, r.Packets, r.Bytes)
+		limited := "-"
+		if r.Limited != nil {
+			limited = fmt.Sprint(r.Limited.Packets)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\n", r.Index, r.RuleSet, r.ID, action, r.Packets, r.Bytes, limited)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
