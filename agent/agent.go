@@ -84,6 +84,8 @@ type firewall interface {
 	Attach(bpf.AttachMode) (bpf.AttachMode, error)
 	Stats() (*bpf.Stats, error)
 	SetPolicy(dropParseErrors, dropNonIP bool) error
+	SetSampling(bpf.SamplingConfig) error
+	SourceBuckets() int
 	Close() error
 }
 
@@ -107,7 +109,7 @@ type managedIface struct {
 // interface. It changes no map: the first apply happens in Run.
 func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	return newAgent(cfg, log, func(ic InterfaceConfig, pinPath string) (firewall, error) {
-		return bpf.Open(bpf.Options{PinPath: pinPath, Interface: ic.Name})
+		return bpf.Open(bpf.Options{PinPath: pinPath, Interface: ic.Name, SourceBuckets: ic.SourceBuckets})
 	})
 }
 
@@ -129,6 +131,16 @@ func newAgent(cfg Config, log *zap.Logger, open func(InterfaceConfig, string) (f
 			return nil, fmt.Errorf("open firewall of %s: %w", ic.Name, err)
 		}
 		a.ifaces = append(a.ifaces, &managedIface{cfg: ic, fw: fw})
+		if ic.SourceBuckets != 0 && fw.SourceBuckets() != ic.SourceBuckets {
+			log.Warn("keeping the pinned source buckets: a new size takes effect after `xdpfwctl local detach`",
+				zap.String("iface", ic.Name), zap.Int("pinned", fw.SourceBuckets()), zap.Int("configured", ic.SourceBuckets))
+		}
+		if ic.Sampling != nil {
+			if err := fw.SetSampling(*ic.Sampling); err != nil {
+				a.closeFirewalls()
+				return nil, fmt.Errorf("set drop sampling of %s: %w", ic.Name, err)
+			}
+		}
 	}
 	if cfg.ParseErrors != "" || cfg.NonIP != "" {
 		for _, m := range a.ifaces {

@@ -37,6 +37,8 @@ type fixture struct {
 	keys    proto.Keys
 	pinPath string
 	host    string
+	// iface is the managed interface's configuration (lo, by default).
+	iface InterfaceConfig
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -49,7 +51,7 @@ func newFixture(t *testing.T) *fixture {
 		bpf.Detach(bpf.Options{PinPath: pin, Interface: "lo"})
 		os.RemoveAll(pin)
 	})
-	return &fixture{t: t, cli: cli, keys: proto.NewKeys(""), pinPath: pin, host: "h1"}
+	return &fixture{t: t, cli: cli, keys: proto.NewKeys(""), pinPath: pin, host: "h1", iface: InterfaceConfig{Name: "lo"}}
 }
 
 // start runs an agent until the test ends (or the returned stop is called).
@@ -63,7 +65,7 @@ func (f *fixture) startWithMetrics(metricsAddr string) (a *Agent, stop func()) {
 	off := metricsAddr
 	a, err := New(Config{
 		Endpoints: f.cli.Endpoints(), Host: f.host, Labels: map[string]string{"role": "edge"},
-		Interfaces: []InterfaceConfig{{Name: "lo"}}, PinPath: f.pinPath,
+		Interfaces: []InterfaceConfig{f.iface}, PinPath: f.pinPath,
 		LeaseTTL: Duration(2 * time.Second), TelemetryInterval: Duration(200 * time.Millisecond),
 		MetricsAddr: &off,
 	}, zaptest.NewLogger(f.t))
@@ -323,7 +325,7 @@ func TestAgentTelemetryAndLeaseExpiry(t *testing.T) {
 			}
 			// The one rule never matched (no packets on lo): counted, not listed.
 			if len(tm.Interfaces) == 1 && len(tm.Interfaces[0].Rules) == 0 && tm.Interfaces[0].RulesOmitted == 1 &&
-				len(tm.Interfaces[0].Actions) == 8 {
+				len(tm.Interfaces[0].Actions) == 9 {
 				// The status shares the lease: revoking it removes both.
 				sresp, err := f.cli.Get(context.Background(), f.keys.HostStatus(f.host))
 				if err != nil || len(sresp.Kvs) != 1 || sresp.Kvs[0].Lease != resp.Kvs[0].Lease {
@@ -336,7 +338,7 @@ func TestAgentTelemetryAndLeaseExpiry(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no telemetry with 8 outcomes and 1 rule omitted: %v", resp.Kvs)
+			t.Fatalf("no telemetry with 9 outcomes and 1 rule omitted: %v", resp.Kvs)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -392,6 +394,50 @@ func TestAgentServesMetrics(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("/metrics lacks %q:\n%s", missing, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// An interface's sampling and bucket map size come from the agent's
+// configuration; rate-limit rules are served with their over-limit count.
+func TestAgentConfiguresSamplingAndServesRateLimits(t *testing.T) {
+	f := newFixture(t)
+	f.iface = InterfaceConfig{Name: "lo", SourceBuckets: 1024, Sampling: &bpf.SamplingConfig{Every: 10, MaxPerSecond: 50}}
+	f.put(f.keys.RuleSetVersion("edge", 1), `{"apiVersion":"xdpfw/v1","kind":"RuleSet","name":"edge","mode":"deny","rules":[
+ {"id":"dns","action":"rate-limit","protocol":"udp","dstPorts":["53"],"rateLimit":{"pps":100,"per":"source/24"}}]}`)
+	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
+	addr := strings.TrimPrefix(etcdtest.FreeURLs(t, 1)[0], "http://")
+	f.startWithMetrics(addr)
+	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
+
+	fw, err := bpf.OpenPinned(bpf.Options{PinPath: f.pinPath, Interface: "lo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	st, err := fw.Sampling()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Every != 10 || st.MaxPerSecond != 50 || st.Off || fw.SourceBuckets() != 1024 {
+		t.Fatalf("sampling %+v, %d source buckets; want 1 in 10, 50/s and 1024", st, fw.SourceBuckets())
+	}
+	want := `xdpfw_rule_limited_packets_total{interface="lo",rule="dns",ruleset="edge"} 0`
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(body), want+"\n") &&
+			strings.Contains(string(body), `xdpfw_rule_packets_total{action="rate-limit",interface="lo",rule="dns",ruleset="edge"} 0`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics lacks %q:\n%s", want, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -60,6 +60,13 @@ type Config struct {
 type InterfaceConfig struct {
 	Name string         `json:"name"`
 	Mode bpf.AttachMode `json:"mode,omitempty"`
+	// SourceBuckets sizes the per-source rate-limit buckets (an LRU) when
+	// the interface's maps are created; default bpf.DefaultSourceBuckets.
+	SourceBuckets int `json:"sourceBuckets,omitempty"`
+	// Sampling configures drop sampling (1 in N, a cap per second); unset
+	// keeps what the interface has (by default every drop, 1,000 a second
+	// at most, sent only while a reader is there).
+	Sampling *bpf.SamplingConfig `json:"sampling,omitempty"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML and JSON.
@@ -161,6 +168,9 @@ func (c Config) withDefaults() (Config, error) {
 			errs = append(errs, err)
 		}
 		c.Interfaces[i].Mode = m
+		if ifc.SourceBuckets < 0 || ifc.SourceBuckets > bpf.MaxSourceBuckets {
+			errs = append(errs, fmt.Errorf("interface %s: sourceBuckets %d is out of range 0..%d", ifc.Name, ifc.SourceBuckets, bpf.MaxSourceBuckets))
+		}
 	}
 	if c.PinPath == "" {
 		c.PinPath = bpf.DefaultPinPath

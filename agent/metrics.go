@@ -70,8 +70,11 @@ var (
 		"Packets matched per rule, summed over CPUs.", []string{"interface", "ruleset", "rule", "action"}, nil)
 	ruleBytesDesc = prometheus.NewDesc("xdpfw_rule_bytes_total",
 		"Bytes matched per rule, summed over CPUs.", []string{"interface", "ruleset", "rule", "action"}, nil)
+	ruleLimitedDesc = prometheus.NewDesc("xdpfw_rule_limited_packets_total",
+		"Packets a rate-limit rule matched over its limit (dropped, or would-dropped in a dry-run set).",
+		[]string{"interface", "ruleset", "rule"}, nil)
 	actionPacketsDesc = prometheus.NewDesc("xdpfw_action_packets_total",
-		"Packets per outcome (pass-rule, drop-rule, pass-default, parse-error, non-ip, would-drop, fragment, no-policy).",
+		"Packets per outcome (pass-rule, drop-rule, pass-default, parse-error, non-ip, would-drop, fragment, no-policy, rate-limited).",
 		[]string{"interface", "outcome"}, nil)
 	actionBytesDesc = prometheus.NewDesc("xdpfw_action_bytes_total",
 		"Bytes per outcome.", []string{"interface", "outcome"}, nil)
@@ -83,6 +86,7 @@ type countersCollector struct{ a *Agent }
 
 func (c *countersCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- rulePacketsDesc
+	ch <- ruleLimitedDesc
 	ch <- ruleBytesDesc
 	ch <- actionPacketsDesc
 	ch <- actionBytesDesc
@@ -105,6 +109,9 @@ func (c *countersCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(rulePacketsDesc, prometheus.CounterValue, float64(r.Packets), is.name, r.RuleSet, r.ID, action)
 			ch <- prometheus.MustNewConstMetric(ruleBytesDesc, prometheus.CounterValue, float64(r.Bytes), is.name, r.RuleSet, r.ID, action)
+			if r.Action == "rate-limit" {
+				ch <- prometheus.MustNewConstMetric(ruleLimitedDesc, prometheus.CounterValue, float64(r.Limited.Packets), is.name, r.RuleSet, r.ID)
+			}
 		}
 	}
 }

@@ -38,8 +38,10 @@ func (f *nullFirewall) Attach(bpf.AttachMode) (bpf.AttachMode, error) { return "
 func (f *nullFirewall) Stats() (*bpf.Stats, error) {
 	return &bpf.Stats{Actions: map[string]bpf.Counter{}}, nil
 }
-func (f *nullFirewall) SetPolicy(bool, bool) error { return nil }
-func (f *nullFirewall) Close() error               { return nil }
+func (f *nullFirewall) SetPolicy(bool, bool) error           { return nil }
+func (f *nullFirewall) SetSampling(bpf.SamplingConfig) error { return nil }
+func (f *nullFirewall) SourceBuckets() int                   { return 0 }
+func (f *nullFirewall) Close() error                         { return nil }
 
 const benchRules = `{"apiVersion":"xdpfw/v1","kind":"RuleSet","name":"edge","mode":"deny","rules":[
  {"id":"ssh","action":"drop","protocol":"tcp","dstPorts":["%d"]},

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"sort"
 	"time"
 
@@ -14,6 +15,11 @@ import (
 // maxTelemetryRules caps the rules of one interface in the etcd telemetry
 // document (DESIGN.md section 2: a few KB per host); /metrics has them all.
 const maxTelemetryRules = 16
+
+// telemetryBudget bounds the encoded telemetry document (DESIGN.md section
+// 2): when the busiest rules' names and rates would take it past this, the
+// least busy of them are left out (and counted in RulesOmitted).
+const telemetryBudget = 5 << 10
 
 // sample is the counters of every interface at one moment.
 type sample struct {
@@ -117,10 +123,10 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 			}
 			it.Actions[outcome] = rate(old, c, dt)
 		}
-		oldRules := map[string]bpf.Counter{}
+		oldRules := map[string]bpf.RuleStats{}
 		if before != nil {
 			for _, r := range before.Rules {
-				oldRules[r.RuleSet+"/"+r.ID] = r.Counter
+				oldRules[r.RuleSet+"/"+r.ID] = r
 			}
 		}
 		for _, r := range is.stats.Rules {
@@ -128,10 +134,16 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 				it.RulesOmitted++ // never matched: nothing to tell
 				continue
 			}
-			it.Rules = append(it.Rules, proto.RuleTelemetry{
+			old := oldRules[r.RuleSet+"/"+r.ID]
+			rt := proto.RuleTelemetry{
 				RuleSet: r.RuleSet, ID: r.ID, Action: r.Action, DryRun: r.DryRun,
-				Rate: rate(oldRules[r.RuleSet+"/"+r.ID], r.Counter, dt),
-			})
+				Rate: rate(old.Counter, r.Counter, dt),
+			}
+			if r.Action == "rate-limit" {
+				limited := rate(old.Limited, r.Limited, dt)
+				rt.Limited = &limited
+			}
+			it.Rules = append(it.Rules, rt)
 		}
 		sort.SliceStable(it.Rules, func(i, j int) bool {
 			if it.Rules[i].PPS != it.Rules[j].PPS {
@@ -148,7 +160,31 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 		}
 		doc.Interfaces = append(doc.Interfaces, it)
 	}
+	trimToBudget(&doc)
 	return doc
+}
+
+// trimToBudget leaves out the least busy listed rule of the interface that
+// lists the most, until the document fits telemetryBudget.
+func trimToBudget(doc *proto.HostTelemetry) {
+	for {
+		data, err := json.Marshal(doc)
+		if err != nil || len(data) <= telemetryBudget {
+			return
+		}
+		most := -1
+		for i, it := range doc.Interfaces {
+			if len(it.Rules) > 0 && (most < 0 || len(it.Rules) > len(doc.Interfaces[most].Rules)) {
+				most = i
+			}
+		}
+		if most < 0 {
+			return // nothing left to trim: the totals alone are over
+		}
+		it := &doc.Interfaces[most]
+		it.Rules = it.Rules[:len(it.Rules)-1]
+		it.RulesOmitted++
+	}
 }
 
 // rate is a counter with its rate since old; a counter that went back

@@ -10,16 +10,18 @@ import (
 	"github.com/xdpfw/xdpfw/bpf"
 )
 
-// fullSample is an interface with n busy rules of the longest names.
+// fullSample is an interface with n busy rules of the longest names, all
+// rate limits (whose telemetry is the largest: it has the over-limit rate).
 func fullSample(at time.Time, n int, packets uint64) *sample {
 	st := &bpf.Stats{Actions: map[string]bpf.Counter{}}
-	for _, a := range []string{"pass-rule", "drop-rule", "pass-default", "parse-error", "non-ip", "would-drop", "fragment", "no-policy"} {
+	for _, a := range []string{"pass-rule", "drop-rule", "pass-default", "parse-error", "non-ip", "would-drop", "fragment", "no-policy", "rate-limited"} {
 		st.Actions[a] = bpf.Counter{Packets: packets * 1000, Bytes: packets * 1_000_000}
 	}
 	for i := range n {
 		st.Rules = append(st.Rules, bpf.RuleStats{
-			Index: i, RuleSet: strings.Repeat("r", 63), ID: fmt.Sprintf("%s-%05d", strings.Repeat("x", 57), i), Action: "drop",
+			Index: i, RuleSet: strings.Repeat("r", 63), ID: fmt.Sprintf("%s-%05d", strings.Repeat("x", 57), i), Action: "rate-limit",
 			Counter: bpf.Counter{Packets: packets * uint64(i+1), Bytes: packets * uint64(i+1) * 1500},
+			Limited: bpf.Counter{Packets: packets * uint64(i), Bytes: packets * uint64(i) * 1500},
 		})
 	}
 	return &sample{at: at, ifaces: []ifaceSample{{name: "eth0", stats: st}}}
@@ -39,7 +41,9 @@ func TestTelemetryDocumentStaysSmall(t *testing.T) {
 		t.Fatalf("telemetry of 4,096 busy rules is %d bytes, want at most 5 KiB", len(data))
 	}
 	it := doc.Interfaces[0]
-	if len(it.Rules) != maxTelemetryRules || it.RulesOmitted != 4096-maxTelemetryRules {
+	// Names this long and over-limit rates leave room for fewer than
+	// maxTelemetryRules: the busiest fill the budget.
+	if len(it.Rules) < maxTelemetryRules/2 || len(it.Rules)+it.RulesOmitted != 4096 {
 		t.Fatalf("%d rules, %d omitted", len(it.Rules), it.RulesOmitted)
 	}
 	// The busiest first: rule i moved (i+1) million packets in 5 s.
@@ -49,7 +53,19 @@ func TestTelemetryDocumentStaysSmall(t *testing.T) {
 	if got := it.Actions["drop-rule"].PPS; got != 1e9/5 {
 		t.Fatalf("drop-rule at %.0f pps, want %.0f", got, 1e9/5)
 	}
-	t.Logf("4,096 busy rules: %d bytes", len(data))
+	if l := it.Rules[0].Limited; l == nil || l.PPS != 4095*1e6/5 {
+		t.Fatalf("busiest rule's over-limit rate: %+v, want %.0f pps", l, 4095*1e6/5)
+	}
+	t.Logf("4,096 busy rules: %d bytes, %d listed", len(data), len(it.Rules))
+
+	// Short names: all of the busiest fit.
+	short := fullSample(t0.Add(5*time.Second), 100, 2_000_000)
+	for i := range short.ifaces[0].stats.Rules {
+		short.ifaces[0].stats.Rules[i].RuleSet, short.ifaces[0].stats.Rules[i].ID = "edge", fmt.Sprintf("r%d", i)
+	}
+	if it := telemetryDoc("h", nil, short).Interfaces[0]; len(it.Rules) != maxTelemetryRules || it.RulesOmitted != 100-maxTelemetryRules {
+		t.Fatalf("short names: %d rules listed, %d omitted; want %d and %d", len(it.Rules), it.RulesOmitted, maxTelemetryRules, 100-maxTelemetryRules)
+	}
 
 	// Rules that never matched are left out and counted.
 	idle := fullSample(t0, 10, 0)

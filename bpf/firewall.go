@@ -77,6 +77,10 @@ type Options struct {
 // buckets of an interface: about 6 MB of kernel memory.
 const DefaultSourceBuckets = int(firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS)
 
+// MaxSourceBuckets bounds Options.SourceBuckets (about 6 GB of kernel
+// memory).
+const MaxSourceBuckets = 1 << 26
+
 func (o Options) dir() string {
 	p := o.PinPath
 	if p == "" {
@@ -134,8 +138,8 @@ func load(opts Options, dir string) (*Firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load embedded BPF object: %w", err)
 	}
-	if opts.SourceBuckets < 0 || opts.SourceBuckets > 1<<26 {
-		return nil, fmt.Errorf("source buckets %d: out of range 0..%d", opts.SourceBuckets, 1<<26)
+	if opts.SourceBuckets < 0 || opts.SourceBuckets > MaxSourceBuckets {
+		return nil, fmt.Errorf("source buckets %d: out of range 0..%d", opts.SourceBuckets, MaxSourceBuckets)
 	}
 	if opts.SourceBuckets > 0 {
 		spec.Maps["rl_source"].MaxEntries = uint32(opts.SourceBuckets)

@@ -65,8 +65,8 @@ func ruleCounters(t *testing.T, fw *Firewall, id string) (matched, limited uint6
 	}
 	for _, r := range st.Rules {
 		if r.ID == id {
-			if r.Limited == nil {
-				t.Fatalf("rule %s has no limited counter: %+v", id, r)
+			if r.Action != "rate-limit" {
+				t.Fatalf("rule %s is not a rate-limit rule: %+v", id, r)
 			}
 			return r.Packets, r.Limited.Packets
 		}

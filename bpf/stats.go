@@ -30,8 +30,9 @@ type RuleStats struct {
 	Counter
 	// Limited counts, for a rate-limit rule, the matched packets that were
 	// over its limit: dropped (would-drops in a dry-run set). The rest
-	// passed or went on to the next rule.
-	Limited *Counter `json:"limited,omitempty"`
+	// passed or went on to the next rule. (A value, not a pointer, so
+	// RuleStats compare with ==.)
+	Limited Counter `json:"limited,omitzero"`
 }
 
 // Action counter names, in firewall.h's enum fw_stat order.
@@ -95,7 +96,7 @@ func (fw *Firewall) Stats() (*Stats, error) {
 			if err != nil {
 				return nil, fmt.Errorf("read rule_limited[%d]: %w", r.Slot, err)
 			}
-			rs.Limited = &l
+			rs.Limited = l
 		}
 		st.Rules = append(st.Rules, rs)
 	}

@@ -145,7 +145,7 @@ func ruleCounter(t testing.TB, h *host, id string) (matched, limited uint64) {
 		t.Fatalf("%s: %v", h, err)
 	}
 	for _, r := range st.Rules {
-		if r.ID == id && r.Limited != nil {
+		if r.ID == id && r.Action == "rate-limit" {
 			return r.Packets, r.Limited.Packets
 		}
 	}

@@ -176,7 +176,7 @@ type ruleStats struct {
 	DryRun  bool   `json:"dryRun"`
 	counter
 	// Limited counts a rate-limit rule's packets over its limit.
-	Limited *counter `json:"limited"`
+	Limited counter `json:"limited"`
 }
 
 type stats struct {

@@ -153,7 +153,7 @@ type HostTelemetry struct {
 type InterfaceTelemetry struct {
 	Name string `json:"name"`
 	// Actions are keyed by outcome: pass-rule, drop-rule, pass-default,
-	// parse-error, non-ip, would-drop, fragment, no-policy.
+	// parse-error, non-ip, would-drop, fragment, no-policy, rate-limited.
 	Actions map[string]Rate `json:"actions"`
 	// Rules are the busiest rules by packet rate, then by packets; rules
 	// that never matched are left out.
@@ -178,6 +178,9 @@ type RuleTelemetry struct {
 	Action  string `json:"action"`
 	DryRun  bool   `json:"dryRun,omitempty"`
 	Rate
+	// Limited is, for a rate-limit rule, the part of Rate that was over
+	// its limit (dropped, or would-dropped in a dry-run set).
+	Limited *Rate `json:"limited,omitempty"`
 }
 
 // decodeStrictJSON decodes one JSON value, refusing unknown fields and

@@ -178,7 +178,7 @@ func runLocalStats(args []string, stdout, stderr io.Writer) error {
 			action += " (dry-run)"
 		}
 		limited := "-"
-		if r.Limited != nil {
+		if r.Action == "rate-limit" {
 			limited = fmt.Sprint(r.Limited.Packets)
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\n", r.Index, r.RuleSet, r.ID, action, r.Packets, r.Bytes, limited)
