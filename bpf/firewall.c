@@ -379,7 +379,7 @@ struct {
  * 256 KB hold about 1,500 samples: a second and a half at the default cap. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, FW_SAMPLE_RING_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } samples SEC(".maps");
 
@@ -397,6 +397,19 @@ static __always_inline __u64 now_ns(void)
 		return fw_clock_ns;
 	return bpf_ktime_get_ns();
 }
+
+/* The same clock at the resolution of a tick, for what needs only that
+ * (sampling's lease and per-second cap): a fraction of the cost. */
+static __always_inline __u64 now_coarse_ns(void)
+{
+	if (fw_test_clock)
+		return fw_clock_ns;
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* The benchmark loads the program with sampling compiled out, to show what
+ * the one check every drop pays costs. */
+volatile const __u32 fw_no_sampling = 0;
 
 /* ---- parsing ---- */
 
@@ -879,10 +892,17 @@ static __always_inline int within_limit(struct search *st, struct fw_rule *r)
 		}
 		b = bpf_map_lookup_elem(&rl_source, &k);
 		if (!b) {
-			/* A new source: a full bucket. Another CPU may add the
-			 * same one first; then use that one. */
+			/* A new source (under a spoofed flood, every packet):
+			 * its bucket is full, so the packet conforms; insert
+			 * the bucket with this packet's tokens taken, one map
+			 * operation. If another CPU added it first, use that. */
 			struct fw_bucket fresh = {.id = l->id};
-			bpf_map_update_elem(&rl_source, &k, &fresh, BPF_NOEXIST);
+			if (l->pkt_cost)
+				fresh.pkt_tat = st->now + l->pkt_cost;
+			if (l->byte_cost)
+				fresh.byte_tat = st->now + ((st->bytes * l->byte_cost) >> 16);
+			if (bpf_map_update_elem(&rl_source, &k, &fresh, BPF_NOEXIST) == 0)
+				return 1;
 			b = bpf_map_lookup_elem(&rl_source, &k);
 			if (!b)
 				return 0;
@@ -1117,6 +1137,8 @@ static __always_inline __u32 policy_action(int which)
 static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int would)
 {
 	__u32 zero = 0;
+	if (fw_no_sampling)
+		return;
 	struct fw_sample_reader *rd = bpf_map_lookup_elem(&sample_reader, &zero);
 	/* The one check every drop pays: is anyone reading? */
 	if (!rd || !rd->until_ns)
@@ -1128,8 +1150,8 @@ static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int wo
 		return;
 	if (rd->only_slot && rd->only_slot != slot + 1)
 		return;
-	__u64 now = now_ns();
-	if (now > rd->until_ns)
+	__u64 coarse = now_coarse_ns();
+	if (coarse > rd->until_ns)
 		return; /* the reader went away without saying so */
 	if (cfg->every > 1 && bpf_get_prandom_u32() % cfg->every)
 		return;
@@ -1137,45 +1159,51 @@ static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int wo
 	struct fw_sample_win *win = bpf_map_lookup_elem(&sample_win, &zero);
 	if (!win)
 		return;
-	__u64 second = now / 1000000000ULL;
+	__u64 second = coarse / 1000000000ULL;
 	__u64 cap = cfg->max_per_sec ? cfg->max_per_sec : FW_SAMPLE_DEFAULT_RATE;
+	__u32 key = FW_SAMPLE_CAPPED;
 	if (win->second != second) {
 		/* A new second. CPUs racing here may each reset the count:
 		 * at worst a few samples over the cap at a second's start. */
 		win->second = second;
 		win->count = 0;
 	}
-	if (__sync_fetch_and_add(&win->count, 1) >= cap) {
-		__u32 k = FW_SAMPLE_CAPPED;
-		__u64 *c = bpf_map_lookup_elem(&sample_stats, &k);
-		if (c)
-			(*c)++;
-		return;
-	}
+	/* Over the cap: a plain read, not the shared atomic add, so a flood
+	 * of drops does not bounce the counter's cache line between CPUs. */
+	if (win->count >= cap || __sync_fetch_and_add(&win->count, 1) >= cap)
+		goto counted;
 
-	__u32 key = FW_SAMPLE_SENT;
+	key = FW_SAMPLE_SENT;
 	struct fw_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
 	if (!s) {
 		key = FW_SAMPLE_LOST;
-	} else {
-		__u64 len = ctx->data_end - ctx->data;
-		s->ktime_ns = now;
-		s->ifindex = ctx->ingress_ifindex;
-		s->slot = slot;
-		s->frame_len = len;
-		s->stat = stat;
-		s->would_drop = would;
-		/* The verifier needs len's bounds on the register it sees:
-		 * mask in asm (clang would drop a mask it can prove idle),
-		 * then clamp. */
-		asm volatile("%0 &= 0xffff" : "+r"(len));
-		if (len > FW_SAMPLE_BYTES)
-			len = FW_SAMPLE_BYTES;
-		s->cap_len = len;
-		if (len == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, len) < 0)
-			s->cap_len = 0;
-		bpf_ringbuf_submit(s, 0);
+		goto counted;
 	}
+	__u64 len = ctx->data_end - ctx->data;
+	s->ktime_ns = now_ns();
+	s->ifindex = ctx->ingress_ifindex;
+	s->slot = slot;
+	s->frame_len = len;
+	s->stat = stat;
+	s->would_drop = would;
+	/* The verifier needs len's bounds on the register it sees: mask in
+	 * asm (clang would drop a mask it can prove idle), then clamp. */
+	asm volatile("%0 &= 0xffff" : "+r"(len));
+	if (len > FW_SAMPLE_BYTES)
+		len = FW_SAMPLE_BYTES;
+	s->cap_len = len;
+	if (len == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, len) < 0)
+		s->cap_len = 0;
+	/* Waking the reader costs more than the sample: wake it once, when a
+	 * quarter of the ring is waiting; it polls for the rest (see
+	 * DropReader.Read). */
+	__u64 wake = BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA); /* ours included */
+	if (avail >= FW_SAMPLE_RING_BYTES / 4 && avail < FW_SAMPLE_RING_BYTES / 4 + 2 * sizeof(*s))
+		wake = BPF_RB_FORCE_WAKEUP; /* this sample crossed the mark */
+	bpf_ringbuf_submit(s, wake);
+
+counted:;
 	__u64 *c = bpf_map_lookup_elem(&sample_stats, &key);
 	if (c)
 		(*c)++;

@@ -71,6 +71,9 @@ type Options struct {
 	// testClock loads the program with its test clock (fw_clock_ns in
 	// place of the kernel's), for the rate limiter's tests.
 	testClock bool
+	// noSampling loads the program with drop sampling compiled out, for
+	// the benchmark's baseline.
+	noSampling bool
 }
 
 // DefaultSourceBuckets is the default number of per-source rate-limit
@@ -153,6 +156,11 @@ func load(opts Options, dir string) (*Firewall, error) {
 	if opts.testClock {
 		if err := spec.Variables["fw_test_clock"].Set(uint32(1)); err != nil {
 			return nil, fmt.Errorf("set test clock: %w", err)
+		}
+	}
+	if opts.noSampling {
+		if err := spec.Variables["fw_no_sampling"].Set(uint32(1)); err != nil {
+			return nil, fmt.Errorf("compile sampling out: %w", err)
 		}
 	}
 	fw := &Firewall{iface: iface, dir: dir, spec: spec}

@@ -48,6 +48,8 @@ enum fw_limits {
 	FW_RULE_NAME_LEN = 128,
 	/* Bytes of a dropped frame a drop sample carries. */
 	FW_SAMPLE_BYTES = 128,
+	/* Size of the samples ring buffer: about 1,500 samples. */
+	FW_SAMPLE_RING_BYTES = 256 * 1024,
 	/* Samples per second per interface when none is configured. */
 	FW_SAMPLE_DEFAULT_RATE = 1000,
 	/* Source buckets (rl_source entries) when none is configured. */

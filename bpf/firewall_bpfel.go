@@ -131,6 +131,7 @@ const (
 	firewallFwLimitsFW_MAX_ITER               firewallFwLimits = 4160
 	firewallFwLimitsFW_RULE_NAME_LEN          firewallFwLimits = 128
 	firewallFwLimitsFW_SAMPLE_BYTES           firewallFwLimits = 128
+	firewallFwLimitsFW_SAMPLE_RING_BYTES      firewallFwLimits = 262144
 	firewallFwLimitsFW_SAMPLE_DEFAULT_RATE    firewallFwLimits = 1000
 	firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS firewallFwLimits = 65536
 	firewallFwLimitsFW_NO_SLOT                firewallFwLimits = 4294967295
@@ -319,6 +320,7 @@ const (
 	firewallProgXdpfwFilter = "xdpfw_filter"
 	firewallVarFwBtfAnchor  = "fw_btf_anchor"
 	firewallVarFwClockNs    = "fw_clock_ns"
+	firewallVarFwNoSampling = "fw_no_sampling"
 	firewallVarFwTestClock  = "fw_test_clock"
 )
 
@@ -415,9 +417,10 @@ type firewallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type firewallVariableSpecs struct {
-	FwBtfAnchor *ebpf.VariableSpec `ebpf:"fw_btf_anchor"`
-	FwClockNs   *ebpf.VariableSpec `ebpf:"fw_clock_ns"`
-	FwTestClock *ebpf.VariableSpec `ebpf:"fw_test_clock"`
+	FwBtfAnchor  *ebpf.VariableSpec `ebpf:"fw_btf_anchor"`
+	FwClockNs    *ebpf.VariableSpec `ebpf:"fw_clock_ns"`
+	FwNoSampling *ebpf.VariableSpec `ebpf:"fw_no_sampling"`
+	FwTestClock  *ebpf.VariableSpec `ebpf:"fw_test_clock"`
 }
 
 // firewallObjects contains all objects after they have been loaded into the kernel.
@@ -527,9 +530,10 @@ func (m *firewallMaps) Close() error {
 //
 // It can be passed to loadFirewallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type firewallVariables struct {
-	FwBtfAnchor *ebpf.Variable `ebpf:"fw_btf_anchor"`
-	FwClockNs   *ebpf.Variable `ebpf:"fw_clock_ns"`
-	FwTestClock *ebpf.Variable `ebpf:"fw_test_clock"`
+	FwBtfAnchor  *ebpf.Variable `ebpf:"fw_btf_anchor"`
+	FwClockNs    *ebpf.Variable `ebpf:"fw_clock_ns"`
+	FwNoSampling *ebpf.Variable `ebpf:"fw_no_sampling"`
+	FwTestClock  *ebpf.Variable `ebpf:"fw_test_clock"`
 }
 
 // firewallPrograms contains all programs after they have been loaded into the kernel.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -127,6 +128,7 @@ type DropReader struct {
 	// toWall turns the kernel's CLOCK_MONOTONIC into wall-clock time.
 	toWall time.Duration
 
+	deadline  atomic.Pointer[time.Time]
 	stop      chan struct{}
 	done      chan struct{}
 	mu        sync.Mutex // serialises sample_reader writes (lease and Close)
@@ -249,15 +251,37 @@ func (r *DropReader) keepLease() {
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded at t (zero: never).
-func (r *DropReader) SetDeadline(t time.Time) { r.ring.SetDeadline(t) }
+func (r *DropReader) SetDeadline(t time.Time) {
+	r.deadline.Store(&t)
+}
 
-// Read waits for the next sample.
+// pollInterval bounds how long a sample waits in the ring buffer: the
+// program wakes the reader only when a quarter of the ring is full (a
+// wakeup per sample would cost more than the sample), so Read also looks
+// this often.
+const pollInterval = 100 * time.Millisecond
+
+// Read waits for the next sample (at most pollInterval after it was sent).
 func (r *DropReader) Read() (Sample, error) {
-	rec, err := r.ring.Read()
-	if err != nil {
-		return Sample{}, err
+	for {
+		wait := time.Now().Add(pollInterval)
+		deadline := r.deadline.Load()
+		if deadline != nil && !deadline.IsZero() && deadline.Before(wait) {
+			wait = *deadline
+		}
+		r.ring.SetDeadline(wait)
+		rec, err := r.ring.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if deadline != nil && !deadline.IsZero() && !time.Now().Before(*deadline) {
+				return Sample{}, err
+			}
+			continue
+		}
+		if err != nil {
+			return Sample{}, err
+		}
+		return r.decode(rec.RawSample)
 	}
-	return r.decode(rec.RawSample)
 }
 
 // sampleHeader is the size of struct fw_sample before data.

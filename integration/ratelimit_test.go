@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -390,8 +391,8 @@ func TestDropSamplesDecodedWithRule(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("xdpfwctl local drops: %v\n%s", err, stderr)
 	}
-	if !strings.Contains(stdout.String(), "edge/no-9999  drop-rule  udp [2001:db8::1]:") ||
-		!strings.Contains(stdout.String(), " > [2001:db8::2]:9999") {
+	line := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\.\d{6} +edge/no-9999 +drop-rule +udp \[2001:db8::1\]:\d+ > \[2001:db8::2\]:9999 +94$`)
+	if !strings.HasPrefix(stdout.String(), "TIME ") || !line.MatchString(stdout.String()) {
 		t.Fatalf("table output lacks the IPv6 drop:\n%s", stdout)
 	}
 	if _, err := os.Stat(filepath.Join(server.pinPath, ifaceName, "samples")); err != nil {

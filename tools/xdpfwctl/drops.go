@@ -84,10 +84,10 @@ func runLocalDrops(args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	// A stream is read as it comes: fixed columns, one line at a time.
+	const row = "%-15s  %-28s  %-12s  %-50s  %s\n"
 	if pw == nil && *output == "table" {
-		fmt.Fprintln(tw, "TIME\tRULE\tREASON\tPACKET\tLEN")
-		tw.Flush()
+		fmt.Fprintf(stdout, row, "TIME", "RULE", "REASON", "PACKET", "LEN")
 	}
 	n := 0
 	for *count == 0 || n < *count {
@@ -116,10 +116,8 @@ func runLocalDrops(args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(out, "%s\n", b)
 		default:
-			// One line at a time: a stream is read as it comes.
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", s.Time.Format("15:04:05.000000"), ruleLabel(s), reasonLabel(s),
-				pcap.Decode(s.Data), s.FrameLen)
-			tw.Flush()
+			fmt.Fprintf(stdout, row, s.Time.Format("15:04:05.000000"), ruleLabel(s), reasonLabel(s),
+				pcap.Decode(s.Data), fmt.Sprint(s.FrameLen))
 		}
 	}
 	st, err := fw.Sampling()
