@@ -362,41 +362,27 @@ func TestAgentServesMetrics(t *testing.T) {
 		`xdpfw_action_packets_total{interface="lo",outcome="parse-error"} 0`,
 		"xdpfw_agent_watch_restarts_total 0",
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		missing := ""
+	waitMetricsFunc(t, addr, func(body string) string {
 		for _, w := range want {
-			if !strings.Contains(string(body), w+"\n") {
-				missing = w
+			if !strings.Contains(body, w+"\n") {
+				return w
 			}
 		}
 		// The revision the agent reports is the one its read saw: the
-		// desired state's or a later one (its own status writes come first
-		// sometimes).
+		// desired state's or a later one (its own status writes come
+		// first sometimes).
 		applied := int64(0)
-		for _, line := range strings.Split(string(body), "\n") {
+		for _, line := range strings.Split(body, "\n") {
 			if v, ok := strings.CutPrefix(line, "xdpfw_agent_applied_revision "); ok {
 				f, _ := strconv.ParseFloat(v, 64)
 				applied = int64(f)
 			}
 		}
 		if applied < rev {
-			missing = fmt.Sprintf("xdpfw_agent_applied_revision >= %d (got %d)", rev, applied)
+			return fmt.Sprintf("xdpfw_agent_applied_revision >= %d (got %d)", rev, applied)
 		}
-		if missing == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/metrics lacks %q:\n%s", missing, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
 }
 
 // An interface's sampling and bucket map size come from the agent's
@@ -423,7 +409,27 @@ func TestAgentConfiguresSamplingAndServesRateLimits(t *testing.T) {
 	if st.Every != 10 || st.MaxPerSecond != 50 || st.Off || fw.SourceBuckets() != 1024 {
 		t.Fatalf("sampling %+v, %d source buckets; want 1 in 10, 50/s and 1024", st, fw.SourceBuckets())
 	}
-	want := `xdpfw_rule_limited_packets_total{interface="lo",rule="dns",ruleset="edge"} 0`
+	waitMetrics(t, addr,
+		`xdpfw_rule_limited_packets_total{interface="lo",rule="dns",ruleset="edge"} 0`,
+		`xdpfw_rule_packets_total{action="rate-limit",interface="lo",rule="dns",ruleset="edge"} 0`)
+}
+
+// waitMetrics waits until /metrics at addr has every line of want.
+func waitMetrics(t *testing.T, addr string, want ...string) {
+	t.Helper()
+	waitMetricsFunc(t, addr, func(body string) string {
+		for _, w := range want {
+			if !strings.Contains(body, w+"\n") {
+				return w
+			}
+		}
+		return ""
+	})
+}
+
+// waitMetricsFunc waits until missing finds nothing missing from /metrics.
+func waitMetricsFunc(t *testing.T, addr string, missing func(body string) string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		resp, err := http.Get("http://" + addr + "/metrics")
@@ -432,12 +438,12 @@ func TestAgentConfiguresSamplingAndServesRateLimits(t *testing.T) {
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if strings.Contains(string(body), want+"\n") &&
-			strings.Contains(string(body), `xdpfw_rule_packets_total{action="rate-limit",interface="lo",rule="dns",ruleset="edge"} 0`) {
+		m := missing(string(body))
+		if m == "" {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("/metrics lacks %q:\n%s", want, body)
+			t.Fatalf("/metrics lacks %q:\n%s", m, body)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

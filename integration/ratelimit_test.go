@@ -179,7 +179,9 @@ func within10(t testing.TB, what string, got, offered, want float64) {
 	}
 }
 
-const perRuleLimit = `
+// dnsLimit is a rule set whose one rule limits UDP to port 53.
+func dnsLimit(rateLimit string) string {
+	return `
 apiVersion: xdpfw/v1
 kind: RuleSet
 name: edge
@@ -189,12 +191,12 @@ rules:
     action: rate-limit
     protocol: udp
     dstPorts: ["53"]
-    rateLimit: {pps: 2000, burst: 500, per: rule}
-`
+    rateLimit: ` + rateLimit + "\n"
+}
 
 func TestRateLimitPerRuleHoldsUnderSpoofedFlood(t *testing.T) {
 	client, server := newPair(t)
-	server.apply(t, perRuleLimit)
+	server.apply(t, dnsLimit("{pps: 2000, burst: 500, per: rule}"))
 	f := newFlooder(t, client, server)
 
 	// Every frame from another source, as in a spoofed flood.
@@ -216,22 +218,9 @@ func TestRateLimitPerRuleHoldsUnderSpoofedFlood(t *testing.T) {
 	stop()
 }
 
-const perSourceLimit = `
-apiVersion: xdpfw/v1
-kind: RuleSet
-name: edge
-mode: deny
-rules:
-  - id: dns-flood
-    action: rate-limit
-    protocol: udp
-    dstPorts: ["53"]
-    rateLimit: {pps: 1000, burst: 100, per: source}
-`
-
 func TestRateLimitPerSourceGivesEachSourceItsBucket(t *testing.T) {
 	client, server := newPair(t)
-	server.apply(t, perSourceLimit)
+	server.apply(t, dnsLimit("{pps: 1000, burst: 100, per: source}"))
 	f := newFlooder(t, client, server)
 	a := f.udpFrame(netip.MustParseAddr("198.19.0.1"), server.v4, 40000, 53)
 	b := f.udpFrame(netip.MustParseAddr("198.19.0.2"), server.v4, 40000, 53)
