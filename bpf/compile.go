@@ -679,7 +679,8 @@ func compileBytes(in *interner, fields []ruleFields, slots, none int, match func
 
 // Classify runs the compiled tables in Go, exactly as the XDP program does:
 // one lookup per field, AND, lowest set bit. Tests check it against the
-// reference classifier, and the kernel against it.
+// reference classifier, and the kernel against it. Rate-limit rules decide
+// as if the packet were within their limit.
 func (c *Compiled) Classify(p reference.Packet) reference.Result {
 	var res reference.Result
 	v := [7]*Bitvec{}
@@ -750,7 +751,18 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 			summary &= summary - 1
 			continue
 		}
-		r := c.Rules[w*64+bits.TrailingZeros64(word)]
+		index := w*64 + bits.TrailingZeros64(word)
+		r := c.Rules[index]
+		if r.RateLimit != nil && r.RateLimit.WithinLimit == proto.WithinNext {
+			// Within its limit (Classify has no clock), the packet goes
+			// on to the next rule.
+			start = index + 1
+			if start >= MaxRules {
+				break
+			}
+			summary &= ^uint64(0) << (start / 64)
+			continue
+		}
 		if !r.DryRun {
 			res.Rule, res.Drop = r.Identity, r.Drop
 			return res

@@ -94,8 +94,17 @@ func (g *ruleGen) ruleSets(n, maxRules int) []proto.RuleSet {
 
 func (g *ruleGen) rule(i int) proto.Rule {
 	r := proto.Rule{ID: fmt.Sprintf("r%d", i), Action: proto.ActionDrop}
-	if g.r.IntN(2) == 0 {
+	switch g.r.IntN(8) {
+	case 0, 1, 2:
 		r.Action = proto.ActionPass
+	case 3:
+		// A limit no test reaches: the rule passes, or with "next" goes
+		// on to the next rule, as the reference takes it.
+		r.Action = proto.ActionRateLimit
+		r.RateLimit = &proto.RateLimit{PPS: proto.MaxPPS, Burst: proto.MaxBurst}
+		if g.r.IntN(2) == 0 {
+			r.RateLimit.WithinLimit = proto.WithinNext
+		}
 	}
 	// One family per rule: a rule with IPv4 sources and IPv6
 	// destinations could never match, and the validator refuses it.
