@@ -388,3 +388,53 @@ func TestDropSamplesDecodedWithRule(t *testing.T) {
 		t.Fatalf("samples ring buffer not pinned: %v", err)
 	}
 }
+
+// Through the agent: a rate limit arrives from etcd, holds a flood, and
+// the host's telemetry reports what passed and what was over the limit;
+// an operator samples the drops beside the running agent.
+func TestFleetRateLimitReportedInTelemetry(t *testing.T) {
+	f, h := oneHostEnforcingEdge1(t)
+	f.putVersion(t, 2, dnsLimit("{pps: 500, burst: 50, per: source}"))
+	rev := f.desire(t, f.hosts, edge(2))
+	f.waitApplied(t, f.hosts, rev, edge(2))
+
+	fl := newFlooder(t, f.client, h.host)
+	var frames [][]byte
+	for i := range 2 {
+		frames = append(frames, fl.udpFrame(netip.AddrFrom4([4]byte{198, 19, 0, byte(1 + i)}), h.host.v4, 40000, 53))
+	}
+	stop := fl.floodInBackground(t, frames)
+	defer stop()
+
+	// Sampling works beside the agent, on the pinned objects.
+	r := h.host.local("drops", "--count", "3", "--duration", "20s", "-o", "json")
+	if r.code != 0 || strings.Count(r.stdout, `"rule":"edge/dns-flood","reason":"rate-limited"`) != 3 {
+		t.Errorf("local drops beside the agent: %s", r)
+	}
+
+	// Two sources at 500/s each: 1,000/s pass; the rest is over the limit.
+	waitFor(t, fleetTimeout, "telemetry of the limited flood", func() (bool, string) {
+		tm, found := f.telemetry(t, h)
+		if !found || len(tm.Interfaces) != 1 || tm.IntervalSeconds == 0 {
+			return false, fmt.Sprintf("telemetry %+v", tm)
+		}
+		it := tm.Interfaces[0]
+		for _, rt := range it.Rules {
+			if rt.ID != "dns-flood" || rt.Limited == nil {
+				continue
+			}
+			passed := rt.PPS - rt.Limited.PPS
+			ok := rt.Action == "rate-limit" && rt.Limited.PPS > 4*passed && passed > 900 && passed < 1100 &&
+				it.Actions["rate-limited"].PPS > 0
+			return ok, fmt.Sprintf("rule %+v, over the limit %+v (passed %.0f/s); rate-limited %+v", rt, *rt.Limited, passed, it.Actions["rate-limited"])
+		}
+		return false, fmt.Sprintf("no rule dns-flood with a limited rate in %+v", it.Rules)
+	})
+	m, err := h.metrics(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(m, `xdpfw_rule_limited_packets_total{interface="eth0",rule="dns-flood",ruleset="edge"} `) {
+		t.Errorf("/metrics lacks the over-limit count of dns-flood")
+	}
+}
