@@ -86,6 +86,7 @@ type firewall interface {
 	SetPolicy(dropParseErrors, dropNonIP bool) error
 	SetSampling(bpf.SamplingConfig) error
 	SourceBuckets() int
+	ReadDropSources() (*bpf.SourceReader, error)
 	Close() error
 }
 
@@ -102,6 +103,8 @@ type managedIface struct {
 	rules     int
 	appliedAt time.Time
 	writes    int
+	// dropped tallies sampled drops by rule and source for telemetry.
+	dropped dropTally
 }
 
 // New checks the configuration, connects to etcd (lazily: the client
@@ -237,6 +240,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				cancel()
 			}
 		}()
+	}
+	if !a.cfg.NoDropSources {
+		for _, m := range a.ifaces {
+			wg.Add(1)
+			go func() { defer wg.Done(); a.dropSourceLoop(ctx, m) }()
+		}
 	}
 	wg.Add(3)
 	go func() { defer wg.Done(); a.syncLoop(ctx) }()

@@ -54,6 +54,9 @@ type Config struct {
 	// read and for non-IP frames: "pass" (default) or "drop".
 	ParseErrors string `json:"parseErrors,omitempty"`
 	NonIP       string `json:"nonIP,omitempty"`
+	// NoDropSources turns off the count of the top dropped sources per rule
+	// in telemetry (from sampled drops; on by default).
+	NoDropSources bool `json:"noDropSources,omitempty"`
 }
 
 // InterfaceConfig is one managed interface and how to attach to it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -41,7 +42,10 @@ func (f *nullFirewall) Stats() (*bpf.Stats, error) {
 func (f *nullFirewall) SetPolicy(bool, bool) error           { return nil }
 func (f *nullFirewall) SetSampling(bpf.SamplingConfig) error { return nil }
 func (f *nullFirewall) SourceBuckets() int                   { return 0 }
-func (f *nullFirewall) Close() error                         { return nil }
+func (f *nullFirewall) ReadDropSources() (*bpf.SourceReader, error) {
+	return nil, errors.New("simulated firewall: no samples")
+}
+func (f *nullFirewall) Close() error { return nil }
 
 const benchRules = `{"apiVersion":"xdpfw/v1","kind":"RuleSet","name":"edge","mode":"deny","rules":[
  {"id":"ssh","action":"drop","protocol":"tcp","dstPorts":["%d"]},
@@ -100,7 +104,7 @@ func benchPropagation(b *testing.B, hosts, rounds int) {
 	for i := range hosts {
 		host := fmt.Sprintf("h%d", i)
 		a, err := newAgent(Config{
-			Endpoints: writer.Endpoints(), Host: host, Interfaces: []InterfaceConfig{{Name: "eth0"}},
+			Endpoints: writer.Endpoints(), Host: host, Interfaces: []InterfaceConfig{{Name: "eth0"}}, NoDropSources: true,
 			TelemetryInterval: Duration(time.Hour), MetricsAddr: &off,
 		}, zap.NewNop(), func(InterfaceConfig, string) (firewall, error) { return &nullFirewall{}, nil })
 		if err != nil {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -30,6 +31,9 @@ type sample struct {
 type ifaceSample struct {
 	name  string
 	stats *bpf.Stats
+	// dropped is the sampled drops by rule and source since the last
+	// document (set when a document is made).
+	dropped map[string]map[netip.Addr]uint64
 }
 
 // telemetryLoop samples the counters every interval, keeps the latest
@@ -52,6 +56,13 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 		a.latest.Store(cur)
 		if sameCounters(prev, cur) {
 			continue
+		}
+		for i := range cur.ifaces {
+			for _, m := range a.ifaces {
+				if m.cfg.Name == cur.ifaces[i].name {
+					cur.ifaces[i].dropped = m.dropped.take()
+				}
+			}
 		}
 		a.telemetry.set(telemetryDoc(a.cfg.Host, prev, cur))
 		prev = cur
@@ -143,6 +154,7 @@ func telemetryDoc(host string, prev, cur *sample) proto.HostTelemetry {
 				limited := rate(old.Limited, r.Limited, dt)
 				rt.Limited = &limited
 			}
+			rt.TopSources = topSources(is.dropped[r.RuleSet+"/"+r.ID], ruleDrops(old, r))
 			it.Rules = append(it.Rules, rt)
 		}
 		sort.SliceStable(it.Rules, func(i, j int) bool {

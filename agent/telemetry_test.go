@@ -3,11 +3,13 @@ package agent
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // fullSample is an interface with n busy rules of the longest names, all
@@ -79,5 +81,36 @@ func TestRateOfACounterThatWentBack(t *testing.T) {
 	r := rate(bpf.Counter{Packets: 100, Bytes: 1000}, bpf.Counter{Packets: 10, Bytes: 100}, 2)
 	if r.PPS != 5 || r.BPS != 50 {
 		t.Fatalf("rate after a reset: %+v, want 5 pps and 50 bps", r)
+	}
+}
+
+func TestTopSourcesScaleSamplesToDrops(t *testing.T) {
+	a, b, c, d := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8::1"),
+		netip.MustParseAddr("198.51.100.3"), netip.MustParseAddr("198.51.100.4")
+	// 100 samples of 10,000 drops: each sample stands for 100 drops.
+	got := topSources(map[netip.Addr]uint64{a: 50, b: 30, c: 15, d: 5}, 10_000)
+	want := []proto.SourceCount{{Src: "198.51.100.1", Packets: 5000}, {Src: "2001:db8::1", Packets: 3000}, {Src: "198.51.100.3", Packets: 1500}}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("topSources = %v, want %v", got, want)
+	}
+	// Every drop sampled: the counts as they are.
+	if got := topSources(map[netip.Addr]uint64{a: 2, b: 2}, 4); fmt.Sprint(got) != "[{198.51.100.1 2} {2001:db8::1 2}]" {
+		t.Fatalf("all sampled: %v", got)
+	}
+	if got := topSources(nil, 100); got != nil {
+		t.Fatalf("no samples: %v", got)
+	}
+
+	// In the document, under the rule that dropped them.
+	t0 := time.Now()
+	prev, cur := fullSample(t0, 1, 0), fullSample(t0.Add(time.Second), 1, 1000)
+	cur.ifaces[0].stats.Rules[0].RuleSet, cur.ifaces[0].stats.Rules[0].ID = "edge", "dns"
+	prev.ifaces[0].stats.Rules[0].RuleSet, prev.ifaces[0].stats.Rules[0].ID = "edge", "dns"
+	cur.ifaces[0].dropped = map[string]map[netip.Addr]uint64{"edge/dns": {a: 3, b: 1}}
+	rt := telemetryDoc("h", prev, cur).Interfaces[0].Rules[0]
+	// A rate-limit rule's drops are its over-limit packets: 0 in the
+	// first sample (i = 0), so the samples count as they are.
+	if fmt.Sprint(rt.TopSources) != "[{198.51.100.1 3} {2001:db8::1 1}]" {
+		t.Fatalf("rule %s: top sources %v", rt.ID, rt.TopSources)
 	}
 }

@@ -39,6 +39,8 @@ struct fw_btf_anchor {
 	enum fw_sample_stat sample_stat;
 	struct fw_sample sample;
 	struct fw_sample_reader sample_reader;
+	struct fw_source_sample source_sample;
+	enum fw_sample_consumer sample_consumer;
 	/* Inner map value types, which BTF would otherwise only forward-declare. */
 	struct fw_v4_block v4_block;
 	struct fw_v4_t8 v4_t8;
@@ -348,28 +350,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sampling SEC(".maps");
 
-/* sample_reader[0]: struct fw_sample_reader. */
+/* sample_reader[consumer]: struct fw_sample_reader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FW_CONSUMERS);
 	__type(key, __u32);
 	__type(value, struct fw_sample_reader);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sample_reader SEC(".maps");
 
-/* sample_win[0]: struct fw_sample_win. */
+/* sample_win[consumer]: struct fw_sample_win. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, FW_CONSUMERS);
 	__type(key, __u32);
 	__type(value, struct fw_sample_win);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sample_win SEC(".maps");
 
-/* sample_stats[enum fw_sample_stat]: per-CPU counts. */
+/* sample_stats[consumer * FW_SAMPLE_STAT_MAX + enum fw_sample_stat]:
+ * per-CPU counts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, FW_SAMPLE_STAT_MAX);
+	__uint(max_entries, FW_CONSUMERS * FW_SAMPLE_STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -382,6 +385,14 @@ struct {
 	__uint(max_entries, FW_SAMPLE_RING_BYTES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } samples SEC(".maps");
+
+/* src_samples: struct fw_source_sample records, for the agent's count of
+ * the top dropped sources. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FW_SOURCE_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src_samples SEC(".maps");
 
 /* ---- clock ---- */
 
@@ -1132,36 +1143,30 @@ static __always_inline __u32 policy_action(int which)
 	return which == PARSE_ERROR ? s->parse_error_action : s->non_ip_action;
 }
 
-/* sample sends a dropped (or would-be dropped) frame to user space when a
- * reader is there and the interface's sampling lets this one through. */
-static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int would)
+static __always_inline void count_sample(__u32 consumer, __u32 stat)
 {
-	__u32 zero = 0;
-	if (fw_no_sampling)
-		return;
-	struct fw_sample_reader *rd = bpf_map_lookup_elem(&sample_reader, &zero);
-	/* The one check every drop pays: is anyone reading? */
-	if (!rd || !rd->until_ns)
-		return;
-	struct fw_sampling *cfg = bpf_map_lookup_elem(&sampling, &zero);
-	if (!cfg || (cfg->flags & FW_SAMPLING_OFF))
-		return;
-	if (would && !(cfg->flags & FW_SAMPLING_WOULD_DROP))
-		return;
-	if (rd->only_slot && rd->only_slot != slot + 1)
-		return;
-	__u64 coarse = now_coarse_ns();
-	if (coarse > rd->until_ns)
-		return; /* the reader went away without saying so */
-	if (cfg->every > 1 && bpf_get_prandom_u32() % cfg->every)
-		return;
+	__u32 key = consumer * FW_SAMPLE_STAT_MAX + stat;
+	__u64 *c = bpf_map_lookup_elem(&sample_stats, &key);
+	if (c)
+		(*c)++;
+}
 
-	struct fw_sample_win *win = bpf_map_lookup_elem(&sample_win, &zero);
+/* Whether consumer takes a sample of this drop: its reader's rule filter,
+ * 1 in N, and its per-second cap. */
+static __always_inline int sample_gate(__u32 consumer, struct fw_sample_reader *rd, struct fw_sampling *cfg,
+				       __u32 slot, __u64 coarse)
+{
+	if (rd->only_slot && rd->only_slot != slot + 1)
+		return 0;
+	if (coarse > rd->until_ns)
+		return 0; /* the reader went away without saying so */
+	if (cfg->every > 1 && bpf_get_prandom_u32() % cfg->every)
+		return 0;
+	struct fw_sample_win *win = bpf_map_lookup_elem(&sample_win, &consumer);
 	if (!win)
-		return;
+		return 0;
 	__u64 second = coarse / 1000000000ULL;
 	__u64 cap = cfg->max_per_sec ? cfg->max_per_sec : FW_SAMPLE_DEFAULT_RATE;
-	__u32 key = FW_SAMPLE_CAPPED;
 	if (win->second != second) {
 		/* A new second. CPUs racing here may each reset the count:
 		 * at worst a few samples over the cap at a second's start. */
@@ -1170,14 +1175,29 @@ static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int wo
 	}
 	/* Over the cap: a plain read, not the shared atomic add, so a flood
 	 * of drops does not bounce the counter's cache line between CPUs. */
-	if (win->count >= cap || __sync_fetch_and_add(&win->count, 1) >= cap)
-		goto counted;
+	if (win->count >= cap || __sync_fetch_and_add(&win->count, 1) >= cap) {
+		count_sample(consumer, FW_SAMPLE_CAPPED);
+		return 0;
+	}
+	return 1;
+}
 
-	key = FW_SAMPLE_SENT;
+/* Waking a reader costs more than a sample: wake it once, when a quarter of
+ * its ring is waiting; it polls for the rest (see DropReader.Read). */
+static __always_inline __u64 wakeup(void *ring, __u64 ring_bytes, __u64 record)
+{
+	__u64 avail = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA); /* ours included */
+	if (avail >= ring_bytes / 4 && avail < ring_bytes / 4 + 2 * record)
+		return BPF_RB_FORCE_WAKEUP; /* this sample crossed the mark */
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void send_frame(struct xdp_md *ctx, __u32 slot, __u32 stat, int would)
+{
 	struct fw_sample *s = bpf_ringbuf_reserve(&samples, sizeof(*s), 0);
 	if (!s) {
-		key = FW_SAMPLE_LOST;
-		goto counted;
+		count_sample(FW_CONSUMER_FRAMES, FW_SAMPLE_LOST);
+		return;
 	}
 	__u64 len = ctx->data_end - ctx->data;
 	s->ktime_ns = now_ns();
@@ -1194,19 +1214,50 @@ static __noinline void sample(struct xdp_md *ctx, __u32 slot, __u32 stat, int wo
 	s->cap_len = len;
 	if (len == 0 || bpf_xdp_load_bytes(ctx, 0, s->data, len) < 0)
 		s->cap_len = 0;
-	/* Waking the reader costs more than the sample: wake it once, when a
-	 * quarter of the ring is waiting; it polls for the rest (see
-	 * DropReader.Read). */
-	__u64 wake = BPF_RB_NO_WAKEUP;
-	__u64 avail = bpf_ringbuf_query(&samples, BPF_RB_AVAIL_DATA); /* ours included */
-	if (avail >= FW_SAMPLE_RING_BYTES / 4 && avail < FW_SAMPLE_RING_BYTES / 4 + 2 * sizeof(*s))
-		wake = BPF_RB_FORCE_WAKEUP; /* this sample crossed the mark */
-	bpf_ringbuf_submit(s, wake);
+	bpf_ringbuf_submit(s, wakeup(&samples, FW_SAMPLE_RING_BYTES, sizeof(*s)));
+	count_sample(FW_CONSUMER_FRAMES, FW_SAMPLE_SENT);
+}
 
-counted:;
-	__u64 *c = bpf_map_lookup_elem(&sample_stats, &key);
-	if (c)
-		(*c)++;
+static __always_inline void send_source(struct packet *pkt, __u32 slot, __u32 stat, int would, __u64 coarse)
+{
+	struct fw_source_sample *s = bpf_ringbuf_reserve(&src_samples, sizeof(*s), 0);
+	if (!s) {
+		count_sample(FW_CONSUMER_SOURCES, FW_SAMPLE_LOST);
+		return;
+	}
+	s->ktime_ns = coarse;
+	s->slot = slot;
+	s->stat = stat;
+	s->would_drop = would;
+	s->family = pkt->family;
+	s->pad = 0;
+	__builtin_memcpy(s->src, pkt->addr_src, 16);
+	bpf_ringbuf_submit(s, wakeup(&src_samples, FW_SOURCE_RING_BYTES, sizeof(*s)));
+	count_sample(FW_CONSUMER_SOURCES, FW_SAMPLE_SENT);
+}
+
+/* sample sends a dropped (or would-be dropped) frame to each consumer that
+ * has a reader and whose sampling lets this one through. */
+static __noinline void sample(struct xdp_md *ctx, struct packet *pkt, __u32 slot, __u32 stat, int would)
+{
+	__u32 frames = FW_CONSUMER_FRAMES, sources = FW_CONSUMER_SOURCES, zero = 0;
+	if (fw_no_sampling)
+		return;
+	struct fw_sample_reader *rf = bpf_map_lookup_elem(&sample_reader, &frames);
+	struct fw_sample_reader *rs = bpf_map_lookup_elem(&sample_reader, &sources);
+	/* The one check every drop pays: is anyone reading? */
+	if (!rf || !rs || (!rf->until_ns && !rs->until_ns))
+		return;
+	struct fw_sampling *cfg = bpf_map_lookup_elem(&sampling, &zero);
+	if (!cfg || (cfg->flags & FW_SAMPLING_OFF))
+		return;
+	if (would && !(cfg->flags & FW_SAMPLING_WOULD_DROP))
+		return;
+	__u64 coarse = now_coarse_ns();
+	if (rf->until_ns && sample_gate(FW_CONSUMER_FRAMES, rf, cfg, slot, coarse))
+		send_frame(ctx, slot, stat, would);
+	if (rs->until_ns && sample_gate(FW_CONSUMER_SOURCES, rs, cfg, slot, coarse))
+		send_source(pkt, slot, stat, would, coarse);
 }
 
 SEC("xdp")
@@ -1231,8 +1282,8 @@ out:
 	/* Every verdict leaves through here and is counted once. */
 	count(&action_stats, v.stat, bytes);
 	if (v.xdp == XDP_DROP)
-		sample(ctx, v.slot, v.stat, 0);
+		sample(ctx, &pkt, v.slot, v.stat, 0);
 	else if (would.slot != FW_NO_SLOT)
-		sample(ctx, would.slot, would.stat, 1);
+		sample(ctx, &pkt, would.slot, would.stat, 1);
 	return v.xdp;
 }

@@ -50,6 +50,8 @@ enum fw_limits {
 	FW_SAMPLE_BYTES = 128,
 	/* Size of the samples ring buffer: about 1,500 samples. */
 	FW_SAMPLE_RING_BYTES = 256 * 1024,
+	/* Size of the src_samples ring buffer: about 1,600 samples. */
+	FW_SOURCE_RING_BYTES = 64 * 1024,
 	/* Samples per second per interface when none is configured. */
 	FW_SAMPLE_DEFAULT_RATE = 1000,
 	/* Source buckets (rl_source entries) when none is configured. */
@@ -280,10 +282,20 @@ struct fw_sampling {
 	__u32 pad;
 };
 
-/* sample_reader[0]: who reads the samples ring buffer, written by that
- * reader only (a map apart from sampling, so neither writer can undo the
- * other's change). The program sends no samples unless a reader is there,
- * so sampling costs a drop one array read while no one reads. */
+/* Who samples go to. Each consumer has its own ring buffer, reader lease
+ * (sample_reader) and per-second cap (sample_win), so an operator's
+ * `xdpfwctl local drops` and the agent's count of dropped sources never take
+ * samples from each other. */
+enum fw_sample_consumer {
+	FW_CONSUMER_FRAMES = 0,  /* samples: the frames' first bytes */
+	FW_CONSUMER_SOURCES = 1, /* src_samples: rule and source address */
+	FW_CONSUMERS = 2,
+};
+
+/* sample_reader[consumer]: who reads that consumer's ring buffer, written
+ * by that reader only (a map apart from sampling, so neither writer can
+ * undo the other's change). The program sends no samples unless a reader
+ * is there, so sampling costs a drop one array read while no one reads. */
 struct fw_sample_reader {
 	/* Reading until this CLOCK_MONOTONIC time; the reader renews it
 	 * every second and clears it when it stops. 0: no reader. */
@@ -297,13 +309,14 @@ enum fw_sampling_flag {
 	FW_SAMPLING_WOULD_DROP = 1 << 1, /* sample dry-run would-drops too */
 };
 
-/* sample_win[0]: the per-second cap's window, written by the program. */
+/* sample_win[consumer]: the per-second cap's window, written by the
+ * program. */
 struct fw_sample_win {
 	__u64 second; /* CLOCK_MONOTONIC second of the window */
 	__u64 count;  /* samples sent in it */
 };
 
-/* Indexes of sample_stats (per-CPU __u64 counts). */
+/* sample_stats[consumer * FW_SAMPLE_STAT_MAX + stat]: per-CPU __u64 counts. */
 enum fw_sample_stat {
 	FW_SAMPLE_SENT = 0,    /* written to the ring buffer */
 	FW_SAMPLE_CAPPED = 1,  /* skipped: over the per-second cap */
@@ -321,6 +334,18 @@ struct fw_sample {
 	__u8 stat;        /* enum fw_stat: why it was (or would be) dropped */
 	__u8 would_drop;  /* 1: a dry-run set's would-drop; the frame passed */
 	__u8 data[FW_SAMPLE_BYTES];
+};
+
+/* A record of the src_samples ring buffer: enough to count drops by rule
+ * and source. */
+struct fw_source_sample {
+	__u64 ktime_ns;  /* CLOCK_MONOTONIC */
+	__u32 slot;      /* as in fw_sample */
+	__u8 stat;
+	__u8 would_drop;
+	__u8 family;     /* 4 or 6; 0 for a frame that was not parsed */
+	__u8 pad;
+	__u8 src[16];    /* IPv4 in the first 4 bytes */
 };
 
 /* A page of the docs maps (see firewall.c). */

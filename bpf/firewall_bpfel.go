@@ -132,6 +132,7 @@ const (
 	firewallFwLimitsFW_RULE_NAME_LEN          firewallFwLimits = 128
 	firewallFwLimitsFW_SAMPLE_BYTES           firewallFwLimits = 128
 	firewallFwLimitsFW_SAMPLE_RING_BYTES      firewallFwLimits = 262144
+	firewallFwLimitsFW_SOURCE_RING_BYTES      firewallFwLimits = 65536
 	firewallFwLimitsFW_SAMPLE_DEFAULT_RATE    firewallFwLimits = 1000
 	firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS firewallFwLimits = 65536
 	firewallFwLimitsFW_NO_SLOT                firewallFwLimits = 4294967295
@@ -192,6 +193,14 @@ type firewallFwSample struct {
 	Data      [128]uint8
 }
 
+type firewallFwSampleConsumer uint32
+
+const (
+	firewallFwSampleConsumerFW_CONSUMER_FRAMES  firewallFwSampleConsumer = 0
+	firewallFwSampleConsumerFW_CONSUMER_SOURCES firewallFwSampleConsumer = 1
+	firewallFwSampleConsumerFW_CONSUMERS        firewallFwSampleConsumer = 2
+)
+
 type firewallFwSampleReader struct {
 	_        structs.HostLayout
 	UntilNs  uint64
@@ -239,6 +248,17 @@ type firewallFwSourceKey struct {
 	_    structs.HostLayout
 	Id   uint64
 	Addr [16]uint8
+}
+
+type firewallFwSourceSample struct {
+	_         structs.HostLayout
+	KtimeNs   uint64
+	Slot      uint32
+	Stat      uint8
+	WouldDrop uint8
+	Family    uint8
+	Pad       uint8
+	Src       [16]uint8
 }
 
 type firewallFwStat uint32
@@ -316,6 +336,7 @@ const (
 	firewallMapSrc6Blk      = "src6_blk"
 	firewallMapSrc6H48      = "src6_h48"
 	firewallMapSrc6Long     = "src6_long"
+	firewallMapSrcSamples   = "src_samples"
 	firewallMapTcpflags     = "tcpflags"
 	firewallProgXdpfwFilter = "xdpfw_filter"
 	firewallVarFwBtfAnchor  = "fw_btf_anchor"
@@ -410,6 +431,7 @@ type firewallMapSpecs struct {
 	Src6Blk      *ebpf.MapSpec `ebpf:"src6_blk"`
 	Src6H48      *ebpf.MapSpec `ebpf:"src6_h48"`
 	Src6Long     *ebpf.MapSpec `ebpf:"src6_long"`
+	SrcSamples   *ebpf.MapSpec `ebpf:"src_samples"`
 	Tcpflags     *ebpf.MapSpec `ebpf:"tcpflags"`
 }
 
@@ -480,6 +502,7 @@ type firewallMaps struct {
 	Src6Blk      *ebpf.Map `ebpf:"src6_blk"`
 	Src6H48      *ebpf.Map `ebpf:"src6_h48"`
 	Src6Long     *ebpf.Map `ebpf:"src6_long"`
+	SrcSamples   *ebpf.Map `ebpf:"src_samples"`
 	Tcpflags     *ebpf.Map `ebpf:"tcpflags"`
 }
 
@@ -522,6 +545,7 @@ func (m *firewallMaps) Close() error {
 		m.Src6Blk,
 		m.Src6H48,
 		m.Src6Long,
+		m.SrcSamples,
 		m.Tcpflags,
 	)
 }

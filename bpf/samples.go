@@ -4,12 +4,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
@@ -36,12 +38,21 @@ const SampleBytes = int(firewallFwLimitsFW_SAMPLE_BYTES)
 // SamplingStatus is the sampling configuration and what it did.
 type SamplingStatus struct {
 	SamplingConfig
+	// Frames is what went to the frame samples' reader (xdpfwctl local
+	// drops), Sources what went to the dropped-source counts' reader (the
+	// agent).
+	Frames  SampleCounts `json:"frames"`
+	Sources SampleCounts `json:"sources"`
+}
+
+// SampleCounts are one consumer's sample counters and reader.
+type SampleCounts struct {
 	// Sent, Capped and Lost count samples written to the ring buffer,
 	// skipped over the per-second cap, and lost to a full ring buffer.
 	Sent   uint64 `json:"sent"`
 	Capped uint64 `json:"capped"`
 	Lost   uint64 `json:"lost"`
-	// ReaderPID is the process reading samples now, 0 when none.
+	// ReaderPID is the process reading now, 0 when none.
 	ReaderPID int `json:"readerPid,omitempty"`
 }
 
@@ -72,24 +83,29 @@ func (fw *Firewall) Sampling() (*SamplingStatus, error) {
 		WouldDrop: v.Flags&uint32(firewallFwSamplingFlagFW_SAMPLING_WOULD_DROP) != 0,
 		Off:       v.Flags&uint32(firewallFwSamplingFlagFW_SAMPLING_OFF) != 0,
 	}}
-	for key, dst := range map[firewallFwSampleStat]*uint64{
-		firewallFwSampleStatFW_SAMPLE_SENT: &st.Sent, firewallFwSampleStatFW_SAMPLE_CAPPED: &st.Capped,
-		firewallFwSampleStatFW_SAMPLE_LOST: &st.Lost,
+	for consumer, counts := range map[uint32]*SampleCounts{
+		uint32(firewallFwSampleConsumerFW_CONSUMER_FRAMES): &st.Frames, uint32(firewallFwSampleConsumerFW_CONSUMER_SOURCES): &st.Sources,
 	} {
-		var per []uint64
-		if err := fw.objs.SampleStats.Lookup(uint32(key), &per); err != nil {
-			return nil, fmt.Errorf("read sample_stats[%d]: %w", key, err)
+		for stat, dst := range map[firewallFwSampleStat]*uint64{
+			firewallFwSampleStatFW_SAMPLE_SENT: &counts.Sent, firewallFwSampleStatFW_SAMPLE_CAPPED: &counts.Capped,
+			firewallFwSampleStatFW_SAMPLE_LOST: &counts.Lost,
+		} {
+			key := consumer*uint32(firewallFwSampleStatFW_SAMPLE_STAT_MAX) + uint32(stat)
+			var per []uint64
+			if err := fw.objs.SampleStats.Lookup(key, &per); err != nil {
+				return nil, fmt.Errorf("read sample_stats[%d]: %w", key, err)
+			}
+			for _, n := range per {
+				*dst += n
+			}
 		}
-		for _, n := range per {
-			*dst += n
+		var rd firewallFwSampleReader
+		if err := fw.objs.SampleReader.Lookup(consumer, &rd); err != nil {
+			return nil, fmt.Errorf("read sample_reader[%d]: %w", consumer, err)
 		}
-	}
-	var rd firewallFwSampleReader
-	if err := fw.objs.SampleReader.Lookup(uint32(0), &rd); err != nil {
-		return nil, fmt.Errorf("read sample_reader: %w", err)
-	}
-	if rd.UntilNs > monotonicNow() {
-		st.ReaderPID = int(rd.Pid)
+		if rd.UntilNs > monotonicNow() {
+			counts.ReaderPID = int(rd.Pid)
+		}
 	}
 	return st, nil
 }
@@ -118,13 +134,34 @@ type Sample struct {
 	Data     []byte `json:"-"`
 }
 
-// DropReader streams an interface's drop samples. While it is open the
-// program sends samples (sampling costs nothing otherwise); Close stops it.
-type DropReader struct {
-	fw    *Firewall
-	ring  *ringbuf.Reader
-	only  uint32 // slot + 1 of the one rule sampled, 0 for all
-	names map[uint32]string
+// DropReader streams an interface's frame samples. While it is open the
+// program sends them (sampling costs nothing otherwise); Close stops it.
+type DropReader struct{ sampleReader }
+
+// SourceSample is one sampled drop as the dropped-source counts see it.
+type SourceSample struct {
+	Time time.Time
+	// Rule and Reason are as in Sample.
+	Rule      string
+	Reason    string
+	WouldDrop bool
+	// Src is the source address; invalid for a frame the parser could
+	// not read as IP.
+	Src netip.Addr
+}
+
+// SourceReader streams the rule and source of sampled drops, for counting
+// the top dropped sources (the agent reads it; it does not compete with a
+// DropReader).
+type SourceReader struct{ sampleReader }
+
+// sampleReader reads one consumer's ring buffer and holds its lease.
+type sampleReader struct {
+	fw       *Firewall
+	consumer uint32
+	ring     *ringbuf.Reader
+	only     uint32 // slot + 1 of the one rule sampled, 0 for all
+	names    map[uint32]string
 	// toWall turns the kernel's CLOCK_MONOTONIC into wall-clock time.
 	toWall time.Duration
 
@@ -140,31 +177,49 @@ type DropReader struct {
 // killed without Close stops the samples within it.
 const readerLease = 3 * time.Second
 
-// ReadDrops starts reading the interface's drop samples, of every rule or
+// ReadDrops starts reading the interface's frame samples, of every rule or
 // only of rule (a "ruleset/rule-id" identity, or a rule id that names one
 // rule). It works on a firewall opened with OpenPinned: no daemon needed.
 func (fw *Firewall) ReadDrops(rule string) (*DropReader, error) {
-	r := &DropReader{fw: fw, names: map[uint32]string{}, stop: make(chan struct{}), done: make(chan struct{})}
-	if err := r.readNames(); err != nil {
+	r := &DropReader{}
+	if err := r.open(fw, uint32(firewallFwSampleConsumerFW_CONSUMER_FRAMES), fw.objs.Samples, rule); err != nil {
 		return nil, err
+	}
+	return r, nil
+}
+
+// ReadDropSources starts reading the rule and source of sampled drops.
+func (fw *Firewall) ReadDropSources() (*SourceReader, error) {
+	r := &SourceReader{}
+	if err := r.open(fw, uint32(firewallFwSampleConsumerFW_CONSUMER_SOURCES), fw.objs.SrcSamples, ""); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *sampleReader) open(fw *Firewall, consumer uint32, ringMap *ebpf.Map, rule string) error {
+	r.fw, r.consumer, r.names = fw, consumer, map[uint32]string{}
+	r.stop, r.done = make(chan struct{}), make(chan struct{})
+	if err := r.readNames(); err != nil {
+		return err
 	}
 	if rule != "" {
 		slot, err := r.findRule(rule)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		r.only = slot + 1
 	}
 	var cur firewallFwSampleReader
-	if err := fw.objs.SampleReader.Lookup(uint32(0), &cur); err != nil {
-		return nil, fmt.Errorf("read sample_reader of %s: %w", fw.iface, err)
+	if err := fw.objs.SampleReader.Lookup(consumer, &cur); err != nil {
+		return fmt.Errorf("read sample_reader of %s: %w", fw.iface, err)
 	}
 	if cur.UntilNs > monotonicNow() && int(cur.Pid) != os.Getpid() && processAlive(int(cur.Pid)) {
-		return nil, fmt.Errorf("%s: %w (pid %d)", fw.iface, ErrSamplesBusy, cur.Pid)
+		return fmt.Errorf("%s: %w (pid %d)", fw.iface, ErrSamplesBusy, cur.Pid)
 	}
-	ring, err := ringbuf.NewReader(fw.objs.Samples)
+	ring, err := ringbuf.NewReader(ringMap)
 	if err != nil {
-		return nil, fmt.Errorf("open samples ring buffer of %s: %w", fw.iface, wrapPerm(err))
+		return fmt.Errorf("open ring buffer %s of %s: %w", ringMap, fw.iface, wrapPerm(err))
 	}
 	r.ring = ring
 	// Samples a reader before us left unread are not ours to show.
@@ -174,17 +229,16 @@ func (fw *Firewall) ReadDrops(rule string) (*DropReader, error) {
 			break
 		}
 	}
-	ring.SetDeadline(time.Time{})
 	r.toWall = time.Duration(time.Now().UnixNano()) - time.Duration(monotonicNow())
 	if err := r.renew(); err != nil {
 		ring.Close()
-		return nil, err
+		return err
 	}
 	go r.keepLease()
-	return r, nil
+	return nil
 }
 
-func (r *DropReader) readNames() error {
+func (r *sampleReader) readNames() error {
 	names := make([]firewallFwRuleName, counterSlots)
 	if err := readArray(r.fw.objs.RuleNames, 0, names); err != nil {
 		return fmt.Errorf("read rule_names of %s: %w", r.fw.iface, err)
@@ -197,7 +251,7 @@ func (r *DropReader) readNames() error {
 	return nil
 }
 
-func (r *DropReader) findRule(rule string) (uint32, error) {
+func (r *sampleReader) findRule(rule string) (uint32, error) {
 	var matches []uint32
 	for slot, name := range r.names {
 		_, id, _ := strings.Cut(name, "/")
@@ -221,20 +275,20 @@ func (r *DropReader) findRule(rule string) (uint32, error) {
 	return 0, fmt.Errorf("rule %q on %s names %d rules (%s): give ruleset/rule-id", rule, r.fw.iface, len(matches), strings.Join(names, ", "))
 }
 
-func (r *DropReader) renew() error {
+func (r *sampleReader) renew() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v := firewallFwSampleReader{
 		UntilNs: monotonicNow() + uint64(readerLease), Pid: uint32(os.Getpid()), OnlySlot: r.only,
 	}
-	if err := r.fw.objs.SampleReader.Put(uint32(0), &v); err != nil {
+	if err := r.fw.objs.SampleReader.Put(r.consumer, &v); err != nil {
 		return fmt.Errorf("claim samples of %s: %w", r.fw.iface, err)
 	}
 	return nil
 }
 
 // keepLease renews the reader's claim every second until Close.
-func (r *DropReader) keepLease() {
+func (r *sampleReader) keepLease() {
 	defer close(r.done)
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -251,7 +305,7 @@ func (r *DropReader) keepLease() {
 }
 
 // SetDeadline makes Read return os.ErrDeadlineExceeded at t (zero: never).
-func (r *DropReader) SetDeadline(t time.Time) {
+func (r *sampleReader) SetDeadline(t time.Time) {
 	r.deadline.Store(&t)
 }
 
@@ -261,8 +315,8 @@ func (r *DropReader) SetDeadline(t time.Time) {
 // this often.
 const pollInterval = 100 * time.Millisecond
 
-// Read waits for the next sample (at most pollInterval after it was sent).
-func (r *DropReader) Read() (Sample, error) {
+// next waits for the next record (at most pollInterval after it was sent).
+func (r *sampleReader) next() ([]byte, error) {
 	for {
 		wait := time.Now().Add(pollInterval)
 		deadline := r.deadline.Load()
@@ -273,19 +327,57 @@ func (r *DropReader) Read() (Sample, error) {
 		rec, err := r.ring.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if deadline != nil && !deadline.IsZero() && !time.Now().Before(*deadline) {
-				return Sample{}, err
+				return nil, err
 			}
 			continue
 		}
 		if err != nil {
-			return Sample{}, err
+			return nil, err
 		}
-		return r.decode(rec.RawSample)
+		return rec.RawSample, nil
 	}
 }
 
-// sampleHeader is the size of struct fw_sample before data.
-const sampleHeader = 24
+// Read waits for the next sample.
+func (r *DropReader) Read() (Sample, error) {
+	raw, err := r.next()
+	if err != nil {
+		return Sample{}, err
+	}
+	return r.decode(raw)
+}
+
+// Read waits for the next sample.
+func (r *SourceReader) Read() (SourceSample, error) {
+	raw, err := r.next()
+	if err != nil {
+		return SourceSample{}, err
+	}
+	if len(raw) < sourceSampleSize {
+		return SourceSample{}, fmt.Errorf("source sample of %d bytes: want %d", len(raw), sourceSampleSize)
+	}
+	le := binary.LittleEndian
+	s := SourceSample{
+		Time:      time.Unix(0, int64(time.Duration(le.Uint64(raw[0:]))+r.toWall)),
+		WouldDrop: raw[13] != 0,
+	}
+	s.Reason = reasonName(int(raw[12]))
+	switch raw[14] {
+	case 4:
+		s.Src = netip.AddrFrom4([4]byte(raw[16:20]))
+	case 6:
+		s.Src = netip.AddrFrom16([16]byte(raw[16:32]))
+	}
+	s.Rule, err = r.ruleName(le.Uint32(raw[8:]))
+	return s, err
+}
+
+// sampleHeader is the size of struct fw_sample before data, and
+// sourceSampleSize the size of struct fw_source_sample.
+const (
+	sampleHeader     = 24
+	sourceSampleSize = 32
+)
 
 func (r *DropReader) decode(raw []byte) (Sample, error) {
 	if len(raw) < sampleHeader {
@@ -298,49 +390,57 @@ func (r *DropReader) decode(raw []byte) (Sample, error) {
 		Ifindex:  int(le.Uint32(raw[8:])),
 		FrameLen: int(le.Uint32(raw[16:])),
 	}
-	slot := le.Uint32(raw[12:])
 	capLen := int(le.Uint16(raw[20:]))
-	stat := int(raw[22])
 	if capLen > len(raw)-sampleHeader || capLen > SampleBytes {
 		return Sample{}, fmt.Errorf("sample claims %d bytes, holds %d", capLen, len(raw)-sampleHeader)
 	}
 	s.Data = append([]byte(nil), raw[sampleHeader:sampleHeader+capLen]...)
-	if stat < len(actionNames) {
-		s.Reason = actionNames[stat]
-	} else {
-		s.Reason = fmt.Sprintf("stat-%d", stat)
-	}
+	s.Reason = reasonName(int(raw[22]))
 	s.WouldDrop = raw[23] != 0
-	if slot != uint32(firewallFwLimitsFW_NO_SLOT) {
-		name, ok := r.names[slot]
-		if !ok {
-			// A rule applied after we started: read the names again.
-			if err := r.readNames(); err != nil {
-				return Sample{}, err
-			}
-			name = r.names[slot]
-		}
-		s.Rule = name
+	var err error
+	s.Rule, err = r.ruleName(le.Uint32(raw[12:]))
+	return s, err
+}
+
+func reasonName(stat int) string {
+	if stat < len(actionNames) {
+		return actionNames[stat]
 	}
-	return s, nil
+	return fmt.Sprintf("stat-%d", stat)
+}
+
+// ruleName is the identity of a counter slot ("" for FW_NO_SLOT).
+func (r *sampleReader) ruleName(slot uint32) (string, error) {
+	if slot == uint32(firewallFwLimitsFW_NO_SLOT) {
+		return "", nil
+	}
+	name, ok := r.names[slot]
+	if !ok {
+		// A rule applied after we started: read the names again.
+		if err := r.readNames(); err != nil {
+			return "", err
+		}
+		name = r.names[slot]
+	}
+	return name, nil
 }
 
 // Close stops reading: the program stops sending samples. Calling it again
 // does nothing.
-func (r *DropReader) Close() error {
+func (r *sampleReader) Close() error {
 	r.closeOnce.Do(func() { r.closeErr = r.close() })
 	return r.closeErr
 }
 
-func (r *DropReader) close() error {
+func (r *sampleReader) close() error {
 	close(r.stop)
 	<-r.done
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var err error
 	var cur firewallFwSampleReader
-	if r.fw.objs.SampleReader.Lookup(uint32(0), &cur) == nil && int(cur.Pid) == os.Getpid() {
-		if perr := r.fw.objs.SampleReader.Put(uint32(0), &firewallFwSampleReader{}); perr != nil {
+	if r.fw.objs.SampleReader.Lookup(r.consumer, &cur) == nil && int(cur.Pid) == os.Getpid() {
+		if perr := r.fw.objs.SampleReader.Put(r.consumer, &firewallFwSampleReader{}); perr != nil {
 			err = fmt.Errorf("release samples of %s: %w", r.fw.iface, perr)
 		}
 	}

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -60,6 +61,56 @@ func TestSampleLayout(t *testing.T) {
 	if off := unsafe.Offsetof(firewallFwSample{}.Data); off != sampleHeader {
 		t.Fatalf("fw_sample.data at %d, decode reads it at %d", off, sampleHeader)
 	}
+	var s firewallFwSourceSample
+	if size, off := unsafe.Sizeof(s), unsafe.Offsetof(s.Src); size != sourceSampleSize || off != 16 ||
+		unsafe.Offsetof(s.Slot) != 8 || unsafe.Offsetof(s.Family) != 14 {
+		t.Fatalf("fw_source_sample is %d bytes, src at %d: SourceReader reads 32 and 16", size, off)
+	}
+}
+
+func TestSourceSamplesBesideFrameSamples(t *testing.T) {
+	fw := openTestFirewall(t)
+	mustApply(t, fw, mustDecode(t, sampleRules))
+	bad4 := packet.UDP("203.0.113.9", "198.51.100.1", 5000, 9999).Bytes()
+	telnet6 := packet.TCP("2001:db8::7", "2001:db8::1", 40000, 23, 0x02).Bytes()
+
+	src, err := fw.ReadDropSources()
+	if err != nil {
+		t.Fatalf("ReadDropSources: %v", err)
+	}
+	defer src.Close()
+	// A frame reader at the same time: each gets every sample.
+	frames, err := fw.ReadDrops("")
+	if err != nil {
+		t.Fatalf("ReadDrops beside a source reader: %v", err)
+	}
+	defer frames.Close()
+	run(t, fw, bad4)
+	run(t, fw, telnet6)
+
+	src.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	var got []SourceSample
+	for {
+		s, err := src.Read()
+		if err != nil {
+			break
+		}
+		got = append(got, s)
+	}
+	if len(got) != 2 || got[0].Rule != "edge/bad-net" || got[0].Src != netip.MustParseAddr("203.0.113.9") ||
+		got[0].Reason != "drop-rule" || got[1].Rule != "edge/telnet" || got[1].Src != netip.MustParseAddr("2001:db8::7") {
+		t.Fatalf("source samples: %+v", got)
+	}
+	if n := len(readSamples(t, frames)); n != 2 {
+		t.Fatalf("frame samples beside source samples: %d, want 2", n)
+	}
+	st, err := fw.Sampling()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Sources.Sent != 2 || st.Frames.Sent != 2 || st.Sources.ReaderPID != os.Getpid() {
+		t.Fatalf("sampling status %+v", st)
+	}
 }
 
 func TestDropSamplesCarryRuleAndFrame(t *testing.T) {
@@ -72,7 +123,7 @@ func TestDropSamplesCarryRuleAndFrame(t *testing.T) {
 
 	// No reader: drops send nothing.
 	run(t, fw, telnet.Bytes())
-	if st, err := fw.Sampling(); err != nil || st.Sent != 0 || st.ReaderPID != 0 {
+	if st, err := fw.Sampling(); err != nil || st.Frames.Sent != 0 || st.Frames.ReaderPID != 0 {
 		t.Fatalf("with no reader: sampling %+v, %v; want nothing sent", st, err)
 	}
 
@@ -81,8 +132,8 @@ func TestDropSamplesCarryRuleAndFrame(t *testing.T) {
 		t.Fatalf("ReadDrops: %v", err)
 	}
 	defer r.Close()
-	if st, _ := fw.Sampling(); st.ReaderPID != os.Getpid() {
-		t.Fatalf("reader pid = %d, want ours", st.ReaderPID)
+	if st, _ := fw.Sampling(); st.Frames.ReaderPID != os.Getpid() {
+		t.Fatalf("reader pid = %d, want ours", st.Frames.ReaderPID)
 	}
 	start := time.Now()
 	if v := run(t, fw, telnet.Bytes()); v != xdpDrop {
@@ -121,7 +172,7 @@ func TestDropSamplesCarryRuleAndFrame(t *testing.T) {
 		t.Fatalf("would-drop samples: %+v", got)
 	}
 	r.Close()
-	if st, _ := fw.Sampling(); st.ReaderPID != 0 || st.Sent != 3 {
+	if st, _ := fw.Sampling(); st.Frames.ReaderPID != 0 || st.Frames.Sent != 3 {
 		t.Fatalf("after Close: %+v, want no reader and 3 sent", st)
 	}
 
@@ -158,7 +209,7 @@ func TestDropSamplesCapAndOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 5 a second: 5, or up to 10 if a second began during the 20 runs.
-	if len(got) < 5 || len(got) > 10 || st.Sent != uint64(len(got)) || st.Sent+st.Capped != 20 {
+	if len(got) < 5 || len(got) > 10 || st.Frames.Sent != uint64(len(got)) || st.Frames.Sent+st.Frames.Capped != 20 {
 		t.Fatalf("20 drops with a cap of 5/s: %d samples, status %+v", len(got), st)
 	}
 

@@ -266,7 +266,7 @@ func waitForReader(t testing.TB, h *host) {
 	}
 	defer fw.Close()
 	for range 100 {
-		if st, err := fw.Sampling(); err == nil && st.ReaderPID != 0 {
+		if st, err := fw.Sampling(); err == nil && st.Frames.ReaderPID != 0 {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -390,8 +390,9 @@ func TestDropSamplesDecodedWithRule(t *testing.T) {
 }
 
 // Through the agent: a rate limit arrives from etcd, holds a flood, and
-// the host's telemetry reports what passed and what was over the limit;
-// an operator samples the drops beside the running agent.
+// the host's telemetry reports what passed, what was over the limit and
+// from which sources; an operator samples the drops beside the running
+// agent.
 func TestFleetRateLimitReportedInTelemetry(t *testing.T) {
 	f, h := oneHostEnforcingEdge1(t)
 	f.putVersion(t, 2, dnsLimit("{pps: 500, burst: 50, per: source}"))
@@ -426,7 +427,17 @@ func TestFleetRateLimitReportedInTelemetry(t *testing.T) {
 			passed := rt.PPS - rt.Limited.PPS
 			ok := rt.Action == "rate-limit" && rt.Limited.PPS > 4*passed && passed > 900 && passed < 1100 &&
 				it.Actions["rate-limited"].PPS > 0
-			return ok, fmt.Sprintf("rule %+v, over the limit %+v (passed %.0f/s); rate-limited %+v", rt, *rt.Limited, passed, it.Actions["rate-limited"])
+			// The top dropped sources: the two flooders, each about half
+			// of what the rule dropped over the interval.
+			dropped := rt.Limited.PPS * tm.IntervalSeconds
+			var sum float64
+			for _, src := range rt.TopSources {
+				sum += float64(src.Packets)
+				ok = ok && (src.Src == "198.19.0.1" || src.Src == "198.19.0.2") && float64(src.Packets) > 0.3*dropped
+			}
+			ok = ok && len(rt.TopSources) == 2 && sum > 0.9*dropped && sum < 1.1*dropped
+			return ok, fmt.Sprintf("rule %+v, over the limit %+v (passed %.0f/s), top sources %+v of %.0f dropped; rate-limited %+v",
+				rt, *rt.Limited, passed, rt.TopSources, dropped, it.Actions["rate-limited"])
 		}
 		return false, fmt.Sprintf("no rule dns-flood with a limited rate in %+v", it.Rules)
 	})

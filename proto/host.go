@@ -181,6 +181,17 @@ type RuleTelemetry struct {
 	// Limited is, for a rate-limit rule, the part of Rate that was over
 	// its limit (dropped, or would-dropped in a dry-run set).
 	Limited *Rate `json:"limited,omitempty"`
+	// TopSources are the sources the rule dropped most over the interval,
+	// estimated from sampled drops; most first.
+	TopSources []SourceCount `json:"topSources,omitempty"`
+}
+
+// SourceCount is a source address and about how many of its packets a
+// rule dropped: its share of the rule's sampled drops times the rule's
+// drops.
+type SourceCount struct {
+	Src     string `json:"src"`
+	Packets uint64 `json:"packets"`
 }
 
 // decodeStrictJSON decodes one JSON value, refusing unknown fields and

@@ -129,7 +129,7 @@ func runLocalDrops(args []string, stdout, stderr io.Writer) error {
 		dest = " to " + *file
 	}
 	fmt.Fprintf(stderr, "%s: %d sample(s)%s; interface totals: %d sent, %d over the %s/s cap, %d lost to a full buffer\n",
-		opts.Interface, n, dest, st.Sent, st.Capped, capLabel(st.MaxPerSecond), st.Lost)
+		opts.Interface, n, dest, st.Frames.Sent, st.Frames.Capped, capLabel(st.MaxPerSecond), st.Frames.Lost)
 	return nil
 }
 
@@ -219,12 +219,17 @@ func runLocalSampling(args []string, stdout, stderr io.Writer) error {
 	everyN := max(st.Every, 1)
 	fmt.Fprintf(tw, "interface:\t%s\n", opts.Interface)
 	fmt.Fprintf(tw, "sampling:\t%s, 1 drop in %d, at most %s a second, would-drops %v\n", state, everyN, capLabel(st.MaxPerSecond), st.WouldDrop)
-	if st.ReaderPID != 0 {
-		fmt.Fprintf(tw, "reader:\tpid %d\n", st.ReaderPID)
-	} else {
-		fmt.Fprintf(tw, "reader:\tnone (no samples are sent)\n")
+	for _, c := range []struct {
+		what   string
+		counts bpf.SampleCounts
+	}{{"frames (local drops)", st.Frames}, {"sources (agent)", st.Sources}} {
+		reader := "no reader, nothing sent"
+		if c.counts.ReaderPID != 0 {
+			reader = fmt.Sprintf("read by pid %d", c.counts.ReaderPID)
+		}
+		fmt.Fprintf(tw, "%s:\t%s; %d sent, %d over the cap, %d lost to a full buffer\n", c.what, reader,
+			c.counts.Sent, c.counts.Capped, c.counts.Lost)
 	}
-	fmt.Fprintf(tw, "samples:\t%d sent, %d over the cap, %d lost to a full buffer\n", st.Sent, st.Capped, st.Lost)
 	return tw.Flush()
 }
 

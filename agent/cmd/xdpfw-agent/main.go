@@ -56,6 +56,7 @@ func run(args []string) int {
 	metricsAddr := fs.String("metrics-addr", agent.DefaultMetricsAddr, "where to serve /metrics (empty: off)")
 	parseErrors := fs.String("parse-errors", "", "frames the parser cannot read: pass (default) or drop")
 	nonIP := fs.String("non-ip", "", "non-IP frames (ARP, LLDP): pass (default) or drop")
+	noDropSources := fs.Bool("no-drop-sources", false, "do not count the top dropped sources per rule (from sampled drops) in telemetry")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -95,6 +96,9 @@ func run(args []string) int {
 	override("pin-path", &cfg.PinPath, *pinPath)
 	override("parse-errors", &cfg.ParseErrors, *parseErrors)
 	override("non-ip", &cfg.NonIP, *nonIP)
+	if set["no-drop-sources"] {
+		cfg.NoDropSources = *noDropSources
+	}
 	if set["labels"] {
 		l, err := agent.ParseLabels(*labels)
 		if err != nil {
