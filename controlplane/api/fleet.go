@@ -133,6 +133,11 @@ func Aggregate(docs []proto.HostTelemetry, ruleset string, perHost bool, at time
 					order = append(order, k)
 				}
 				sum.Rate = addRate(sum.Rate, rt.Rate)
+				if rt.Limited != nil {
+					l := addRate(zeroIfNil(sum.Limited), *rt.Limited)
+					sum.Limited = &l
+				}
+				sum.TopSources = mergeSources(sum.TopSources, rt.TopSources)
 			}
 		}
 		if perHost {
@@ -156,6 +161,44 @@ func Aggregate(docs []proto.HostTelemetry, ruleset string, perHost bool, at time
 		return a.ID < b.ID
 	})
 	return rep
+}
+
+// maxFleetTopSources is how many dropped sources a fleet rule lists.
+const maxFleetTopSources = 5
+
+// mergeSources adds b's source counts to a's, most first, the top
+// maxFleetTopSources kept. (Each host lists its top few: a source spread
+// thin over many hosts can be missing; the fleet view is the sum of what
+// hosts saw most.)
+func mergeSources(a, b []proto.SourceCount) []proto.SourceCount {
+	if len(b) == 0 {
+		return a
+	}
+	sum := map[string]uint64{}
+	for _, s := range a {
+		sum[s.Src] += s.Packets
+	}
+	for _, s := range b {
+		sum[s.Src] += s.Packets
+	}
+	out := make([]proto.SourceCount, 0, len(sum))
+	for src, n := range sum {
+		out = append(out, proto.SourceCount{Src: src, Packets: n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Packets != out[j].Packets {
+			return out[i].Packets > out[j].Packets
+		}
+		return out[i].Src < out[j].Src
+	})
+	return out[:min(len(out), maxFleetTopSources)]
+}
+
+func zeroIfNil(r *proto.Rate) proto.Rate {
+	if r == nil {
+		return proto.Rate{}
+	}
+	return *r
 }
 
 func addRate(a, b proto.Rate) proto.Rate {

@@ -238,3 +238,31 @@ func TestTelemetry(t *testing.T) {
 		t.Fatalf("empty report: %s", r.body)
 	}
 }
+
+// A rate-limit rule's over-limit rates add up across hosts, and its
+// dropped sources merge: the same source's packets summed, most first.
+func TestAggregateLimitsAndDroppedSources(t *testing.T) {
+	host := func(name string, limited float64, srcs ...proto.SourceCount) proto.HostTelemetry {
+		rt := proto.RuleTelemetry{RuleSet: "edge", ID: "dns", Action: "rate-limit",
+			Rate: proto.Rate{Packets: 100, PPS: 10}, Limited: &proto.Rate{Packets: 60, PPS: limited}, TopSources: srcs}
+		return proto.HostTelemetry{Host: name, Interfaces: []proto.InterfaceTelemetry{{Name: "eth0", Rules: []proto.RuleTelemetry{rt}}}}
+	}
+	src := func(a string, n uint64) proto.SourceCount { return proto.SourceCount{Src: a, Packets: n} }
+	docs := []proto.HostTelemetry{
+		host("h1", 6, src("192.0.2.1", 30), src("192.0.2.2", 20), src("192.0.2.3", 10)),
+		host("h2", 4, src("192.0.2.2", 25), src("2001:db8::1", 15), src("192.0.2.4", 5)),
+		host("h3", 1, src("192.0.2.5", 4), src("192.0.2.6", 1)),
+	}
+	rep := Aggregate(docs, "", false, time.Now())
+	if len(rep.Rules) != 1 {
+		t.Fatalf("rules %+v", rep.Rules)
+	}
+	r := rep.Rules[0]
+	if r.Limited == nil || r.Limited.PPS != 11 || r.Limited.Packets != 180 || r.PPS != 30 {
+		t.Fatalf("dns: %+v over the limit %+v; want 30 pps, 11 over the limit (180 packets)", r.Rate, r.Limited)
+	}
+	want := []proto.SourceCount{src("192.0.2.2", 45), src("192.0.2.1", 30), src("2001:db8::1", 15), src("192.0.2.3", 10), src("192.0.2.4", 5)}
+	if !reflect.DeepEqual(r.TopSources, want) {
+		t.Fatalf("top sources %v, want %v", r.TopSources, want)
+	}
+}

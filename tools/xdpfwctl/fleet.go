@@ -624,13 +624,17 @@ func printTelemetry(w io.Writer, rep proto.TelemetryReport, limit int) error {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RULESET\tRULE\tACTION\tPACKETS\tBYTES\tPPS")
+	fmt.Fprintln(tw, "RULESET\tRULE\tACTION\tPACKETS\tBYTES\tPPS\tOVER LIMIT PPS\tTOP DROPPED SOURCES")
 	for _, r := range rules {
 		action := r.Action
 		if r.DryRun {
 			action += " (dry-run)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.1f\n", r.RuleSet, r.ID, action, r.Packets, r.Bytes, r.PPS)
+		limited := "-"
+		if r.Limited != nil {
+			limited = fmt.Sprintf("%.1f", r.Limited.PPS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%.1f\t%s\t%s\n", r.RuleSet, r.ID, action, r.Packets, r.Bytes, r.PPS, limited, sourcesLabel(r.TopSources))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -644,6 +648,18 @@ func printTelemetry(w io.Writer, rep proto.TelemetryReport, limit int) error {
 		}
 	}
 	return nil
+}
+
+// sourcesLabel lists dropped sources with their packets: "a (n), b (m)".
+func sourcesLabel(srcs []proto.SourceCount) string {
+	if len(srcs) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(srcs))
+	for i, s := range srcs {
+		parts[i] = fmt.Sprintf("%s (%d)", s.Src, s.Packets)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // clearScreen moves the cursor home and clears the terminal (ANSI).

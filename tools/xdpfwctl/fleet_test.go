@@ -137,6 +137,9 @@ func fleetAnswers() map[string]answer {
 				{RuleSet: "edge", ID: "ssh", Action: "drop", Rate: proto.Rate{Packets: 1000, Bytes: 60000, PPS: 10}},
 				{RuleSet: "edge", ID: "threat-intel", Action: "drop", Rate: proto.Rate{Packets: 8000, Bytes: 480000, PPS: 140}},
 				{RuleSet: "lab", ID: "lockdown", Action: "drop", DryRun: true, Rate: proto.Rate{Packets: 5}},
+				{RuleSet: "edge", ID: "dns-flood", Action: "rate-limit", Rate: proto.Rate{Packets: 900, Bytes: 54000, PPS: 9},
+					Limited:    &proto.Rate{Packets: 400, Bytes: 24000, PPS: 4},
+					TopSources: []proto.SourceCount{{Src: "198.51.100.7", Packets: 300}, {Src: "2001:db8::9", Packets: 100}}},
 			}}},
 	}
 }
