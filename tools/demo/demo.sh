@@ -168,7 +168,21 @@ cat <<'EOF'
   ended (pass-default = no rule matched; non-ip = ARP and the like).
 EOF
 
-say "5. detach: filtering stops, the pinned maps go"
+say "5. a ping flood against the rate limit, with the drops sampled (xdpfwctl local drops)"
+ctl drops --count 5 --duration 10s &
+drops_pid=$!
+sleep 0.5 # until the reader holds the samples
+on "$CLIENT" ping -n -q -c 200 -i 0.005 -W 1 "$SERVER_V4" | sed -n 's/^/  | /; /packets transmitted/p'
+wait "$drops_pid" || unexpected=1
+echo
+ctl stats | sed -n '/ping-limit/p; /rate-limited/p'
+cat <<'EOF'
+
+  200 pings in about two seconds: the burst of 10 and about 10 a second passed, the
+  rest were dropped over the limit (OVER LIMIT) and sampled as they were.
+EOF
+
+say "6. detach: filtering stops, the pinned maps go"
 ctl detach
 
 say "cleaning up (namespaces, pins)"
