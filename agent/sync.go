@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -460,7 +461,26 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
 		}
 	}
+	releaseBigTables(compiled)
 	return nil
+}
+
+// releaseBigTables gives the memory of an apply of big prefix tables back
+// at once: the compiled tables (64 MB per IPv4 field) are garbage now, and
+// so are the mmaps of the maps they were written through, which are only
+// unmapped when a collection finds them. Without this an idle agent keeps
+// them until the heap grows enough for the next collection.
+func releaseBigTables(compiled []*bpf.Compiled) {
+	big := false
+	for i, c := range compiled {
+		if c.Src4Dir24 != nil || c.Dst4Dir24 != nil || c.Src6H48 != nil || c.Dst6H48 != nil {
+			big = true
+		}
+		compiled[i] = nil
+	}
+	if big {
+		debug.FreeOSMemory()
+	}
 }
 
 // publishStatus hands the reporter a new status document.

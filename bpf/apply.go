@@ -326,10 +326,8 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		if d == nil {
 			continue
 		}
-		for _, e := range d.t24 {
-			if e&dir24Kind == dir24Vec {
-				used[e&0xFFFF] = true
-			}
+		for id := range d.usedVecs {
+			used[id] = true
 		}
 		for _, b := range d.blocks {
 			for x := 0; x <= int(b.n) && x < len(b.ids); x++ {

@@ -11,9 +11,16 @@ import (
 // dir24State is a DIR-24 table as one generation holds it in the kernel:
 // kernel vector ids, kernel block and t8 indexes.
 type dir24State struct {
-	t24    []uint32  // dir24Entries
-	blocks []v4Block // one per slot of the blocks inner map (its capacity)
-	t8     []v4T8    // likewise
+	// t24 is the whole table (dir24Entries) while an apply writes it;
+	// nil in the states kept between applies: the table is in the map
+	// (64 MB a generation, read through mmap when needed), and a copy
+	// per generation would double the agent's memory.
+	t24 []uint32
+	// What the table points at: vector ids, block and t8 slots.
+	usedVecs     map[uint32]bool
+	usedB, usedT []bool
+	blocks       []v4Block // one per slot of the blocks inner map (its capacity)
+	t8           []v4T8    // likewise
 	// Set by placeDir24: what writeDir24 must do.
 	blockWrites, t8Writes []uint32
 	newBlocks, newT8      bool
@@ -76,18 +83,8 @@ func placeDir24(d *dir24, cur *dir24State, kid []uint32) *dir24State {
 
 	usedB := make([]bool, len(cur.blocks))
 	usedT := make([]bool, len(cur.t8))
-	for _, e := range cur.t24 {
-		switch e & dir24Kind {
-		case dir24Block:
-			if i := e & dir24Index; int(i) < len(usedB) {
-				usedB[i] = true
-			}
-		case dir24T8:
-			if i := e & dir24Index; int(i) < len(usedT) {
-				usedT[i] = true
-			}
-		}
-	}
+	copy(usedB, cur.usedB)
+	copy(usedT, cur.usedT)
 	var bIdx, tIdx []uint32
 	w.blocks, bIdx, w.blockWrites, w.newBlocks = placeSlots(blocks, cur.blocks, usedB)
 	w.t8, tIdx, w.t8Writes, w.newT8 = placeSlots(t8s, cur.t8, usedT)
@@ -175,7 +172,6 @@ func (fw *Firewall) writeDir24(gen uint32, maps dir24Maps, cur, want *dir24State
 	if err != nil {
 		return err
 	}
-	var curT24 []uint32
 	if t24 == nil || cur == nil {
 		if t24 != nil {
 			t24.Close()
@@ -183,33 +179,41 @@ func (fw *Firewall) writeDir24(gen uint32, maps dir24Maps, cur, want *dir24State
 		if t24, err = fw.newInner(maps.t24, gen, inner, 0); err != nil {
 			return err
 		}
-		curT24 = make([]uint32, dir24Entries)
-	} else {
-		curT24 = cur.t24
 	}
 	defer t24.Close()
 	mem, err := t24.Memory()
 	if err != nil {
 		return fmt.Errorf("map %s t24: %w", maps.name, err)
 	}
-	// Write the runs of entries that differ, straight into the map.
+	// Compare with what the map holds a chunk at a time, and write the
+	// runs of entries that differ straight into the map.
 	changed := 0
-	for i := 0; i < dir24Entries; {
-		if want.t24[i] == curT24[i] {
-			i++
-			continue
+	have := make([]uint32, 1<<16)
+	for base := 0; base < dir24Entries; base += len(have) {
+		if _, err := mem.ReadAt(u32Bytes(have), int64(base)*4); err != nil {
+			return fmt.Errorf("read %s t24: %w", maps.name, err)
 		}
-		j := i
-		for j < dir24Entries && want.t24[j] != curT24[j] {
-			j++
+		wantChunk := want.t24[base : base+len(have)]
+		for i := 0; i < len(have); {
+			if wantChunk[i] == have[i] {
+				i++
+				continue
+			}
+			j := i
+			for j < len(have) && wantChunk[j] != have[j] {
+				j++
+			}
+			if _, err := mem.WriteAt(u32Bytes(wantChunk[i:j]), int64(base+i)*4); err != nil {
+				return fmt.Errorf("write %s t24: %w", maps.name, err)
+			}
+			changed += j - i
+			i = j
 		}
-		if _, err := mem.WriteAt(u32Bytes(want.t24[i:j]), int64(i)*4); err != nil {
-			return fmt.Errorf("write %s t24: %w", maps.name, err)
-		}
-		changed += j - i
-		i = j
 	}
 	rep.Writes[maps.name+"_t24"] += changed
+	// Kept between applies: what the table points at, not the table.
+	want.noteUsed(want.t24)
+	want.t24 = nil
 
 	if err := writeSlots(fw, maps.blocks, gen, maps.name+"_blk", want.newBlocks || cur == nil, want.blocks, want.blockWrites, rep,
 		func(b v4Block) firewallFwV4Block {
@@ -280,6 +284,26 @@ func (fw *Firewall) newInner(outer *ebpf.Map, gen uint32, spec *ebpf.MapSpec, en
 	return m, nil
 }
 
+// noteUsed records what a table points at: vector ids, block and t8 slots.
+func (st *dir24State) noteUsed(t24 []uint32) {
+	st.usedVecs = map[uint32]bool{}
+	st.usedB, st.usedT = make([]bool, len(st.blocks)), make([]bool, len(st.t8))
+	for _, e := range t24 {
+		switch e & dir24Kind {
+		case dir24Block:
+			if i := e & dir24Index; int(i) < len(st.usedB) {
+				st.usedB[i] = true
+			}
+		case dir24T8:
+			if i := e & dir24Index; int(i) < len(st.usedT) {
+				st.usedT[i] = true
+			}
+		default:
+			st.usedVecs[e&0xFFFF] = true
+		}
+	}
+}
+
 // readDir24 reads a generation's DIR-24 table of one field back from the
 // kernel (nil when the slot is empty).
 func readDir24(maps dir24Maps, gen uint32) (*dir24State, error) {
@@ -288,12 +312,13 @@ func readDir24(maps dir24Maps, gen uint32) (*dir24State, error) {
 		return nil, err
 	}
 	defer t24.Close()
-	st := &dir24State{t24: make([]uint32, dir24Entries)}
+	st := &dir24State{}
+	table := make([]uint32, dir24Entries) // only while it is read
 	mem, err := t24.Memory()
 	if err != nil {
 		return nil, fmt.Errorf("map %s t24: %w", maps.name, err)
 	}
-	if _, err := mem.ReadAt(u32Bytes(st.t24), 0); err != nil {
+	if _, err := mem.ReadAt(u32Bytes(table), 0); err != nil {
 		return nil, fmt.Errorf("read %s t24: %w", maps.name, err)
 	}
 	if blk, err := innerMap(maps.blocks, gen); err != nil {
@@ -322,5 +347,6 @@ func readDir24(maps dir24Maps, gen uint32) (*dir24State, error) {
 			st.t8[i] = t.Ids
 		}
 	}
+	st.noteUsed(table)
 	return st, nil
 }
