@@ -5,20 +5,22 @@ import (
 	"fmt"
 	"net/http"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
+	"github.com/xdpfw/xdpfw/controlplane/rollout"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
 // Rollouts is what the API needs of the rollout manager
 // (controlplane/rollout.Manager).
 type Rollouts interface {
-	Create(ctx context.Context, spec proto.RolloutSpec, by string) (proto.Rollout, error)
+	Create(ctx context.Context, spec proto.RolloutSpec, by string, audit rollout.AuditOp) (proto.Rollout, error)
 	Get(ctx context.Context, id string) (proto.Rollout, error)
 	List(ctx context.Context) ([]proto.Rollout, error)
 	// Control asks for want: proto.RolloutWantRun, Pause or Abort.
-	Control(ctx context.Context, id, want, by string) (proto.Rollout, error)
+	Control(ctx context.Context, id, want, by string, audit rollout.AuditOp) (proto.Rollout, error)
 }
 
 // createRollout answers POST /v1/rollouts: 201 and the rollout.
@@ -29,30 +31,23 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request, id auth.I
 	}
 	ctx, cancel := s.etcdCtx(r)
 	defer cancel()
-	ro, err := s.rollouts.Create(ctx, spec, id.Name)
+	ro, err := s.rollouts.Create(ctx, spec, id.Name, s.rolloutAudit(r, id))
 	if err != nil {
 		return err
 	}
-	s.auditRollout(r, id, ro, "created")
 	s.log.Info("rollout created", zapRollout(ro.ID), zapRuleSet(ro.Spec.RuleSet), zapVersion(ro.Spec.Version), zapWho(id))
 	w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
 	writeJSON(w, http.StatusCreated, ro)
 	return nil
 }
 
-// auditRollout records a rollout write. The rollout manager writes in
-// its own transaction, so the record follows it, with a deadline of its
-// own that a client hanging up does not cut short. If it cannot be
-// written the write stands (a client retrying it would start a second
-// rollout) and the failure is logged.
-func (s *Server) auditRollout(r *http.Request, id auth.Identity, ro proto.Rollout, result string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.timeout)
-	defer cancel()
-	rec := auditRecord(r, id, "rollout "+ro.ID)
-	rec.Result = fmt.Sprintf("%s (rule set %s version %d)", result, ro.Spec.RuleSet, ro.Spec.Version)
-	if _, _, err := s.store.PutAudit(ctx, rec); err != nil {
-		s.log.Error("audit record of a rollout write not written", zapRollout(ro.ID), zapWho(id),
-			zap.String("action", rec.Action), zap.String("result", rec.Result), zap.Error(err))
+// rolloutAudit makes a rollout write's audit record, which the manager
+// writes in the same transaction as the rollout.
+func (s *Server) rolloutAudit(r *http.Request, id auth.Identity) rollout.AuditOp {
+	return func(ro proto.Rollout, result string) (clientv3.Op, error) {
+		rec := auditRecord(r, id, "rollout "+ro.ID)
+		rec.Result = fmt.Sprintf("%s (rule set %s version %d)", result, ro.Spec.RuleSet, ro.Spec.Version)
+		return s.store.AuditOp(rec)
 	}
 }
 
@@ -88,11 +83,10 @@ func (s *Server) controlRollout(want string) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request, id auth.Identity) error {
 		ctx, cancel := s.etcdCtx(r)
 		defer cancel()
-		ro, err := s.rollouts.Control(ctx, r.PathValue("id"), want, id.Name)
+		ro, err := s.rollouts.Control(ctx, r.PathValue("id"), want, id.Name, s.rolloutAudit(r, id))
 		if err != nil {
 			return err
 		}
-		s.auditRollout(r, id, ro, "want "+want)
 		s.log.Info("rollout control", zapRollout(ro.ID), zap.String("want", want), zapWho(id))
 		writeJSON(w, http.StatusOK, ro)
 		return nil

@@ -1,9 +1,13 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/xdpfw/xdpfw/proto"
 )
@@ -104,9 +108,28 @@ func TestRollouts(t *testing.T) {
 	if len(recs) != len(want) {
 		t.Fatalf("audit records %+v", recs)
 	}
+	// Each record was written by the write's own transaction: at the
+	// revision of the rollout key it records.
+	writeRevs := []int64{}
+	for _, key := range []string{e.keys.RolloutControl(ro.ID), e.keys.RolloutSpec(ro.ID)} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		kv, err := e.cli.Get(ctx, key, clientv3.WithRev(0))
+		cancel()
+		if err != nil || len(kv.Kvs) != 1 {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		if key == e.keys.RolloutControl(ro.ID) {
+			writeRevs = append(writeRevs, kv.Kvs[0].ModRevision) // the abort, newest
+		} else {
+			writeRevs = append(writeRevs, kv.Kvs[0].CreateRevision)
+		}
+	}
 	for i, rec := range recs {
 		if got := rec.Action + ": " + rec.Result; got != want[i] || rec.Who != "oscar" || rec.Target != "rollout "+ro.ID || rec.Revision == 0 {
 			t.Errorf("record %d: %+v, want %q by oscar", i, rec, want[i])
+		}
+		if (i == 0 && rec.Revision != writeRevs[0]) || (i == len(recs)-1 && rec.Revision != writeRevs[1]) {
+			t.Errorf("record %d (%s) at revision %d, not in the transaction of the write it records (revisions %v)", i, rec.Result, rec.Revision, writeRevs)
 		}
 	}
 }

@@ -624,7 +624,7 @@ func TestRolloutHaltsWhenHostRefuses(t *testing.T) {
 
 	// A pause makes no sense on a halted rollout; a resume retries the
 	// host, which refuses again.
-	if _, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantPause, "tester"); !errors.Is(err, ErrConflict) {
+	if _, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantPause, "tester", nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("pause of a halted rollout: %v, want ErrConflict", err)
 	}
 	resumed := e.control(ro.ID, proto.RolloutWantRun)
@@ -654,7 +654,7 @@ func TestRolloutHaltsWhenHostRefuses(t *testing.T) {
 	if rel := e.released("edge"); rel.Version != 1 {
 		t.Fatalf("release = %+v, want still 1", rel)
 	}
-	if _, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantRun, "tester"); !errors.Is(err, ErrConflict) {
+	if _, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantRun, "tester", nil); !errors.Is(err, ErrConflict) {
 		t.Fatalf("resume of an aborted rollout: %v, want ErrConflict", err)
 	}
 	assertHistory(t, pick(agents, names(agents)...), "edge@1", "edge@2", "edge@1")
@@ -788,7 +788,7 @@ func TestPauseAndResume(t *testing.T) {
 	e.waitRollout(ro.ID, 20*time.Second, "to succeed after the resume", stateIs(proto.RolloutSucceeded))
 	waitReports(t, pick(agents, order...), 10*time.Second, v2)
 	for _, want := range []string{proto.RolloutWantRun, proto.RolloutWantPause, proto.RolloutWantAbort} {
-		if _, err := e.mgr.Control(testCtx(t), ro.ID, want, "tester"); !errors.Is(err, ErrConflict) {
+		if _, err := e.mgr.Control(testCtx(t), ro.ID, want, "tester", nil); !errors.Is(err, ErrConflict) {
 			t.Errorf("%s of a succeeded rollout: %v, want ErrConflict", want, err)
 		}
 	}

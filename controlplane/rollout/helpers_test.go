@@ -60,7 +60,7 @@ func (e *env) putVersions(name string, selector map[string]string, n int) {
 
 func (e *env) create(spec proto.RolloutSpec) proto.Rollout {
 	e.t.Helper()
-	ro, err := e.mgr.Create(testCtx(e.t), spec, "tester")
+	ro, err := e.mgr.Create(testCtx(e.t), spec, "tester", nil)
 	if err != nil {
 		e.t.Fatalf("create rollout %+v: %v", spec, err)
 	}
@@ -78,7 +78,7 @@ func (e *env) get(id string) proto.Rollout {
 
 func (e *env) control(id, want string) proto.Rollout {
 	e.t.Helper()
-	ro, err := e.mgr.Control(testCtx(e.t), id, want, "tester")
+	ro, err := e.mgr.Control(testCtx(e.t), id, want, "tester", nil)
 	if err != nil {
 		e.t.Fatalf("control rollout %s %s: %v", id, want, err)
 	}

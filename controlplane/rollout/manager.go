@@ -69,10 +69,16 @@ func invalid(what string, problems []proto.Problem) error {
 	return fmt.Errorf("%s: %w: %w", what, ErrInvalid, &proto.ValidationError{Problems: problems})
 }
 
+// AuditOp makes the audit record's write of a rollout write, which the
+// manager puts in the same transaction: the record exists if and only if
+// the write does. result says what was done ("created", "want pause").
+type AuditOp func(ro proto.Rollout, result string) (clientv3.Op, error)
+
 // Create validates a spec and starts a rollout of it: spec, control
-// {want: run} and state {running, wave 0} written in one transaction. It
-// refuses (ErrConflict) a second active rollout of a rule set.
-func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string) (proto.Rollout, error) {
+// {want: run}, state {running, wave 0} and the audit record (when audit is
+// not nil) written in one transaction. It refuses (ErrConflict) a second
+// active rollout of a rule set.
+func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string, audit AuditOp) (proto.Rollout, error) {
 	norm, _, problems := checkSpec(spec)
 	nameOK := validRuleSetName(spec.RuleSet)
 	headKey := m.keys.RuleSetHead(spec.RuleSet)
@@ -136,6 +142,14 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string)
 		if err != nil {
 			return proto.Rollout{}, fmt.Errorf("create rollout %s: %w", id, err)
 		}
+		ro := proto.Rollout{ID: id, Spec: norm, Control: control, Status: state, CreatedBy: by, CreatedAt: now}
+		if audit != nil {
+			op, err := audit(ro, "created")
+			if err != nil {
+				return proto.Rollout{}, fmt.Errorf("create rollout %s: audit record: %w", id, err)
+			}
+			puts = append(puts, op)
+		}
 		txn, err := m.cli.Txn(ctx).If(
 			// No rollout was created since the read: the check for an
 			// active one and the ID's order still hold.
@@ -147,7 +161,7 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string)
 			return proto.Rollout{}, fmt.Errorf("create rollout %s: write %s: %w", id, m.keys.RolloutSpec(id), err)
 		}
 		if txn.Succeeded {
-			return proto.Rollout{ID: id, Spec: norm, Control: control, Status: state, CreatedBy: by, CreatedAt: now}, nil
+			return ro, nil
 		}
 	}
 	return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w: other writers kept creating rollouts (%d attempts)", spec.RuleSet, ErrConflict, maxTxnAttempts)
@@ -214,8 +228,9 @@ func (m *Manager) List(ctx context.Context) ([]proto.Rollout, error) {
 // (ErrConflict) what the rollout's state makes meaningless: anything on
 // a succeeded or aborted rollout, run or pause once an abort is asked
 // for, pause of a halted rollout. Asking again for what is already asked
-// writes nothing (except run on a halted rollout, which retries it).
-func (m *Manager) Control(ctx context.Context, id, want, by string) (proto.Rollout, error) {
+// writes nothing (except run on a halted rollout, which retries it). A
+// write carries its audit record (when audit is not nil) in its transaction.
+func (m *Manager) Control(ctx context.Context, id, want, by string, audit AuditOp) (proto.Rollout, error) {
 	switch want {
 	case proto.RolloutWantRun, proto.RolloutWantPause, proto.RolloutWantAbort:
 	default:
@@ -240,10 +255,20 @@ func (m *Manager) Control(ctx context.Context, id, want, by string) (proto.Rollo
 			return proto.Rollout{}, fmt.Errorf("rollout %s: encode %s: %w", id, m.keys.RolloutControl(id), err)
 		}
 		key := m.keys.RolloutControl(id)
+		ops := []clientv3.Op{clientv3.OpPut(key, string(b))}
+		if audit != nil {
+			next := v
+			next.Control = control
+			op, err := audit(apiRollout(next, doc), "want "+want)
+			if err != nil {
+				return proto.Rollout{}, fmt.Errorf("rollout %s: audit record: %w", id, err)
+			}
+			ops = append(ops, op)
+		}
 		txn, err := m.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(key), "=", v.ControlRevision),
 			clientv3.Compare(clientv3.ModRevision(m.keys.RolloutState(id)), "=", v.StateRevision),
-		).Then(clientv3.OpPut(key, string(b))).Commit()
+		).Then(ops...).Commit()
 		if err != nil {
 			return proto.Rollout{}, fmt.Errorf("rollout %s: write %s: %w", id, key, err)
 		}

@@ -43,7 +43,7 @@ func TestCreateGetList(t *testing.T) {
 	}
 
 	// One active rollout per rule set.
-	_, err = e.mgr.Create(ctx, proto.RolloutSpec{RuleSet: "edge", Version: 1}, "tester")
+	_, err = e.mgr.Create(ctx, proto.RolloutSpec{RuleSet: "edge", Version: 1}, "tester", nil)
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), first.ID) {
 		t.Fatalf("second rollout of edge: %v, want ErrConflict naming %s", err, first.ID)
 	}
@@ -73,7 +73,7 @@ func TestCreateGetList(t *testing.T) {
 		if _, err := e.mgr.Get(ctx, id); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
 		}
-		if _, err := e.mgr.Control(ctx, id, proto.RolloutWantPause, "tester"); !errors.Is(err, ErrNotFound) {
+		if _, err := e.mgr.Control(ctx, id, proto.RolloutWantPause, "tester", nil); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Control(%q) = %v, want ErrNotFound", id, err)
 		}
 	}
@@ -90,7 +90,7 @@ func TestCreateRace(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = e.mgr.Create(testCtx(t), proto.RolloutSpec{RuleSet: "edge", Version: 1}, "racer")
+			_, errs[i] = e.mgr.Create(testCtx(t), proto.RolloutSpec{RuleSet: "edge", Version: 1}, "racer", nil)
 		}()
 	}
 	wg.Wait()
@@ -158,7 +158,7 @@ func TestControl(t *testing.T) {
 			}
 			setState(t, e, ro.ID, proto.RolloutState{State: tt.state})
 			before, _ := e.cli.Get(ctx, e.keys.RolloutControl(ro.ID))
-			got, err := e.mgr.Control(ctx, ro.ID, tt.want, "operator")
+			got, err := e.mgr.Control(ctx, ro.ID, tt.want, "operator", nil)
 			after, _ := e.cli.Get(ctx, e.keys.RolloutControl(ro.ID))
 			written := after.Kvs[0].ModRevision != before.Kvs[0].ModRevision
 			switch {
@@ -178,7 +178,7 @@ func TestControl(t *testing.T) {
 	}
 
 	ro := e.create(proto.RolloutSpec{RuleSet: "edge", Version: 1})
-	_, err := e.mgr.Control(testCtx(t), ro.ID, "stop", "operator")
+	_, err := e.mgr.Control(testCtx(t), ro.ID, "stop", "operator", nil)
 	var verr *proto.ValidationError
 	if !errors.Is(err, ErrInvalid) || !errors.As(err, &verr) || verr.Problems[0].Path != "want" {
 		t.Fatalf("Control(stop) = %v, want ErrInvalid with a problem at want", err)
@@ -201,7 +201,7 @@ func TestControlRacesController(t *testing.T) {
 		}
 		return time.Now()
 	}
-	_, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantPause, "operator")
+	_, err := e.mgr.Control(testCtx(t), ro.ID, proto.RolloutWantPause, "operator", nil)
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "succeeded") {
 		t.Fatalf("Control raced by a success: %v, want ErrConflict (succeeded)", err)
 	}

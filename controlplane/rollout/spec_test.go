@@ -120,7 +120,7 @@ func TestCreateValidation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := e.mgr.Create(testCtx(t), tt.spec, "tester")
+			_, err := e.mgr.Create(testCtx(t), tt.spec, "tester", nil)
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Create = %v, want ErrInvalid", err)
 			}

@@ -100,6 +100,13 @@ func (s *Store) NewAuditKey(at time.Time) (string, error) {
 }
 
 // auditOp returns the put of an audit record with its time set.
+// AuditOp is the write of an audit record, for a transaction of the
+// caller's (the rollout manager's).
+func (s *Store) AuditOp(rec proto.AuditRecord) (clientv3.Op, error) {
+	_, op, err := s.auditOp(rec)
+	return op, err
+}
+
 func (s *Store) auditOp(rec proto.AuditRecord) (key string, op clientv3.Op, err error) {
 	if rec.At.IsZero() {
 		rec.At = time.Now()
