@@ -133,11 +133,20 @@ type State struct {
 	// trie), "dir24" (IPv4 big-set table) or "h48" (IPv6 big-set table);
 	// fields no rule matches on are left out.
 	Tables map[string]string `json:"tables,omitempty"`
+	// SourceBuckets is the size of the per-source rate-limit buckets' LRU.
+	SourceBuckets int `json:"sourceBuckets"`
+	// Sampling is the drop sampling and its readers.
+	Sampling *SamplingStatus `json:"sampling,omitempty"`
 }
 
 // State reads the firewall's state from the pinned objects.
 func (fw *Firewall) State() (*State, error) {
-	s := &State{Interface: fw.iface, PinDir: fw.dir, Generation: -1}
+	s := &State{Interface: fw.iface, PinDir: fw.dir, Generation: -1, SourceBuckets: fw.SourceBuckets()}
+	sampling, err := fw.Sampling()
+	if err != nil {
+		return nil, err
+	}
+	s.Sampling = sampling
 	if l, err := link.LoadPinnedLink(filepath.Join(fw.dir, linkPin), nil); err == nil {
 		if info, err := l.Info(); err == nil {
 			s.Attached, s.ProgramID = true, uint32(info.Program)

@@ -239,6 +239,15 @@ func runLocalShow(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(tw, "prefix tables:\t%s\n", strings.Join(tables, ", "))
 	}
 	fmt.Fprintf(tw, "generation:\t%d (apply #%d at %s)\n", s.Generation, s.Seq, s.AppliedAt.Format("2006-01-02T15:04:05Z"))
+	fmt.Fprintf(tw, "rate limits:\t%d source buckets\n", s.SourceBuckets)
+	if sp := s.Sampling; sp != nil {
+		state := "on"
+		if sp.Off {
+			state = "off"
+		}
+		fmt.Fprintf(tw, "drop sampling:\t%s, 1 in %d, at most %s a second; readers: frames %s, sources %s\n", state, max(sp.Every, 1),
+			capLabel(sp.MaxPerSecond), pidLabel(sp.Frames.ReaderPID), pidLabel(sp.Sources.ReaderPID))
+	}
 	return tw.Flush()
 }
 
@@ -285,6 +294,13 @@ func runLocalDetach(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "%s: detached and unpinned\n", opts.Interface)
 	return nil
+}
+
+func pidLabel(pid int) string {
+	if pid == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("pid %d", pid)
 }
 
 func writeJSON(w io.Writer, v any) error {
