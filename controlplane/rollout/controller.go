@@ -52,7 +52,18 @@ type ControllerOptions struct {
 	Interval time.Duration
 	// Log receives the controller's logs (nil: none).
 	Log *zap.Logger
+	// Retention is how long a finished (succeeded or aborted) rollout is
+	// kept after it finished (0: DefaultRetention; negative: forever). The
+	// newest rollout of each rule set is kept whatever its age; the audit
+	// trail keeps who did what.
+	Retention time.Duration
 }
+
+// DefaultRetention is how long finished rollouts are kept by default.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// maxPrunesPerRound bounds the deletes of one round's transaction.
+const maxPrunesPerRound = 64
 
 // Controller is the rollout controller. Run campaigns for leadership
 // and, while leading, runs rounds: read a snapshot, move each active
@@ -64,6 +75,7 @@ type Controller struct {
 	keys     proto.Keys
 	name     string
 	interval time.Duration
+	keep     time.Duration
 	log      *zap.Logger
 	metrics  *metrics
 
@@ -84,8 +96,11 @@ func NewController(cli *clientv3.Client, keys proto.Keys, opts ControllerOptions
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if opts.Retention == 0 {
+		opts.Retention = DefaultRetention
+	}
 	return &Controller{
-		cli: cli, keys: keys, name: opts.Name, interval: opts.Interval,
+		cli: cli, keys: keys, name: opts.Name, interval: opts.Interval, keep: opts.Retention,
 		log:     opts.Log.With(zap.String("controller", opts.Name)),
 		metrics: newMetrics(),
 		now:     time.Now, sessionTTL: SessionTTL,
@@ -377,7 +392,48 @@ func (c *Controller) round(ctx context.Context, t *leadership, reader *snapshotR
 		proto.RolloutSucceeded, proto.RolloutAborting, proto.RolloutAborted} {
 		c.metrics.rollouts.WithLabelValues(st).Set(counts[st])
 	}
-	return c.writeDesired(ctx, t, snap)
+	if err := c.writeDesired(ctx, t, snap); err != nil {
+		return err
+	}
+	return c.prune(ctx, t, snap, now)
+}
+
+// prune deletes finished rollouts older than the retention, but for the
+// newest rollout of each rule set. Finished rollouts decide nothing (only
+// active ones enter Desired), so deleting them changes no host. Each is
+// deleted only if its state is as the snapshot read it.
+func (c *Controller) prune(ctx context.Context, t *leadership, snap *Snapshot, now time.Time) error {
+	if c.keep < 0 {
+		return nil
+	}
+	newest := map[string]string{} // rule set -> newest rollout id
+	for _, ro := range snap.Rollouts {
+		if id, ok := newest[ro.Spec.RuleSet]; !ok || ro.ID > id {
+			newest[ro.Spec.RuleSet] = ro.ID
+		}
+	}
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	var ids []string
+	for _, ro := range snap.Rollouts {
+		if active(ro.State.State) || newest[ro.Spec.RuleSet] == ro.ID || now.Sub(ro.State.UpdatedAt) < c.keep {
+			continue
+		}
+		if len(ids) == maxPrunesPerRound {
+			break // the next round goes on
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.keys.RolloutState(ro.ID)), "=", ro.StateRevision))
+		ops = append(ops, clientv3.OpDelete(c.keys.Rollouts()+ro.ID+"/", clientv3.WithPrefix()))
+		ids = append(ids, ro.ID)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := t.commit(ctx, c.cli, cmps, ops); err != nil {
+		return fmt.Errorf("prune finished rollouts %v: %w", ids, err)
+	}
+	c.log.Info("finished rollouts pruned", zap.Strings("rollouts", ids), zap.Duration("retention", c.keep))
+	return nil
 }
 
 func roundResult(err error) string {

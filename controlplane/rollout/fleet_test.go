@@ -35,13 +35,17 @@ type controller struct {
 
 // startController runs a controller on its own client until stop or the
 // end of the test.
-func (e *env) startController(name string) *controller {
+func (e *env) startController(name string, opts ...func(*ControllerOptions)) *controller {
 	e.t.Helper()
 	cli := etcdtest.Client(e.t, e.endpoints)
-	c := NewController(cli, e.keys, ControllerOptions{
+	o := ControllerOptions{
 		Name: name, Interval: 100 * time.Millisecond,
 		Log: zaptest.NewLogger(e.t, zaptest.Level(zap.InfoLevel)).Named(name),
-	})
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c := NewController(cli, e.keys, o)
 	ctx, cancel := context.WithCancel(context.Background())
 	rc := &controller{Controller: c, t: e.t, cli: cli, cancel: cancel, done: make(chan error, 1)}
 	go func() { rc.done <- c.Run(ctx) }()
@@ -1113,4 +1117,60 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		return counterValue(t, rc, "xdpfw_controller_rounds_total", "deposed") >= 1 && rc.IsLeader(), ""
 	})
 	waitReports(t, []*fakeAgent{agent}, 15*time.Second, ref("edge", 2))
+}
+
+// TestFinishedRolloutsArePruned: finished rollouts go after the retention,
+// but for each rule set's newest; the hosts' desired states do not move.
+func TestFinishedRolloutsArePruned(t *testing.T) {
+	e := newEnv(t)
+	e.putVersions("edge", nil, 3)
+	e.putVersions("core", nil, 1)
+	e.release("edge", 1)
+	agents := e.startFleet(2, edgeLabels)
+	const retention = 2 * time.Second
+	e.startController("c1", func(o *ControllerOptions) { o.Retention = retention })
+
+	var ids []string
+	for _, spec := range []proto.RolloutSpec{{RuleSet: "edge", Version: 2}, {RuleSet: "core", Version: 1}, {RuleSet: "edge", Version: 3}} {
+		ro := e.create(spec)
+		e.waitRollout(ro.ID, 20*time.Second, "to succeed", stateIs(proto.RolloutSucceeded))
+		ids = append(ids, ro.ID)
+	}
+	finished := time.Now()
+	waitReports(t, pick(agents, names(agents)...), 10*time.Second, ref("core", 1), ref("edge", 3))
+
+	// Within the retention, every rollout stays.
+	if list, err := e.mgr.List(testCtx(t)); err != nil || len(list) != 3 {
+		t.Fatalf("before the retention ran out: %d rollouts (%v), want 3", len(list), err)
+	}
+	waitFor(t, retention+10*time.Second, "the first edge rollout to be pruned", func() (bool, string) {
+		list, err := e.mgr.List(testCtx(t))
+		if err != nil {
+			return false, err.Error()
+		}
+		var got []string
+		for _, ro := range list {
+			got = append(got, ro.ID)
+		}
+		slices.Sort(got)
+		return slices.Equal(got, ids[1:]), fmt.Sprintf("rollouts %v", got)
+	})
+	if time.Since(finished) < retention/2 {
+		t.Fatalf("pruned %v after %v, before the retention of %v", ids[0], time.Since(finished), retention)
+	}
+	resp, err := e.cli.Get(testCtx(t), e.keys.Rollouts()+ids[0]+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Fatalf("keys of the pruned rollout: %d (%v)", resp.Count, err)
+	}
+	// The newest of each rule set stays past the retention, and no host
+	// was given anything else.
+	time.Sleep(retention)
+	if list, err := e.mgr.List(testCtx(t)); err != nil || len(list) != 2 {
+		t.Fatalf("later: %d rollouts (%v), want the newest of edge and of core", len(list), err)
+	}
+	for _, a := range agents {
+		if h := a.desiredHistory(); len(h) == 0 || h[len(h)-1] != "core@1 edge@3" {
+			t.Errorf("%s: desired states %q", a.host, h)
+		}
+	}
 }

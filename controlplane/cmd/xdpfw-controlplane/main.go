@@ -42,6 +42,7 @@ import (
 	"github.com/xdpfw/xdpfw/controlplane/api"
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
+	"github.com/xdpfw/xdpfw/controlplane/rollout"
 	"github.com/xdpfw/xdpfw/controlplane/store"
 	"github.com/xdpfw/xdpfw/proto"
 )
@@ -80,6 +81,7 @@ type options struct {
 	prefix, name                  string
 	level                         zapcore.Level
 	etcdTimeout, rolloutInterval  time.Duration
+	rolloutRetention              time.Duration
 }
 
 // parseFlags returns the options, or an exit code and nothing when the
@@ -106,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.etcdTimeout, "etcd-timeout", api.DefaultEtcdTimeout, "how long an API request waits for etcd before answering 503")
 	fs.DurationVar(&o.rolloutInterval, "rollout-interval", 0, "how often the rollout controller looks at the fleet (0: its default)")
+	fs.DurationVar(&o.rolloutRetention, "rollout-retention", rollout.DefaultRetention, "how long finished rollouts are kept (the newest of each rule set always is); negative: forever")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, exitOK
@@ -240,7 +243,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 
 	// The API (with its rollout manager) and the leader-elected rollout
 	// controller.
-	ctl := newController(cli, keys, o.name, o.rolloutInterval, lg)
+	ctl := newController(cli, keys, o.name, o.rolloutInterval, o.rolloutRetention, lg)
 	cols := append([]prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
 		ctl.Collectors()...)
 	handler, err := api.New(api.Config{

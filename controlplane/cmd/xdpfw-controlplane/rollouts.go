@@ -13,6 +13,6 @@ import (
 // newController returns the rollout controller of this replica: Run
 // campaigns for leadership among the replicas sharing the etcd, and the
 // leader moves the rollouts on.
-func newController(cli *clientv3.Client, keys proto.Keys, name string, interval time.Duration, lg *zap.Logger) *rollout.Controller {
-	return rollout.NewController(cli, keys, rollout.ControllerOptions{Name: name, Interval: interval, Log: lg.Named("rollout")})
+func newController(cli *clientv3.Client, keys proto.Keys, name string, interval, retention time.Duration, lg *zap.Logger) *rollout.Controller {
+	return rollout.NewController(cli, keys, rollout.ControllerOptions{Name: name, Interval: interval, Retention: retention, Log: lg.Named("rollout")})
 }
