@@ -110,7 +110,8 @@ type Firewall struct {
 
 // Open loads the firewall of an interface, creating and pinning its maps or
 // adopting the pinned ones, and takes the interface's writer lock (released
-// by Close). It does not attach; see Attach.
+// by Close). Maps pinned by a version with another layout are migrated (see
+// migrate): filtering goes on. It does not attach; see Attach.
 func Open(opts Options) (*Firewall, error) {
 	if err := checkInterface(opts.Interface); err != nil {
 		return nil, err
@@ -127,6 +128,10 @@ func Open(opts Options) (*Firewall, error) {
 		return nil, err
 	}
 	fw, err := load(opts, dir)
+	if errors.Is(err, ErrIncompatible) {
+		// Pinned by an older version: take it over without a gap.
+		fw, err = migrate(opts, dir)
+	}
 	if err != nil {
 		lock.Close()
 		return nil, err

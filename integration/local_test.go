@@ -3,12 +3,16 @@ package integration
 import (
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // Scenarios of `xdpfwctl local` (no agent, no etcd): the firewall sits on
@@ -631,4 +635,58 @@ func (h *host) settledStats(t testing.TB) stats {
 	}
 	t.Fatalf("%s: counters still moving after a second", h)
 	return prev
+}
+
+// TestUpgradeOverAnOlderLayoutKeepsFiltering: a new version of xdpfwctl (or
+// of the agent) finds maps pinned by an older one, with another layout. It
+// takes them over without a gap: the attached program is replaced in one
+// link update by one that already holds the rules, and traffic never sees
+// the interface unfiltered.
+func TestUpgradeOverAnOlderLayoutKeepsFiltering(t *testing.T) {
+	t.Parallel()
+	client, server := newPair(t)
+	server.apply(t, swapA)
+	before := server.show(t)
+
+	allowed := []flow{udp4(client, server, 53), udp6(client, server, 53)}
+	denied := []flow{udp4(client, server, 9999), udp6(client, server, 9999)}
+	traffic := startUDPTraffic(t, allowed, denied)
+	time.Sleep(200 * time.Millisecond)
+
+	// What an older version left: a pinned map of another layout (the
+	// running program keeps the map it was loaded with).
+	path := filepath.Join(server.pinPath, ifaceName, "action_stats")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 16, MaxEntries: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+
+	server.apply(t, swapA)
+	time.Sleep(200 * time.Millisecond)
+	probes, lost, errs := traffic.stop()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if lost != 0 || probes == 0 {
+		t.Errorf("allowed flow lost %d of %d DNS probes during the upgrade, want none", lost, probes)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := server.udpReceived(9999); n != 0 {
+		t.Errorf("denied flow: the server received %d datagrams on udp/9999 during the upgrade, want 0", n)
+	}
+	after := server.show(t)
+	if !after.Attached || after.ProgramID == before.ProgramID || !slices.Equal(after.RuleSets, before.RuleSets) || after.Mode != before.Mode {
+		t.Errorf("after the upgrade: %+v; before: %+v (want the same rule sets, attached as before, in a new program)", after, before)
+	}
+	st := server.stats(t)
+	if _, ok := st.Actions["rate-limited"]; !ok {
+		t.Errorf("after the upgrade the counters are not this version's: %v", st.Actions)
+	}
 }
