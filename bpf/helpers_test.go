@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -77,4 +78,23 @@ func run(t testing.TB, fw *Firewall, frame []byte) uint32 {
 		t.Fatalf("BPF_PROG_RUN: %v", err)
 	}
 	return ret
+}
+
+// vethOptions creates a veth pair named NAME0/NAME1 (removed when the test
+// ends) and returns the options of a firewall on NAME0 in a fresh pin path.
+func vethOptions(t *testing.T, name string) Options {
+	t.Helper()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name + "0"}, PeerName: name + "1"}
+	_ = netlink.LinkDel(veth)
+	if err := netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("create veth: %v", err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(veth) })
+	if err := netlink.LinkSetUp(veth); err != nil {
+		t.Fatal(err)
+	}
+	first := openTestFirewall(t) // for its fresh pin path
+	pinPath := first.dir[:len(first.dir)-len("/lo")]
+	first.Close()
+	return Options{PinPath: pinPath, Interface: name + "0"}
 }

@@ -37,19 +37,7 @@ func pinOlderLayout(t *testing.T, dir string) {
 // link update, and takes the old pins' place. The interface stays attached
 // throughout.
 func TestOpenMigratesAnOlderLayoutWithoutDetaching(t *testing.T) {
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xfwmig0"}, PeerName: "xfwmig1"}
-	_ = netlink.LinkDel(veth)
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("create veth: %v", err)
-	}
-	t.Cleanup(func() { _ = netlink.LinkDel(veth) })
-	if err := netlink.LinkSetUp(veth); err != nil {
-		t.Fatal(err)
-	}
-	first := openTestFirewall(t)
-	pinPath := first.dir[:len(first.dir)-len("/lo")]
-	first.Close()
-	opts := Options{PinPath: pinPath, Interface: "xfwmig0"}
+	opts := vethOptions(t, "xfwmig")
 
 	old, err := Open(opts)
 	if err != nil {

@@ -207,20 +207,7 @@ func TestCountersSurviveSwaps(t *testing.T) {
 // opens the same pin path again as a new agent would: the maps and rules are
 // adopted, the link stays, and the program is never detached.
 func TestSecondProcessAdoptsWithoutDetaching(t *testing.T) {
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xfwadopt0"}, PeerName: "xfwadopt1"}
-	_ = netlink.LinkDel(veth)
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Fatalf("create veth: %v", err)
-	}
-	t.Cleanup(func() { _ = netlink.LinkDel(veth) })
-	if err := netlink.LinkSetUp(veth); err != nil {
-		t.Fatal(err)
-	}
-
-	first := openTestFirewall(t)
-	pinPath := first.dir[:len(first.dir)-len("/lo")]
-	first.Close()
-	opts := Options{PinPath: pinPath, Interface: "xfwadopt0"}
+	opts := vethOptions(t, "xfwadopt")
 	fw1, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -309,17 +309,7 @@ func TestFleetAgentKilledMidApplyNeverStopsFiltering(t *testing.T) {
 	h.startAgent(t)
 	f.waitApplied(t, f.hosts, rev, edge(2))
 	time.Sleep(100 * time.Millisecond)
-	probes, lost, errs := traffic.stop()
-	for _, err := range errs {
-		t.Error(err)
-	}
-	if lost != 0 || probes == 0 {
-		t.Errorf("allowed DNS probes: %d of %d lost across the kill and restart, want none lost", lost, probes)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if n := h.udpReceived(9999); n != 0 {
-		t.Errorf("%d datagrams to udp/9999 got through across the kill and restart, want 0", n)
-	}
+	traffic.stopClean(t, "across the kill and restart", h.host, 9999)
 	if n := agentLogCount(t, h, "adopted pinned firewall"); n != 1 {
 		t.Errorf("the restarted agent adopted the pinned firewall %d times, want once", n)
 	}

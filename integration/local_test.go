@@ -348,6 +348,24 @@ func (tr *udpTraffic) stop() (probes, lost int, errs []error) {
 	return tr.probes, tr.lost, tr.errs
 }
 
+// stopClean stops the traffic and fails the test unless every allowed
+// probe (at least one) got its echo and no denied datagram reached the
+// server's udp/deniedPort during what the test did.
+func (tr *udpTraffic) stopClean(t testing.TB, during string, server *host, deniedPort int) {
+	t.Helper()
+	probes, lost, errs := tr.stop()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if lost != 0 || probes == 0 {
+		t.Errorf("allowed flow lost %d of %d DNS probes %s, want none lost", lost, probes, during)
+	}
+	time.Sleep(100 * time.Millisecond) // let the last datagrams land
+	if n := server.udpReceived(deniedPort); n != 0 {
+		t.Errorf("denied flow: the server received %d datagrams on udp/%d %s, want 0", n, deniedPort, during)
+	}
+}
+
 func TestBadInputChangesNothing(t *testing.T) {
 	t.Parallel()
 	client, server := newPair(t)
@@ -670,17 +688,7 @@ func TestUpgradeOverAnOlderLayoutKeepsFiltering(t *testing.T) {
 
 	server.apply(t, swapA)
 	time.Sleep(200 * time.Millisecond)
-	probes, lost, errs := traffic.stop()
-	for _, err := range errs {
-		t.Error(err)
-	}
-	if lost != 0 || probes == 0 {
-		t.Errorf("allowed flow lost %d of %d DNS probes during the upgrade, want none", lost, probes)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if n := server.udpReceived(9999); n != 0 {
-		t.Errorf("denied flow: the server received %d datagrams on udp/9999 during the upgrade, want 0", n)
-	}
+	traffic.stopClean(t, "during the upgrade", server, 9999)
 	after := server.show(t)
 	if !after.Attached || after.ProgramID == before.ProgramID || !slices.Equal(after.RuleSets, before.RuleSets) || after.Mode != before.Mode {
 		t.Errorf("after the upgrade: %+v; before: %+v (want the same rule sets, attached as before, in a new program)", after, before)
