@@ -54,20 +54,18 @@ func runLocalDrops(args []string, stdout, stderr io.Writer) error {
 	}
 	defer fw.Close()
 
-	var out io.Writer = stdout
 	var pw *pcap.Writer
+	var pcapFile *os.File
+	var pcapBuf *bufio.Writer
 	if *file != "" {
-		f, err := os.Create(*file)
-		if err != nil {
+		if pcapFile, err = os.Create(*file); err != nil {
 			return fmt.Errorf("create %s: %w", *file, err)
 		}
-		defer f.Close()
-		buf := bufio.NewWriter(f)
-		defer buf.Flush()
-		if pw, err = pcap.NewWriter(buf, uint32(bpf.SampleBytes)); err != nil {
+		defer pcapFile.Close() // on the error paths; closed and checked below
+		pcapBuf = bufio.NewWriter(pcapFile)
+		if pw, err = pcap.NewWriter(pcapBuf, uint32(bpf.SampleBytes)); err != nil {
 			return fmt.Errorf("%s: %w", *file, err)
 		}
-		out = buf
 	}
 
 	r, err := fw.ReadDrops(*rule)
@@ -114,19 +112,25 @@ func runLocalDrops(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "%s\n", b)
+			fmt.Fprintf(stdout, "%s\n", b)
 		default:
 			fmt.Fprintf(stdout, row, s.Time.Format("15:04:05.000000"), ruleLabel(s), reasonLabel(s),
 				pcap.Decode(s.Data), fmt.Sprint(s.FrameLen))
 		}
 	}
+	dest := ""
+	if pw != nil {
+		if err := pcapBuf.Flush(); err != nil {
+			return fmt.Errorf("write %s: %w", *file, err)
+		}
+		if err := pcapFile.Close(); err != nil {
+			return fmt.Errorf("write %s: %w", *file, err)
+		}
+		dest = " to " + *file
+	}
 	st, err := fw.Sampling()
 	if err != nil {
 		return err
-	}
-	dest := ""
-	if *file != "" {
-		dest = " to " + *file
 	}
 	fmt.Fprintf(stderr, "%s: %d sample(s)%s; interface totals: %d sent, %d over the %s/s cap, %d lost to a full buffer\n",
 		opts.Interface, n, dest, st.Frames.Sent, st.Frames.Capped, capLabel(st.MaxPerSecond), st.Frames.Lost)
