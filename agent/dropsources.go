@@ -18,6 +18,16 @@ import (
 // maxTopSources is how many sources telemetry lists per rule.
 const maxTopSources = 3
 
+// maxTrackedSources bounds the sources tallied per rule between two
+// documents: a spoofed flood brings a new source with every sample, and a
+// long telemetry interval would otherwise grow the map without end.
+const maxTrackedSources = 4096
+
+// otherSources is the tally's key for the samples of sources past
+// maxTrackedSources: counted (they are part of the rule's samples), not
+// listed.
+var otherSources = netip.Addr{}
+
 // dropTally counts sampled drops by rule and source between two telemetry
 // documents.
 type dropTally struct {
@@ -33,10 +43,11 @@ func (d *dropTally) add(rule string, src netip.Addr) {
 	}
 	bySrc := d.counts[rule]
 	if bySrc == nil {
-		// A spoofed flood has a new source on every sample: the per
-		// second cap on samples bounds this map.
 		bySrc = map[netip.Addr]uint64{}
 		d.counts[rule] = bySrc
+	}
+	if _, known := bySrc[src]; !known && len(bySrc) >= maxTrackedSources {
+		src = otherSources
 	}
 	bySrc[src]++
 }
@@ -61,7 +72,9 @@ func topSources(bySrc map[netip.Addr]uint64, drops uint64) []proto.SourceCount {
 	var all []entry
 	for src, n := range bySrc {
 		samples += n
-		all = append(all, entry{src, n})
+		if src != otherSources {
+			all = append(all, entry{src, n})
+		}
 	}
 	if samples == 0 {
 		return nil

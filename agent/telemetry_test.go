@@ -100,6 +100,25 @@ func TestTopSourcesScaleSamplesToDrops(t *testing.T) {
 	if got := topSources(nil, 100); got != nil {
 		t.Fatalf("no samples: %v", got)
 	}
+	// Past maxTrackedSources a rule's new sources (a among them) are
+	// counted, not listed.
+	var dt dropTally
+	for i := range maxTrackedSources + 100 {
+		dt.add("edge/dns", netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}))
+	}
+	dt.add("edge/dns", a)
+	dt.add("edge/dns", a)
+	tally := dt.take()["edge/dns"]
+	if len(tally) != maxTrackedSources+1 || tally[otherSources] != 102 || tally[a] != 0 {
+		t.Fatalf("tally past the cap: %d entries, %d others, %d of a; want %d, 102, 0", len(tally), tally[otherSources], tally[a], maxTrackedSources+1)
+	}
+	// 4,198 samples for 41,980 drops: 10 each.
+	if got := topSources(tally, 41_980); len(got) != maxTopSources || got[0].Src != "10.0.0.0" || got[0].Packets != 10 {
+		t.Fatalf("top sources with others: %v", got)
+	}
+	if dt.take() != nil {
+		t.Fatal("take did not start a new tally")
+	}
 
 	// In the document, under the rule that dropped them.
 	t0 := time.Now()
