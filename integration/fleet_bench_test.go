@@ -318,13 +318,7 @@ func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecon
 // changes; p50 and p99.
 func BenchmarkControlPlanePropagation(b *testing.B) {
 	const rounds = 30
-	f := newFleet(b, 3)
-	for _, h := range f.hosts {
-		h.labels = append(h.labels, "role=web")
-		h.startAgent(b, "--telemetry-interval", "5s")
-	}
-	f.waitRegistered(b)
-	cp := f.startControlPlanes(b, 1)[0]
+	f, cp := webFleetWithControlPlane(b)
 	var applied, done []time.Duration
 	for r := range rounds + 1 { // round 0 registers the rule set everywhere
 		rs, err := wire.DecodeRuleSet([]byte(webRules(2200 + r)))
@@ -368,18 +362,24 @@ func BenchmarkControlPlanePropagation(b *testing.B) {
 		msOf(pct(applied, 50)), msOf(pct(applied, 99)), msOf(pct(done, 50)), msOf(pct(done, 99)))
 }
 
-// BenchmarkControlPlaneBigSet: a rule set with a 100,000-prefix set
-// uploaded through the API (stored as chunks) and rolled out to 3 real
-// agents; then one prefix added and rolled out again, which moves one or
-// two chunks instead of the whole set.
-func BenchmarkControlPlaneBigSet(b *testing.B) {
+// webFleetWithControlPlane starts 3 agents labelled role=web (telemetry
+// every 5 s), waits until they registered, and starts one control plane.
+func webFleetWithControlPlane(b *testing.B) (*fleet, *controlPlane) {
 	f := newFleet(b, 3)
 	for _, h := range f.hosts {
 		h.labels = append(h.labels, "role=web")
 		h.startAgent(b, "--telemetry-interval", "5s")
 	}
 	f.waitRegistered(b)
-	cp := f.startControlPlanes(b, 1)[0]
+	return f, f.startControlPlanes(b, 1)[0]
+}
+
+// BenchmarkControlPlaneBigSet: a rule set with a 100,000-prefix set
+// uploaded through the API (stored as chunks) and rolled out to 3 real
+// agents; then one prefix added and rolled out again, which moves one or
+// two chunks instead of the whole set.
+func BenchmarkControlPlaneBigSet(b *testing.B) {
+	f, cp := webFleetWithControlPlane(b)
 	doc := func(extra string) []byte {
 		y := strings.Replace(bigEdge(100_000), "name: edge", "name: web\nselector: {role: web}", 1) + extra
 		rs, err := wire.DecodeRuleSet([]byte(y))
