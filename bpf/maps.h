@@ -1,0 +1,359 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * maps.h: every map the program reads or writes. Key and value layouts are
+ * in firewall.h, shared with user space; what each map is for is said here,
+ * beside it. Policy maps (written by user space, one generation active) and
+ * counter maps (written by the program) are kept apart.
+ */
+#ifndef XDPFW_MAPS_H
+#define XDPFW_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "firewall.h"
+
+/* src4, dst4: the IPv4 source (destination) prefixes of both generations
+ * in LPM tries, for tables too small to need DIR-24 (see lookup.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm4_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src4 SEC(".maps"), dst4 SEC(".maps");
+
+/* src6, dst6: the IPv6 prefixes, as src4; with H48 tables in use, only
+ * the prefixes shorter than /48. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6 SEC(".maps"), dst6 SEC(".maps");
+
+/* src4_t24, dst4_t24 (and _blk, _t8): the DIR-24 tables of big IPv4
+ * prefix sets, one inner map per generation (slot = generation), created by
+ * user space only for a generation whose field needs one. Entry of /24 i:
+ * t24[i / 2] >> (32 * (i % 2)), see enum fw_dir24. */
+struct t24_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_DIR24_PAIRS);
+	/* User space writes and reads these tables through mmap: a 64 MB
+	 * table is one memcpy, not eight million syscalls. */
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+};
+
+/* Blocks and t8 tables are sized to what a generation needs. */
+struct blk_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_v4_block);
+};
+
+struct t8_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_v4_t8);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct t24_inner);
+} src4_t24 SEC(".maps"), dst4_t24 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct blk_inner);
+} src4_blk SEC(".maps"), dst4_blk SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct t8_inner);
+} src4_t8 SEC(".maps"), dst4_t8 SEC(".maps");
+
+/* src6_h48, dst6_h48: the /48 hash of big IPv6 prefix sets, one inner map
+ * per generation sized to what it holds (a hash map allocates its buckets
+ * up front: a fixed 2M-entry map would cost every interface 64 MB). Key:
+ * the top 48 bits of the address in the top 48 bits of a __u64 (host
+ * order). Value: a __u64 entry, see enum fw_h48. */
+struct h48_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct h48_inner);
+} src6_h48 SEC(".maps"), dst6_h48 SEC(".maps");
+
+/* src6_long, dst6_long: the prefixes of the /48s that a block cannot
+ * describe (longer than /64, or too many), each /48 with its own /48 entry;
+ * keys as in src6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, FW_MAX_PREFIXES);
+	__type(key, struct fw_lpm6_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src6_long SEC(".maps"), dst6_long SEC(".maps");
+
+struct v6blk_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_v6_block);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct v6blk_inner);
+} src6_blk SEC(".maps"), dst6_blk SEC(".maps");
+
+/* docs[gen]: the rule sets generation gen was compiled from, as user space
+ * wrote them (gzip'd JSON; page 0 starts with the __u64 length), so a tool
+ * can change one set of what is applied without the original files. The
+ * program never reads it. */
+struct docs_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_page);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct docs_inner);
+} docs SEC(".maps");
+
+/* sport, dport: [gen * FW_PORT_SLOTS + port] -> vector id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_PORT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sport SEC(".maps"), dport SEC(".maps");
+
+/* proto: [gen * FW_PROTO_SLOTS + IP protocol] -> vector id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_PROTO_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proto SEC(".maps");
+
+/* tcpflags, icmptype: [gen * FW_BYTE_SLOTS + byte, or FW_BYTE_NONE] -> id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_BYTE_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tcpflags SEC(".maps"), icmptype SEC(".maps");
+
+/* bitvecs[gen * FW_MAX_VECS + id]: struct fw_bitvec, the interned rule
+ * bit vectors every field table points at by id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_MAX_VECS);
+	__type(key, __u32);
+	__type(value, struct fw_bitvec);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} bitvecs SEC(".maps");
+
+/* rules[gen * FW_MAX_RULES + i]: struct fw_rule, rule i of a generation. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * FW_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct fw_rule);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rules SEC(".maps");
+
+/* gen_info[gen]: struct fw_gen_info, what a generation holds (user space
+ * reads it; the program reads fw_active instead). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct fw_gen_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} gen_info SEC(".maps");
+
+/* gen_sel[0] -> a one-entry array holding the active generation (struct
+ * fw_active). User space flips generations by replacing the inner map; the
+ * kernel returns from that update after an RCU grace period. */
+struct gen_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_active);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct gen_inner);
+} gen_sel SEC(".maps");
+
+/* settings[0]: struct fw_settings, the parse-error and non-IP policies. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
+
+/* rule_stats[slot]: per-CPU struct fw_counter of the packets each rule
+ * matched, by the rule's counter slot (its stable identity). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_stats SEC(".maps");
+
+/* action_stats[enum fw_stat]: per-CPU struct fw_counter of how packets
+ * ended. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_STAT_MAX);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} action_stats SEC(".maps");
+
+/* rule_names[slot]: struct fw_rule_name, for readers of the counters; the
+ * program never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_rule_name);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_names SEC(".maps");
+
+/* rule_limited[slot]: packets and bytes a rate-limit rule dropped (or, in a
+ * dry-run set, would have dropped) because they were over its limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rule_limited SEC(".maps");
+
+/* rl_rule[slot]: the token bucket of a per-rule limit, shared by all CPUs
+ * (updated with compare-and-swap), keyed like the rule's counters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_rule SEC(".maps");
+
+/* rl_source: the token buckets of per-source limits. An LRU: a flood of
+ * spoofed sources evicts the least recently seen buckets instead of
+ * failing. Its size is set by user space when it creates the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FW_DEFAULT_SOURCE_BUCKETS);
+	__type(key, struct fw_source_key);
+	__type(value, struct fw_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_source SEC(".maps");
+
+/* sampling[0]: struct fw_sampling. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fw_sampling);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sampling SEC(".maps");
+
+/* sample_reader[consumer]: struct fw_sample_reader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_CONSUMERS);
+	__type(key, __u32);
+	__type(value, struct fw_sample_reader);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_reader SEC(".maps");
+
+/* sample_win[consumer]: struct fw_sample_win. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_CONSUMERS);
+	__type(key, __u32);
+	__type(value, struct fw_sample_win);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_win SEC(".maps");
+
+/* sample_stats[consumer * FW_SAMPLE_STAT_MAX + enum fw_sample_stat]:
+ * per-CPU counts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_CONSUMERS * FW_SAMPLE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sample_stats SEC(".maps");
+
+/* samples: struct fw_sample records for user space (xdpfwctl local drops).
+ * 256 KB hold about 1,500 samples: a second and a half at the default cap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FW_SAMPLE_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} samples SEC(".maps");
+
+/* src_samples: struct fw_source_sample records, for the agent's count of
+ * the top dropped sources. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FW_SOURCE_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} src_samples SEC(".maps");
+
+#endif /* XDPFW_MAPS_H */
