@@ -57,8 +57,42 @@ struct search {
 	__u32 would_slot;     /* slot of the first dry-run drop, or FW_NO_SLOT */
 	__u32 would_stat;     /* its enum fw_stat: drop-rule or rate-limited */
 	struct verdict result;
-	__u32 pad;
+	__u32 used;           /* bit f: field f is in use (enum fw_field) */
 };
+
+/* fw_search_init completes the field vector ids and computes the summary:
+ * a field no rule uses takes a used field's vector (no extra read of a cold
+ * cache line) or, when no field is used, the all-rules one. Returns 0 when
+ * a used field's table had no entry: no rule can match (the compiler always
+ * writes a catch-all, so only a damaged map gets there). */
+FW_STAGE int fw_search_init(struct search *st)
+{
+	if (!st)
+		return 0;
+	__u32 gen = st->gen & 1;
+	__u32 base = FW_VEC_ALL;
+	__u64 summary = ~0ULL;
+	int f;
+#pragma clang loop unroll(full)
+	for (f = FW_FIELDS - 1; f >= 0; f--) {
+		if (!(st->used & (1 << f)))
+			continue;
+		if (st->ids[f] == FW_NO_ID)
+			return 0;
+		base = st->ids[f];
+	}
+#pragma clang loop unroll(full)
+	for (f = 0; f < FW_FIELDS; f++) {
+		if (!(st->used & (1 << f)))
+			st->ids[f] = base;
+		struct fw_bitvec *v = vec(gen, st->ids[f]);
+		if (!v)
+			return 0;
+		summary &= v->summary;
+	}
+	st->summary = summary;
+	return 1;
+}
 
 /* Moves the search on to rule index next: 1 when no rule is left. */
 static __always_inline int skip_to(struct search *st, __u32 next)
@@ -159,87 +193,58 @@ static long search_step(__u64 round, void *ctx)
 	return done;
 }
 
-/* What classification decided: the verdict, and the search's first dry-run
- * drop (would.slot FW_NO_SLOT when none). */
-struct outcome {
-	struct verdict v;
-	struct verdict would;
-};
-
-/* fw_classify decides a parsed packet's verdict into *out. Returns 0. */
-FW_STAGE int fw_classify(struct packet *pkt, __u64 bytes, struct outcome *out)
+/* fw_classify decides a parsed packet's verdict: a packed outcome (see
+ * pack_outcome). */
+FW_STAGE __u64 fw_classify(struct packet *pkt, __u64 bytes)
 {
+	__u64 no_policy = pack_outcome(FW_STAT_NO_POLICY, XDP_PASS, FW_NO_SLOT, 0, FW_NO_SLOT);
+	__u64 pass = pack_outcome(FW_STAT_PASS_DEFAULT, XDP_PASS, FW_NO_SLOT, 0, FW_NO_SLOT);
 	__u32 zero = 0;
 
-	if (!pkt || !out)
-		return 0;
-	out->would.slot = FW_NO_SLOT;
-	out->v.stat = FW_STAT_NO_POLICY;
-	out->v.xdp = XDP_PASS;
-	out->v.slot = FW_NO_SLOT;
+	if (!pkt)
+		return no_policy;
 	void *inner = bpf_map_lookup_elem(&gen_sel, &zero);
 	if (!inner)
-		return 0;
+		return no_policy;
 	struct fw_active *active = bpf_map_lookup_elem(inner, &zero);
 	if (!active)
-		return 0;
+		return no_policy;
 	__u32 gen = active->gen & 1;
 	__u32 fields = active->fields;
 
-	/* From here on, no rule deciding means the default: pass. A field
-	 * table without an entry means no rule can match (the compiler always
-	 * writes a catch-all entry, so only a damaged map gets there). */
-	out->v.stat = FW_STAT_PASS_DEFAULT;
-	__u32 ids[FW_FIELDS];
-	__u32 used[FW_FIELDS] = {
-		fields & FW_FIELD_SRC, fields & FW_FIELD_DST, fields & FW_FIELD_SPORT,
-		fields & FW_FIELD_DPORT, fields & FW_FIELD_PROTO, fields & FW_FIELD_TCPFLAGS,
-		fields & FW_FIELD_ICMPTYPE,
-	};
-	ids[0] = used[0] ? addr_id(pkt, gen, fields, 0) : FW_NO_ID;
-	ids[1] = used[1] ? addr_id(pkt, gen, fields, 1) : FW_NO_ID;
-	ids[2] = used[2] ? array_id(&sport, gen, FW_PORT_SLOTS, pkt->sport % FW_PORT_SLOTS) : FW_NO_ID;
-	ids[3] = used[3] ? array_id(&dport, gen, FW_PORT_SLOTS, pkt->dport % FW_PORT_SLOTS) : FW_NO_ID;
-	ids[4] = used[4] ? array_id(&proto, gen, FW_PROTO_SLOTS, pkt->proto) : FW_NO_ID;
-	ids[5] = used[5] ? array_id(&tcpflags, gen, FW_BYTE_SLOTS, pkt->tcpflags % FW_BYTE_SLOTS) : FW_NO_ID;
-	ids[6] = used[6] ? array_id(&icmptype, gen, FW_BYTE_SLOTS, pkt->icmptype % FW_BYTE_SLOTS) : FW_NO_ID;
-
-	/* A field no rule uses takes a used field's vector (no extra read of
-	 * a cold cache line) or, when no field is used, the all-rules one. */
-	__u32 base = FW_VEC_ALL;
-	int f;
-#pragma clang loop unroll(full)
-	for (f = FW_FIELDS - 1; f >= 0; f--) {
-		if (!used[f])
-			continue;
-		if (ids[f] == FW_NO_ID)
-			return 0;
-		base = ids[f];
-	}
-
+	/* From here on, no rule deciding means the default: pass. */
 	struct search st;
 	__builtin_memset(&st, 0, sizeof(st));
-	st.summary = ~0ULL;
-#pragma clang loop unroll(full)
-	for (f = 0; f < FW_FIELDS; f++) {
-		st.ids[f] = used[f] ? ids[f] : base;
-		struct fw_bitvec *v = vec(gen, st.ids[f]);
-		if (!v)
-			return 0;
-		st.summary &= v->summary;
-	}
+	/* The lookups of the fields in use; the rest is fw_search_init's, a
+	 * stage, so these branches do not multiply its paths. */
+	st.used = fields & ((1 << FW_FIELDS) - 1);
+	st.ids[0] = fields & FW_FIELD_SRC ? fw_addr_id(pkt, gen, fields, 0) : FW_NO_ID;
+	st.ids[1] = fields & FW_FIELD_DST ? fw_addr_id(pkt, gen, fields, 1) : FW_NO_ID;
+	st.ids[2] = fields & FW_FIELD_SPORT ? array_id(&sport, gen, FW_PORT_SLOTS, pkt->sport % FW_PORT_SLOTS)
+					    : FW_NO_ID;
+	st.ids[3] = fields & FW_FIELD_DPORT ? array_id(&dport, gen, FW_PORT_SLOTS, pkt->dport % FW_PORT_SLOTS)
+					    : FW_NO_ID;
+	st.ids[4] = fields & FW_FIELD_PROTO ? array_id(&proto, gen, FW_PROTO_SLOTS, pkt->proto) : FW_NO_ID;
+	st.ids[5] = fields & FW_FIELD_TCPFLAGS
+			    ? array_id(&tcpflags, gen, FW_BYTE_SLOTS, pkt->tcpflags % FW_BYTE_SLOTS)
+			    : FW_NO_ID;
+	st.ids[6] = fields & FW_FIELD_ICMPTYPE
+			    ? array_id(&icmptype, gen, FW_BYTE_SLOTS, pkt->icmptype % FW_BYTE_SLOTS)
+			    : FW_NO_ID;
 	st.gen = gen;
+	if (!fw_search_init(&st))
+		return pass;
 	st.would_slot = FW_NO_SLOT;
-	st.result = out->v;
+	st.result.stat = FW_STAT_PASS_DEFAULT;
+	st.result.xdp = XDP_PASS;
+	st.result.slot = FW_NO_SLOT;
 	st.lim.bytes = bytes;
 	st.lim.family = pkt->family;
 	__builtin_memcpy(st.lim.src, pkt->addr_src, 16);
 	/* bpf_loop: the verifier checks the callback once, not once a round. */
 	bpf_loop(FW_MAX_ITER, search_step, &st, 0);
-	out->v = st.result;
-	out->would.slot = st.would_slot;
-	out->would.stat = st.would_stat;
-	return 0;
+	/* Read straight through, no branch: see common.h. */
+	return pack_outcome(st.result.stat, st.result.xdp, st.result.slot, st.would_stat, st.would_slot);
 }
 
 #endif /* XDPFW_CLASSIFY_H */

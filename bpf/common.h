@@ -13,7 +13,13 @@
  *     scalars only (no pointers inside), which may be NULL and are checked;
  *   - it returns a scalar (int), never void;
  *   - the memory it is given is fully initialised by the caller (no holes:
- *     structs passed to a stage have explicit padding and are zeroed).
+ *     structs passed to a stage have explicit padding and are zeroed);
+ *   - what it decides, it returns. A caller must never branch on what a
+ *     stage wrote into the caller's stack: 6.1's verifier does not know a
+ *     stage writes there, believes the values from before the call, and
+ *     rewrites a branch on them that it thinks is never taken into a jump
+ *     (dead-code elimination). Reading such values straight through, into
+ *     a map or another stage, is safe: the instructions stay.
  */
 #ifndef XDPFW_COMMON_H
 #define XDPFW_COMMON_H
@@ -52,6 +58,29 @@ struct verdict {
 	__u32 xdp;  /* XDP_PASS or XDP_DROP */
 	__u32 slot; /* counter slot of the deciding rule, or FW_NO_SLOT */
 };
+
+/* An outcome of classification packed into a stage's return value (see
+ * above): the verdict's stat, XDP action and rule slot, and the first dry-run
+ * drop's slot and stat. Slots are below FW_COUNTER_SLOTS; FW_NO_SLOT packs
+ * as 0xFFFF. Packed without branches (a branch on a value the verifier
+ * believes known would be rewritten). */
+static __always_inline __u64 pack_outcome(__u32 stat, __u32 xdp, __u32 slot, __u32 would_stat, __u32 would_slot)
+{
+	return (__u64)(slot & 0xFFFF) | (__u64)(would_slot & 0xFFFF) << 16 | (__u64)(stat & 0xFF) << 32 |
+	       (__u64)(would_stat & 0xFF) << 40 | (__u64)(xdp & 0xFF) << 48;
+}
+
+static __always_inline __u32 unpack_slot(__u64 packed, int shift)
+{
+	__u32 s = (packed >> shift) & 0xFFFF;
+	return s == 0xFFFF ? FW_NO_SLOT : s;
+}
+
+#define OUTCOME_SLOT(o) unpack_slot(o, 0)
+#define OUTCOME_WOULD_SLOT(o) unpack_slot(o, 16)
+#define OUTCOME_STAT(o) (((o) >> 32) & 0xFF)
+#define OUTCOME_WOULD_STAT(o) (((o) >> 40) & 0xFF)
+#define OUTCOME_XDP(o) (((o) >> 48) & 0xFF)
 
 static __always_inline void count(void *map, __u32 idx, __u64 bytes)
 {

@@ -62,30 +62,28 @@ int xdpfw_filter(struct xdp_md *ctx)
 {
 	__u64 bytes = ctx->data_end - ctx->data;
 	struct packet pkt;
-	struct outcome out;
+	__u64 out;
 
 	/* Zeroed whole, padding included: a stage reads all of it. */
 	__builtin_memset(&pkt, 0, sizeof(pkt));
-	__builtin_memset(&out, 0, sizeof(out));
-	out.would.slot = FW_NO_SLOT;
 	pkt.frame_len = bytes;
 
 	int res = fw_parse(ctx, &pkt);
-	if (res != PARSE_OK) {
-		out.v.stat = res == PARSE_ERROR ? FW_STAT_PARSE_ERROR : FW_STAT_NON_IP;
-		out.v.xdp = policy_action(res) == FW_ACTION_DROP ? XDP_DROP : XDP_PASS;
-		out.v.slot = FW_NO_SLOT;
+	if (res == PARSE_OK) {
+		out = fw_classify(&pkt, bytes);
 	} else {
-		if (pkt.fragment)
-			count(&action_stats, FW_STAT_FRAGMENT, bytes);
-		fw_classify(&pkt, bytes, &out);
+		__u32 stat = res == PARSE_ERROR ? FW_STAT_PARSE_ERROR : FW_STAT_NON_IP;
+		__u32 xdp = policy_action(res) == FW_ACTION_DROP ? XDP_DROP : XDP_PASS;
+		out = pack_outcome(stat, xdp, FW_NO_SLOT, 0, FW_NO_SLOT);
 	}
 
 	/* Every verdict leaves through here and is counted once. */
-	count(&action_stats, out.v.stat, bytes);
-	if (out.v.xdp == XDP_DROP)
-		fw_sample_drop(ctx, &pkt, out.v.slot, out.v.stat, 0);
-	else if (out.would.slot != FW_NO_SLOT)
-		fw_sample_drop(ctx, &pkt, out.would.slot, out.would.stat, 1);
-	return out.v.xdp == XDP_DROP ? XDP_DROP : XDP_PASS;
+	count(&action_stats, OUTCOME_STAT(out), bytes);
+	if (OUTCOME_XDP(out) == XDP_DROP) {
+		fw_sample_drop(ctx, &pkt, OUTCOME_SLOT(out), OUTCOME_STAT(out), 0);
+		return XDP_DROP;
+	}
+	if (OUTCOME_WOULD_SLOT(out) != FW_NO_SLOT)
+		fw_sample_drop(ctx, &pkt, OUTCOME_WOULD_SLOT(out), OUTCOME_WOULD_STAT(out), 1);
+	return XDP_PASS;
 }

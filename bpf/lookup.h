@@ -138,11 +138,13 @@ FW_STAGE __u32 fw_h48_dst(__u32 gen, __u64 hi, __u64 lo)
 	return h48_lookup(&dst6_h48, &dst6_blk, &dst6_long, &dst6, gen, hi, lo);
 }
 
-/* The vector id of a packet's source (dst = 0) or destination address, or
- * FW_NO_ID when its table has no entry (a damaged map: the compiler always
- * writes a catch-all). */
-static __always_inline __u32 addr_id(struct packet *pkt, __u32 gen, __u32 fields, int dst)
+/* fw_addr_id: the vector id of a packet's source (dst = 0) or destination
+ * address, or FW_NO_ID when its table has no entry (a damaged map: the
+ * compiler always writes a catch-all). */
+FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst)
 {
+	if (!pkt)
+		return FW_NO_ID;
 	const __u8 *b = dst ? pkt->addr_dst : pkt->addr_src;
 	__u32 *id;
 

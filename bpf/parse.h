@@ -197,11 +197,31 @@ done:
 	return parse_l4(cur, end, avail, pkt);
 }
 
-/* fw_parse reads a frame into *pkt: enum parse_result. */
-FW_STAGE int fw_parse(struct xdp_md *ctx, struct packet *pkt)
+/* The IP header starts at l3 bytes into the frame: after Ethernet and at
+ * most MAX_VLAN_TAGS tags. As stages, the IPv4 and IPv6 parsers are
+ * verified once, not once per number of VLAN tags. */
+#define L3_MAX_OFFSET (sizeof(struct ethhdr) + 4 * MAX_VLAN_TAGS)
+
+FW_STAGE int fw_parse_ip4(struct xdp_md *ctx, struct packet *pkt, __u32 l3)
 {
-	if (!pkt)
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (!pkt || l3 > L3_MAX_OFFSET)
 		return PARSE_ERROR;
+	return parse_ipv4(data + l3, end, pkt);
+}
+
+FW_STAGE int fw_parse_ip6(struct xdp_md *ctx, struct packet *pkt, __u32 l3)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (!pkt || l3 > L3_MAX_OFFSET)
+		return PARSE_ERROR;
+	return parse_ipv6(data + l3, end, pkt);
+}
+
+static __always_inline int parse_frame(struct xdp_md *ctx, struct packet *pkt)
+{
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -224,12 +244,25 @@ FW_STAGE int fw_parse(struct xdp_md *ctx, struct packet *pkt)
 	}
 
 	if (h_proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(cur, end, pkt);
+		return fw_parse_ip4(ctx, pkt, cur - data);
 	if (h_proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(cur, end, pkt);
+		return fw_parse_ip6(ctx, pkt, cur - data);
 	if (h_proto == bpf_htons(ETH_P_8021Q_) || h_proto == bpf_htons(ETH_P_8021AD_))
 		return PARSE_ERROR; /* a third tag: deeper than we look */
 	return PARSE_NON_IP;
+}
+
+/* fw_parse reads a frame into *pkt and returns enum parse_result. It counts
+ * a non-first fragment itself: its caller must not branch on what it wrote
+ * (common.h). */
+FW_STAGE int fw_parse(struct xdp_md *ctx, struct packet *pkt)
+{
+	if (!pkt)
+		return PARSE_ERROR;
+	int res = parse_frame(ctx, pkt);
+	if (res == PARSE_OK && pkt->fragment)
+		count(&action_stats, FW_STAT_FRAGMENT, pkt->frame_len);
+	return res;
 }
 
 #endif /* XDPFW_PARSE_H */
