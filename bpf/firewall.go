@@ -74,6 +74,9 @@ type Options struct {
 	// noSampling loads the program with drop sampling compiled out, for
 	// the benchmark's baseline.
 	noSampling bool
+	// patchSpec, when set, changes the loaded spec before the load (tests:
+	// a program the verifier refuses).
+	patchSpec func(*ebpf.CollectionSpec)
 }
 
 // DefaultSourceBuckets is the default number of per-source rate-limit
@@ -114,6 +117,9 @@ type Firewall struct {
 // migrate): filtering goes on. It does not attach; see Attach.
 func Open(opts Options) (*Firewall, error) {
 	if err := checkInterface(opts.Interface); err != nil {
+		return nil, err
+	}
+	if err := CheckKernel(); err != nil {
 		return nil, err
 	}
 	if err := checkBPFFS(opts.PinPath); err != nil {
@@ -168,18 +174,45 @@ func load(opts Options, dir string) (*Firewall, error) {
 			return nil, fmt.Errorf("compile sampling out: %w", err)
 		}
 	}
+	if opts.patchSpec != nil {
+		opts.patchSpec(spec)
+	}
 	fw := &Firewall{iface: iface, dir: dir, spec: spec}
 	err = spec.LoadAndAssign(&fw.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: dir},
+		// The statistics level costs a successful load nothing measurable
+		// and gives a refused one its "processed N insns" line in one
+		// attempt (with no level, the library loads the program again with
+		// a full instruction trace, which for a program near the
+		// complexity limit is hundreds of MB verified a second time).
+		Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
 	})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, fmt.Errorf("use pinned maps in %s: %w (%w): detach with `xdpfwctl local detach --iface %s` and apply again", dir, ErrIncompatible, err, iface)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load XDP program and maps for %s: %w", iface, wrapPerm(err))
+		err = wrapPerm(explainVerifierError(err))
+		if !errors.Is(err, ErrNotPermitted) {
+			err = loadError{err}
+		}
+		return nil, fmt.Errorf("load XDP program and maps for %s: %w", iface, err)
 	}
 	return fw, nil
 }
+
+// ErrLoad is the error (errors.Is) of a data plane that did not load in
+// the kernel: the verifier refused the program (ErrVerifierRefused), the
+// kernel lacks a feature (ErrKernelTooOld), or it refused a map. It is not
+// the error of a usage problem (no interface, no bpffs, no privileges):
+// those are fixed by the operator, not by another attempt or kernel.
+var ErrLoad = errors.New("the XDP program and its maps did not load")
+
+// loadError marks an error as ErrLoad without changing its message.
+type loadError struct{ err error }
+
+func (e loadError) Error() string        { return e.err.Error() }
+func (e loadError) Unwrap() error        { return e.err }
+func (e loadError) Is(target error) bool { return target == ErrLoad }
 
 // OpenPinned opens the pinned firewall of an interface for reading
 // (counters, state) without loading a program or taking the writer lock.

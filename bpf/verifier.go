@@ -22,6 +22,10 @@ var ErrVerifierRefused = errors.New("the kernel's verifier refused the program")
 
 var processedRE = regexp.MustCompile(`^processed (\d+) insns`)
 
+// statsRE matches the other lines of the verifier's statistics (log level
+// LogLevelStats), which say nothing about why it refused a program.
+var statsRE = regexp.MustCompile(`^(verification time \d+ usec|stack depth [0-9+]+)$`)
+
 // ProcessedInsns reads the verifier's count of processed instructions from
 // its log ("processed N insns (limit 1000000) max_states_per_insn ..."),
 // which it writes at log level LogLevelStats and above.
@@ -70,7 +74,7 @@ func explainVerifierError(err error) error {
 	var lines []string
 	for _, l := range ve.Log {
 		l = strings.TrimSpace(l)
-		if l == "" || processedRE.MatchString(l) {
+		if l == "" || processedRE.MatchString(l) || statsRE.MatchString(l) {
 			continue
 		}
 		lines = append(lines, l)
