@@ -1,6 +1,9 @@
 package proto
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // The control plane's documents (DESIGN.md section 6): the JSON of its
 // REST API under /v1/ and of its etcd keys for rollouts, releases and the
@@ -243,6 +246,42 @@ type HostInfo struct {
 	Lost    bool         `json:"lost"`
 	Desired []RuleSetRef `json:"desired"`
 	Status  *HostStatus  `json:"status,omitempty"`
+	// State is one of the HostState* values and Reason, for the failed
+	// and error states, why (see HostStateOf).
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// What a host is doing, as HostInfo.State says it.
+const (
+	HostStateInSync    = "in sync"          // enforces what it is given
+	HostStateApplying  = "applying"         // has not reported the desired state in force yet
+	HostStateError     = "error"            // refused its desired state; the last good rules stay in force
+	HostStateFailed    = "failed"           // its data plane did not load: it applies nothing
+	HostStateLost      = "lost"             // its lease expired (no status)
+	HostStateNoStatus  = "no status"        // no agent ever reported
+	HostStateNoDesired = "no desired state" // nothing given to it yet
+)
+
+// HostStateOf says what a host is doing and, when it failed or refused
+// its desired state, why.
+func HostStateOf(h HostInfo) (state, reason string) {
+	st := h.Status
+	switch {
+	case h.Lost:
+		return HostStateLost, ""
+	case st == nil:
+		return HostStateNoStatus, ""
+	case st.DataPlaneError != nil:
+		return HostStateFailed, "data plane: " + st.DataPlaneError.Message
+	case st.LastError != nil:
+		return HostStateError, fmt.Sprintf("%s: %s", st.LastError.Document, st.LastError.Message)
+	case st.InSync:
+		return HostStateInSync, ""
+	case len(h.Desired) == 0 && len(st.Applied) == 0:
+		return HostStateNoDesired, ""
+	}
+	return HostStateApplying, ""
 }
 
 // TelemetryReport is GET /v1/telemetry: fleet totals per rule and per

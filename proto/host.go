@@ -111,6 +111,24 @@ type HostStatus struct {
 	InSync     bool              `json:"inSync"`
 	Interfaces []InterfaceStatus `json:"interfaces"`
 	LastError  *StatusError      `json:"lastError,omitempty"`
+	// DataPlaneError is set while the host's data plane does not work:
+	// the XDP program of a managed interface did not load (the kernel's
+	// verifier refused it, or the kernel lacks a feature). The agent
+	// retries with backoff; meanwhile it applies nothing, and whatever
+	// was pinned before keeps filtering with its last rules.
+	DataPlaneError *DataPlaneError `json:"dataPlaneError,omitempty"`
+}
+
+// DataPlaneError says why a host's data plane does not work.
+type DataPlaneError struct {
+	// Interface is the managed interface whose firewall did not load.
+	Interface string `json:"interface"`
+	Message   string `json:"message"`
+	// Since is the first failed attempt, Attempts how many failed so far.
+	Since    time.Time `json:"since"`
+	Attempts int       `json:"attempts"`
+	// NextAttemptAt is when the agent tries again.
+	NextAttemptAt time.Time `json:"nextAttemptAt"`
 }
 
 // InterfaceStatus is one managed interface.
@@ -123,6 +141,10 @@ type InterfaceStatus struct {
 	AppliedAt  time.Time `json:"appliedAt"`
 	// Writes is how many map entries the last apply wrote.
 	Writes int `json:"lastApplyWrites"`
+	// Error is why the interface's firewall did not load (see
+	// HostStatus.DataPlaneError); Attached then says whether a program
+	// pinned before is still attached and filtering.
+	Error string `json:"error,omitempty"`
 }
 
 // StatusError says why a desired state was refused.

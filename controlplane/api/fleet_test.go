@@ -148,18 +148,31 @@ func TestHosts(t *testing.T) {
 	e.put(e.keys.HostStatus("h1.example"), string(statusDoc))
 	e.put(e.keys.HostDesired("h2.example"), string(desired)) // its agent is gone: Lost
 	e.put(e.keys.HostTelemetry("h3.example"), `{"kind":"HostTelemetry"}`)
+	// h4's agent runs, but its XDP program did not load.
+	broken := status
+	broken.Host, broken.Applied, broken.InSync = "h4.example", []proto.RuleSetRef{}, false
+	broken.Interfaces = []proto.InterfaceStatus{{Name: "eth0", Attached: true, Error: "the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn"}}
+	broken.DataPlaneError = &proto.DataPlaneError{Interface: "eth0", Attempts: 3,
+		Message: "load XDP program and maps for eth0: the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn"}
+	brokenDoc, _ := json.Marshal(broken)
+	e.put(e.keys.HostDesired("h4.example"), string(desired))
+	e.put(e.keys.HostStatus("h4.example"), string(brokenDoc))
 
 	var hosts []proto.HostInfo
 	e.must(http.StatusOK, "GET", "/v1/hosts", viewerToken, nil).decode(t, &hosts)
-	if len(hosts) != 2 {
-		t.Fatalf("hosts: %+v, want h1 and h2 (h3 has telemetry only)", hosts)
+	if len(hosts) != 3 {
+		t.Fatalf("hosts: %+v, want h1, h2 and h4 (h3 has telemetry only)", hosts)
 	}
-	want1 := proto.HostInfo{Host: "h1.example", Desired: []proto.RuleSetRef{{Name: "web", Version: 1}}, Status: &status}
+	want1 := proto.HostInfo{Host: "h1.example", Desired: []proto.RuleSetRef{{Name: "web", Version: 1}}, Status: &status, State: proto.HostStateInSync}
 	if !reflect.DeepEqual(hosts[0], want1) {
 		t.Fatalf("h1: %+v, want %+v", hosts[0], want1)
 	}
-	if hosts[1].Host != "h2.example" || !hosts[1].Lost || hosts[1].Status != nil || len(hosts[1].Desired) != 1 {
+	if hosts[1].Host != "h2.example" || !hosts[1].Lost || hosts[1].Status != nil || len(hosts[1].Desired) != 1 || hosts[1].State != proto.HostStateLost {
 		t.Fatalf("h2: %+v, want lost with its desired state", hosts[1])
+	}
+	wantReason := "data plane: load XDP program and maps for eth0: the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn"
+	if h := hosts[2]; h.Host != "h4.example" || h.State != proto.HostStateFailed || h.Reason != wantReason || h.Status == nil || h.Status.DataPlaneError == nil {
+		t.Fatalf("h4: %+v, want failed, with the reason\n%s", h, wantReason)
 	}
 	var one proto.HostInfo
 	e.must(http.StatusOK, "GET", "/v1/hosts/h2.example", viewerToken, nil).decode(t, &one)

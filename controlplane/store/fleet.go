@@ -125,7 +125,8 @@ func (s *Store) GetRelease(ctx context.Context, name string) (rel proto.Release,
 // HostInfos returns every host with a desired state or a status, by
 // name (all hosts when hosts is nil; else those of hosts that have
 // either). A host with a desired state and no status is Lost: its agent
-// never reported or its lease expired. A desired state that does not
+// never reported or its lease expired. State and Reason say what each host
+// is doing (a host whose data plane did not load is failed, with why). A desired state that does not
 // validate is read leniently, as the agent's refusal in its status
 // explains it.
 func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo, error) {
@@ -173,6 +174,7 @@ func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo
 			} else {
 				info.Lost = true
 			}
+			info.State, info.Reason = proto.HostStateOf(info)
 			out = append(out, info)
 		}
 	}

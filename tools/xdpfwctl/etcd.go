@@ -429,6 +429,10 @@ func runEtcdStatus(args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(tw, "last error:\tnone\n")
 	}
+	if e := st.DataPlaneError; e != nil {
+		fmt.Fprintf(tw, "data plane:\tfailed since %s (%d attempts, next at %s): %s\n",
+			formatTime(e.Since), e.Attempts, formatTime(e.NextAttemptAt), e.Message)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -551,7 +555,11 @@ func runEtcdHosts(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(tw, "%s\t-\tno status\t-\t-\n", h)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", h, refList(st.Applied), yesNo(st.InSync), st.Revision, formatTime(st.UpdatedAt))
+		inSync := yesNo(st.InSync)
+		if st.DataPlaneError != nil {
+			inSync = "no (data plane failed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", h, refList(st.Applied), inSync, st.Revision, formatTime(st.UpdatedAt))
 	}
 	return tw.Flush()
 }

@@ -210,20 +210,13 @@ func structured(af *apiFlags, w io.Writer, v any) (bool, error) {
 	return false, nil
 }
 
-func hostState(h proto.HostInfo) string {
-	switch {
-	case h.Lost:
-		return "lost"
-	case h.Status == nil:
-		return "no status"
-	case h.Status.LastError != nil:
-		return "error"
-	case h.Status.InSync:
-		return "in sync"
-	case len(h.Desired) == 0 && len(h.Status.Applied) == 0:
-		return "no desired state"
+// hostState is what the server says a host is doing, or (from an older
+// server) the same worked out here.
+func hostState(h proto.HostInfo) (state, reason string) {
+	if h.State != "" {
+		return h.State, h.Reason
 	}
-	return "applying"
+	return proto.HostStateOf(h)
 }
 
 func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
@@ -236,8 +229,12 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		state, reason := hostState(h)
 		fmt.Fprintf(tw, "host:\t%s\n", h.Host)
-		fmt.Fprintf(tw, "state:\t%s\n", hostState(h))
+		fmt.Fprintf(tw, "state:\t%s\n", state)
+		if reason != "" {
+			fmt.Fprintf(tw, "reason:\t%s\n", reason)
+		}
 		fmt.Fprintf(tw, "desired:\t%s\n", refList(h.Desired))
 		if st := h.Status; st != nil {
 			fmt.Fprintf(tw, "applied:\t%s\n", refList(st.Applied))
@@ -248,7 +245,15 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 			if e := st.LastError; e != nil {
 				fmt.Fprintf(tw, "last error:\t%s: %s\n", e.Document, e.Message)
 			}
+			if e := st.DataPlaneError; e != nil {
+				fmt.Fprintf(tw, "data plane:\tnot loaded since %s (%d attempts, next at %s): nothing new is applied; what was pinned before filters with its last rules\n",
+					formatTime(e.Since), e.Attempts, formatTime(e.NextAttemptAt))
+			}
 			for _, i := range st.Interfaces {
+				if i.Error != "" {
+					fmt.Fprintf(tw, "interface %s:\tnot loaded, pinned program attached %s: %s\n", i.Name, yesNo(i.Attached), i.Error)
+					continue
+				}
 				fmt.Fprintf(tw, "interface %s:\t%s mode, attached %s, %d rules, digest %.12s\n", i.Name, i.AttachMode, yesNo(i.Attached), i.Rules, i.Digest)
 			}
 		}
@@ -262,13 +267,17 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tAPPLIED\tDESIRED\tLABELS\tHEARTBEAT")
+	fmt.Fprintln(tw, "HOST\tSTATE\tAPPLIED\tDESIRED\tLABELS\tHEARTBEAT\tREASON")
 	for _, h := range list {
 		applied, labels, beat := "-", "-", "-"
 		if st := h.Status; st != nil {
 			applied, labels, beat = refList(st.Applied), labelList(st.Labels), formatTime(st.UpdatedAt)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, hostState(h), applied, refList(h.Desired), labels, beat)
+		state, reason := hostState(h)
+		if reason == "" {
+			reason = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Host, state, applied, refList(h.Desired), labels, beat, oneLine(reason))
 	}
 	return tw.Flush()
 }
@@ -701,3 +710,6 @@ func runTop(args []string, stdout, stderr io.Writer) error {
 	}
 	return nil
 }
+
+// oneLine keeps a message on its table row.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }

@@ -91,6 +91,10 @@ func fleetAnswers() map[string]answer {
 		Interfaces: []proto.InterfaceStatus{{Name: "eth0", AttachMode: "native", Attached: true, Digest: "0123456789abcdef0123", Rules: 12}}}
 	failed := &proto.HostStatus{Host: "web-2", UpdatedAt: t0, Applied: []proto.RuleSetRef{{Name: "edge", Version: 3}}, Revision: 78,
 		LastError: &proto.StatusError{Document: "/xdpfw/v1/rulesets/edge/versions/4", Version: 4, Message: "compile for eth0: too many rules"}}
+	refusal := "load XDP program and maps for eth0: the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn"
+	broken := &proto.HostStatus{Host: "web-3", UpdatedAt: t0, StartedAt: t0.Add(-time.Minute), AgentVersion: "v0.3.0", Applied: []proto.RuleSetRef{},
+		Interfaces:     []proto.InterfaceStatus{{Name: "eth0", Attached: true, Error: refusal}},
+		DataPlaneError: &proto.DataPlaneError{Interface: "eth0", Message: refusal, Since: t0.Add(-time.Minute), Attempts: 4, NextAttemptAt: t0.Add(40 * time.Second)}}
 	rollout := proto.Rollout{
 		ID: "r-20261202T030000Z-ab12", CreatedBy: "alice", CreatedAt: t0,
 		Spec:    proto.RolloutSpec{RuleSet: "edge", Version: 4, Waves: []string{"1", "50%", "100%"}, Pause: "30s"},
@@ -120,8 +124,11 @@ func fleetAnswers() map[string]answer {
 		"GET /v1/hosts": {200, []proto.HostInfo{
 			{Host: "web-1", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: status},
 			{Host: "web-2", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: failed},
+			{Host: "web-3", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: broken},
 			{Host: "web-9", Lost: true, Desired: []proto.RuleSetRef{{Name: "edge", Version: 3}}},
 		}},
+		"GET /v1/hosts/web-3": {200, proto.HostInfo{Host: "web-3", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: broken,
+			State: proto.HostStateFailed, Reason: "data plane: " + refusal}},
 		"GET /v1/hosts/web-1":            {200, proto.HostInfo{Host: "web-1", Desired: []proto.RuleSetRef{{Name: "edge", Version: 4}}, Status: status}},
 		"GET /v1/rollouts":               {200, []proto.Rollout{rollout}},
 		"GET /v1/rollouts/" + rollout.ID: {200, rollout},
@@ -158,6 +165,7 @@ func TestAPICommandsGolden(t *testing.T) {
 		{"get-rulesets-json", []string{"get", "rulesets", "-o", "json"}},
 		{"get-hosts", []string{"get", "hosts"}},
 		{"get-host", []string{"get", "host", "web-1"}},
+		{"get-host-failed", []string{"get", "host", "web-3"}},
 		{"get-rollouts", []string{"get", "rollouts"}},
 		{"rollout-status", []string{"rollout", "status", "r-20261202T030000Z-ab12"}},
 		{"rollout-start", []string{"rollout", "start", "edge", "--version", "4", "--waves", "1,50%,100%", "--pause", "30s"}},
