@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -27,6 +28,8 @@ func TestRollouts(t *testing.T) {
 		{"bad waves", `{"ruleset": "web", "version": 1, "waves": ["1", "150%"]}`, 400, proto.CodeInvalid, []string{"waves[1]: "}},
 		{"unknown field", `{"ruleset": "web", "version": 1, "wave": ["1"]}`, 400, proto.CodeInvalid, nil},
 		{"not JSON", `ruleset: web`, 400, proto.CodeInvalid, nil},
+		// Valid, but no agent reports a status yet: nothing to roll out to.
+		{"no live host", `{"ruleset": "web", "version": 1}`, 400, proto.CodeInvalid, []string{"selector: no live host: no agent reports a status"}},
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,7 +50,14 @@ func TestRollouts(t *testing.T) {
 		})
 	}
 
-	r := e.must(http.StatusCreated, "POST", "/v1/rollouts", operatorToken, proto.RolloutSpec{RuleSet: "web", Version: 1, Waves: []string{"1", "100%"}})
+	status, _ := json.Marshal(proto.HostStatus{APIVersion: proto.APIVersion, Kind: proto.KindHostStatus, Host: "h1.example", Applied: []proto.RuleSetRef{}})
+	e.put(e.keys.HostStatus("h1.example"), string(status))
+	// Selected by neither the rollout's selector: refused with why.
+	r := e.must(http.StatusBadRequest, "POST", "/v1/rollouts", operatorToken, `{"ruleset": "web", "version": 1, "selector": {"dc": "9"}}`)
+	if eb := r.apiError(t); len(eb.Problems) != 1 || !strings.Contains(eb.Problems[0].Message, "no live host matches the rule set's selector {} (every host) and the rollout's selector {dc=9}: 1 hosts report a status") {
+		t.Fatalf("rollout of no host: %+v", eb)
+	}
+	r = e.must(http.StatusCreated, "POST", "/v1/rollouts", operatorToken, proto.RolloutSpec{RuleSet: "web", Version: 1, Waves: []string{"1", "100%"}})
 	var ro proto.Rollout
 	r.decode(t, &ro)
 	if ro.ID == "" || ro.Spec.RuleSet != "web" || ro.CreatedBy != "oscar" || ro.Control.Want != proto.RolloutWantRun ||

@@ -1129,6 +1129,7 @@ func TestFinishedRolloutsArePruned(t *testing.T) {
 	agents := e.startFleet(2, edgeLabels)
 	const retention = 2 * time.Second
 	e.startController("c1", func(o *ControllerOptions) { o.Retention = retention })
+	waitReports(t, pick(agents, names(agents)...), 10*time.Second, ref("edge", 1))
 
 	var ids []string
 	for _, spec := range []proto.RolloutSpec{{RuleSet: "edge", Version: 2}, {RuleSet: "core", Version: 1}, {RuleSet: "edge", Version: 3}} {

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -55,6 +56,16 @@ func (e *env) putVersions(name string, selector map[string]string, n int) {
 		if _, _, err := e.store.PutRuleSet(testCtx(e.t), ruleSet(name, selector, 1000+i), -1); err != nil {
 			e.t.Fatalf("put rule set %s version %d: %v", name, i, err)
 		}
+	}
+}
+
+// liveHost writes a status for host, as its agent would under its lease:
+// a host rollouts can be for.
+func (e *env) liveHost(host string, labels map[string]string) {
+	e.t.Helper()
+	b, _ := json.Marshal(proto.HostStatus{APIVersion: proto.APIVersion, Kind: proto.KindHostStatus, Host: host, Labels: labels, Applied: []proto.RuleSetRef{}})
+	if _, err := e.cli.Put(testCtx(e.t), e.keys.HostStatus(host), string(b)); err != nil {
+		e.t.Fatalf("status of %s: %v", host, err)
 	}
 }
 

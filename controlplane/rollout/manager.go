@@ -26,6 +26,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -96,9 +99,9 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 		rev := read.Header.Revision
 
 		all := problems
+		var head proto.RuleSetHead
 		if nameOK {
 			headKVs := read.Responses[1].GetResponseRange().Kvs
-			var head proto.RuleSetHead
 			switch {
 			case len(headKVs) == 0:
 				all = append(all, proto.Problem{Path: "ruleset", Message: fmt.Sprintf("rule set %q does not exist (no %s)", spec.RuleSet, headKey)})
@@ -106,6 +109,17 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 				return proto.Rollout{}, fmt.Errorf("create rollout of %s: decode %s: %q is not a head", spec.RuleSet, headKey, headKVs[0].Value)
 			case spec.Version >= 1 && read.Responses[2].GetResponseRange().Count == 0:
 				all = append(all, proto.Problem{Path: "version", Message: fmt.Sprintf("rule set %s has no version %d (no %s; the latest is %d)", spec.RuleSet, spec.Version, versionKey, head.Version)})
+			}
+		}
+		if len(all) == 0 {
+			// A rollout that would reach no host is refused, not run to a
+			// success that did nothing (DESIGN.md section 6).
+			p, err := m.noHostProblem(ctx, rev, spec.RuleSet, head.Version, norm.Selector)
+			if err != nil {
+				return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w", spec.RuleSet, err)
+			}
+			if p != nil {
+				all = append(all, *p)
 			}
 		}
 		if len(all) > 0 {
@@ -165,6 +179,88 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 		}
 	}
 	return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w: other writers kept creating rollouts (%d attempts)", spec.RuleSet, ErrConflict, maxTxnAttempts)
+}
+
+// noHostProblem returns the problem of a rollout no live host would take,
+// read at revision rev: one whose rule set's selector (its head version's,
+// as the controller matches hosts) and own selector match the labels of no
+// host with a status (a status exists only under its agent's lease). It
+// stops reading at the first host that matches.
+func (m *Manager) noHostProblem(ctx context.Context, rev int64, name string, head int64, selector map[string]string) (*proto.Problem, error) {
+	headKey := m.keys.RuleSetVersion(name, head)
+	resp, err := m.cli.Get(ctx, headKey, clientv3.WithRev(rev))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", headKey, err)
+	}
+	var setSelector map[string]string
+	if len(resp.Kvs) > 0 {
+		var rs struct {
+			Selector map[string]string `json:"selector"`
+		}
+		if err := json.Unmarshal(resp.Kvs[0].Value, &rs); err != nil {
+			return nil, fmt.Errorf("decode %s: %w", headKey, err)
+		}
+		setSelector = rs.Selector
+	}
+
+	prefix := m.keys.Hosts()
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	live := 0
+	for from := prefix; ; {
+		page, err := m.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(),
+			clientv3.WithLimit(pageSize), clientv3.WithRev(rev))
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", prefix, err)
+		}
+		var statuses []clientv3.Op
+		for _, kv := range page.Kvs {
+			if _, leaf, ok := m.keys.ParseHostKey(string(kv.Key)); ok && leaf == "status" {
+				statuses = append(statuses, clientv3.OpGet(string(kv.Key), clientv3.WithRev(rev)))
+			}
+		}
+		for start := 0; start < len(statuses); start += txnOps {
+			txn, err := m.cli.Txn(ctx).Then(statuses[start:min(start+txnOps, len(statuses))]...).Commit()
+			if err != nil {
+				return nil, fmt.Errorf("read host statuses under %s: %w", prefix, err)
+			}
+			for _, r := range txn.Responses {
+				for _, kv := range r.GetResponseRange().Kvs {
+					var st struct {
+						Labels map[string]string `json:"labels"`
+					}
+					if json.Unmarshal(kv.Value, &st) != nil {
+						continue // the controller ignores it too
+					}
+					live++
+					if Matches(setSelector, st.Labels) && Matches(selector, st.Labels) {
+						return nil, nil
+					}
+				}
+			}
+		}
+		if !page.More || len(page.Kvs) == 0 {
+			break
+		}
+		from = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
+	}
+	msg := fmt.Sprintf("no live host matches the rule set's selector %s and the rollout's selector %s: %d hosts report a status, none with these labels; a rollout of no host would do nothing",
+		selectorString(setSelector), selectorString(selector), live)
+	if live == 0 {
+		msg = "no live host: no agent reports a status (are the agents running and registered?); a rollout of no host would do nothing"
+	}
+	return &proto.Problem{Path: "selector", Message: msg}, nil
+}
+
+// selectorString is a selector as k=v,k2=v2 ({} for every host).
+func selectorString(sel map[string]string) string {
+	if len(sel) == 0 {
+		return "{} (every host)"
+	}
+	keys := slices.Sorted(maps.Keys(sel))
+	for i, k := range keys {
+		keys[i] = k + "=" + sel[k]
+	}
+	return "{" + strings.Join(keys, ",") + "}"
 }
 
 func marshalPuts(docs map[string]any) ([]clientv3.Op, error) {

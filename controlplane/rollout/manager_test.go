@@ -16,6 +16,7 @@ func TestCreateGetList(t *testing.T) {
 	e := newEnv(t)
 	e.putVersions("edge", nil, 2)
 	e.putVersions("core", nil, 1)
+	e.liveHost("web-1", nil)
 	ctx := testCtx(t)
 
 	first := e.create(proto.RolloutSpec{RuleSet: "edge", Version: 2, Waves: []string{"1", "100%"}, Pause: "30s"})
@@ -83,6 +84,7 @@ func TestCreateGetList(t *testing.T) {
 func TestCreateRace(t *testing.T) {
 	e := newEnv(t)
 	e.putVersions("edge", nil, 1)
+	e.liveHost("web-1", nil)
 	const n = 8
 	var wg sync.WaitGroup
 	errs := make([]error, n)
@@ -121,6 +123,7 @@ func setState(t *testing.T, e *env, id string, st proto.RolloutState) {
 func TestControl(t *testing.T) {
 	e := newEnv(t)
 	e.putVersions("edge", nil, 1)
+	e.liveHost("web-1", nil)
 	tests := []struct {
 		state   string // the controller's
 		control string // asked before, "" for the initial run
@@ -191,6 +194,7 @@ func TestControl(t *testing.T) {
 func TestControlRacesController(t *testing.T) {
 	e := newEnv(t)
 	e.putVersions("edge", nil, 1)
+	e.liveHost("web-1", nil)
 	ro := e.create(proto.RolloutSpec{RuleSet: "edge", Version: 1})
 	calls := 0
 	e.mgr.now = func() time.Time {
@@ -207,5 +211,62 @@ func TestControlRacesController(t *testing.T) {
 	}
 	if got := e.get(ro.ID); got.Control.Want != proto.RolloutWantRun {
 		t.Fatalf("control = %+v, want the pause not written", got.Control)
+	}
+}
+
+// TestCreateRefusesARolloutOfNoHost: a rollout whose selectors (the rule
+// set's and its own) match no live host is refused with a problem at
+// "selector" that says why, and writes nothing (DESIGN.md section 6).
+func TestCreateRefusesARolloutOfNoHost(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	edge := map[string]string{"role": "edge"}
+	e.putVersions("edge", edge, 1)
+	refused := func(spec proto.RolloutSpec, want string) {
+		t.Helper()
+		before, err := e.cli.Get(ctx, "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.mgr.Create(ctx, spec, "tester", nil)
+		var ve *proto.ValidationError
+		if !errors.Is(err, ErrInvalid) || !errors.As(err, &ve) || len(ve.Problems) != 1 {
+			t.Fatalf("Create(%+v) = %v, want ErrInvalid with one problem", spec, err)
+		}
+		if got := ve.Problems[0].String(); got != want {
+			t.Errorf("problem\n%q\nwant\n%q", got, want)
+		}
+		after, err := e.cli.Get(ctx, "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Header.Revision != before.Header.Revision {
+			t.Errorf("a refused rollout wrote (revision %d -> %d)", before.Header.Revision, after.Header.Revision)
+		}
+	}
+
+	refused(proto.RolloutSpec{RuleSet: "edge", Version: 1},
+		"selector: no live host: no agent reports a status (are the agents running and registered?); a rollout of no host would do nothing")
+
+	e.liveHost("db-1", map[string]string{"role": "db"})
+	e.liveHost("web-1", map[string]string{"role": "edge", "dc": "1"})
+	// A desired state alone is not a live host.
+	if _, err := e.cli.Put(ctx, e.keys.HostDesired("web-2"), `{"apiVersion":"xdpfw/v1","kind":"HostDesired","ruleSets":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	refused(proto.RolloutSpec{RuleSet: "edge", Version: 1, Selector: map[string]string{"dc": "2"}},
+		"selector: no live host matches the rule set's selector {role=edge} and the rollout's selector {dc=2}: 2 hosts report a status, none with these labels; a rollout of no host would do nothing")
+
+	// The rule set's selector is its head's, as the controller's.
+	if _, _, err := e.store.PutRuleSet(ctx, ruleSet("edge", map[string]string{"role": "cache"}, 2002), -1); err != nil {
+		t.Fatal(err)
+	}
+	refused(proto.RolloutSpec{RuleSet: "edge", Version: 1},
+		"selector: no live host matches the rule set's selector {role=cache} and the rollout's selector {} (every host): 2 hosts report a status, none with these labels; a rollout of no host would do nothing")
+
+	e.liveHost("cache-1", map[string]string{"role": "cache", "dc": "1"})
+	ro := e.create(proto.RolloutSpec{RuleSet: "edge", Version: 2, Selector: map[string]string{"dc": "1"}})
+	if ro.Status.State != proto.RolloutRunning {
+		t.Fatalf("created %+v", ro)
 	}
 }

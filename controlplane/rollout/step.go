@@ -118,6 +118,16 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 		if st.State != proto.RolloutRunning {
 			return st, false
 		}
+		if len(waveOf) == 0 {
+			// Every host the rollout was for is gone (lost, or relabelled):
+			// going on would run empty waves to a "success" that applied
+			// nothing, and release the version to hosts nobody saw take it.
+			st.State, st.WaveHealthyAt = proto.RolloutHalted, time.Time{}
+			st.ControlRevision = ro.ControlRevision
+			st.Message = fmt.Sprintf("halted: no live host matches the selectors any more%s; resume once hosts are back, or abort",
+				goneHosts(s.snap, &st))
+			return st, false
+		}
 		if waiting := s.unhealthy(waveOf, &st); len(waiting) > 0 {
 			st.WaveHealthyAt = time.Time{}
 			st.Message = fmt.Sprintf("wave %d of %d: waiting for %d hosts to apply %s: %s",
@@ -128,7 +138,6 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 			st.WaveHealthyAt = s.now
 		}
 		if st.Wave >= len(p.waves)-1 {
-			st.State, st.Wave, st.WaveHealthyAt = proto.RolloutSucceeded, len(p.waves), time.Time{}
 			applied, failed := 0, 0
 			for _, e := range st.Hosts {
 				switch e.State {
@@ -138,6 +147,17 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 					failed++
 				}
 			}
+			if applied == 0 {
+				// Every host it reached failed (within maxErrorHosts):
+				// releasing the version to the fleet would be a success
+				// no host showed.
+				st.State, st.WaveHealthyAt = proto.RolloutHalted, time.Time{}
+				st.ControlRevision = ro.ControlRevision
+				st.Message = fmt.Sprintf("halted: no host applied %s (%d failed: %s): not released",
+					p.ref(), failed, describeHosts(&st, failedHosts(&st)))
+				return st, false
+			}
+			st.State, st.Wave, st.WaveHealthyAt = proto.RolloutSucceeded, len(p.waves), time.Time{}
 			st.Message = fmt.Sprintf("succeeded: %d hosts apply %s (%d failed); released to every host of the rule set", applied, p.ref(), failed)
 			return st, true
 		}
@@ -295,6 +315,32 @@ func (s *stepper) abort(ro *RolloutView, p plan, st *proto.RolloutState) {
 	}
 }
 
+// goneHosts says what became of the hosts a rollout touched, for the
+// message of a rollout left with none: ": its N hosts are lost (a, b)".
+func goneHosts(snap *Snapshot, st *proto.RolloutState) string {
+	if len(st.Hosts) == 0 {
+		return " (it had not reached any)"
+	}
+	var lost, relabelled []string
+	for h := range st.Hosts {
+		if snap.Hosts[h].Live() {
+			relabelled = append(relabelled, h)
+		} else {
+			lost = append(lost, h)
+		}
+	}
+	sort.Strings(lost)
+	sort.Strings(relabelled)
+	var parts []string
+	if len(lost) > 0 {
+		parts = append(parts, fmt.Sprintf("%d lost (%s)", len(lost), strings.Join(firstN(lost), ", ")))
+	}
+	if len(relabelled) > 0 {
+		parts = append(parts, fmt.Sprintf("%d no longer selected (%s)", len(relabelled), strings.Join(firstN(relabelled), ", ")))
+	}
+	return fmt.Sprintf(": of its %d hosts, %s", len(st.Hosts), strings.Join(parts, " and "))
+}
+
 // applied says whether a host reports the version in force for the
 // desired state that names it.
 func applied(hv HostView, ref proto.RuleSetRef) bool {
@@ -308,6 +354,9 @@ func enforces(hv HostView, name string, v int64) bool {
 	st := hv.Status
 	if st == nil || hv.DesiredRevision == 0 || !st.InSync || st.Revision < hv.DesiredRevision {
 		return false
+	}
+	if st.LastError != nil || st.DataPlaneError != nil {
+		return false // a host that reports an error is not healthy
 	}
 	got := int64(0)
 	for _, r := range st.Applied {
@@ -333,12 +382,17 @@ func desiredAt(d *proto.HostDesired, name string, v int64) bool {
 	return got == v
 }
 
-// refusal returns why a host refused the version, or "": its status, for
-// the desired state that gives it the version, has an error about that
-// version's document or about the desired state as a whole (it does not
-// compile or apply).
+// refusal returns why a host refused the version, or "": its data plane
+// did not load, or its status, for the desired state that gives it the
+// version, has an error about that version's document or about the
+// desired state as a whole (it does not compile or apply).
 func (s *stepper) refusal(host string, hv HostView, ref proto.RuleSetRef) string {
 	st := hv.Status
+	if st != nil && st.DataPlaneError != nil {
+		// Its XDP program did not load: it applies nothing, whatever it
+		// is given, until its agent manages to load it.
+		return fmt.Sprintf("cannot apply %s: its data plane did not load: %s", ref, oneLine(st.DataPlaneError.Message))
+	}
 	if st == nil || st.LastError == nil || hv.DesiredRevision == 0 || st.Revision < hv.DesiredRevision ||
 		!desiredAt(hv.Desired, ref.Name, ref.Version) {
 		return ""

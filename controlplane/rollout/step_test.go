@@ -89,6 +89,70 @@ func TestStep(t *testing.T) {
 			wantHosts: map[string]string{"a": proto.HostApplying},
 		},
 		{
+			name: "a host whose data plane did not load fails at once and halts the rollout",
+			hosts: map[string]HostView{"a": func() HostView {
+				// Its agent runs (a status, under its lease) but has no
+				// program: it reads no desired state, so its revision is 0.
+				hv := reporting(edge, v2, 0, nil, nil)
+				hv.Status.InSync = false
+				hv.Status.DataPlaneError = &proto.DataPlaneError{Interface: "eth0", Attempts: 2,
+					Message: "load XDP program and maps for eth0: the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn"}
+				return hv
+			}()},
+			state:       proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{"a": host(proto.HostApplying, 0, time.Second)}},
+			wantState:   proto.RolloutHalted,
+			wantHosts:   map[string]string{"a": proto.HostFailed},
+			wantMessage: "halted: 1 hosts failed, more than maxErrorHosts 0: a (cannot apply edge@2: its data plane did not load: load XDP program and maps for eth0: the kernel's verifier refused the program after 1000001 instructions: BPF program is too large. Processed 1000001 insn)",
+		},
+		{
+			name: "a host that applied the version and then lost its data plane fails",
+			hosts: map[string]HostView{"a": func() HostView {
+				hv := reporting(edge, v2, 11, v2, nil)
+				hv.Status.DataPlaneError = &proto.DataPlaneError{Interface: "eth0", Message: "kernel too old"}
+				return hv
+			}()},
+			state:     proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{"a": host(proto.HostApplied, 0, time.Minute)}},
+			wantState: proto.RolloutHalted,
+			wantHosts: map[string]string{"a": proto.HostFailed},
+		},
+		{
+			name: "a host in sync with the version but reporting an error is not healthy",
+			hosts: map[string]HostView{"a": func() HostView {
+				hv := reporting(edge, v2, 11, v2, nil)
+				hv.Status.LastError = &proto.StatusError{Document: keys.RuleSetVersion("other", 1), Message: "bad"}
+				return hv
+			}()},
+			state:     proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{"a": host(proto.HostApplying, 0, time.Second)}},
+			wantState: proto.RolloutRunning,
+			wantHosts: map[string]string{"a": proto.HostApplying},
+		},
+		{
+			name:        "every host gone: halted, not a success that applied nothing",
+			hosts:       map[string]HostView{"gone": lost(ref("edge", 2)), "moved": reporting(map[string]string{"role": "db"}, v2, 11, v1, nil)},
+			spec:        func(s *proto.RolloutSpec) { s.Waves, s.Selector = []string{"100%"}, edge },
+			state:       proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{"gone": host(proto.HostApplying, 0, time.Second), "moved": host(proto.HostApplying, 0, time.Second)}},
+			wantState:   proto.RolloutHalted,
+			wantHosts:   map[string]string{"gone": proto.HostApplying, "moved": proto.HostApplying},
+			wantMessage: "halted: no live host matches the selectors any more: of its 2 hosts, 1 lost (gone) and 1 no longer selected (moved); resume once hosts are back, or abort",
+		},
+		{
+			name:        "every host failed within maxErrorHosts: halted, not released",
+			hosts:       map[string]HostView{"a": reporting(edge, v2, 11, v1, &proto.StatusError{Document: keys.RuleSetVersion("edge", 2), Message: "bad"})},
+			spec:        func(s *proto.RolloutSpec) { s.Waves, s.MaxErrorHosts = []string{"100%"}, 1 },
+			state:       proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{"a": host(proto.HostApplying, 0, time.Second)}},
+			wantState:   proto.RolloutHalted,
+			wantHosts:   map[string]string{"a": proto.HostFailed},
+			wantMessage: "halted: no host applied edge@2 (1 failed: a (refused edge@2: /t/rulesets/edge/versions/2: bad)): not released",
+		},
+		{
+			name:        "no host at all: halted",
+			hosts:       map[string]HostView{},
+			state:       proto.RolloutState{State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{}},
+			wantState:   proto.RolloutHalted,
+			wantHosts:   map[string]string{},
+			wantMessage: "halted: no live host matches the selectors any more (it had not reached any); resume once hosts are back, or abort",
+		},
+		{
 			name:    "a halted rollout stays halted on the control that was there when it halted",
 			hosts:   map[string]HostView{"a": reporting(edge, v2, 11, v1, &proto.StatusError{Document: keys.RuleSetVersion("edge", 2), Message: "bad"})},
 			control: proto.RolloutWantRun, controlRev: 7,

@@ -607,6 +607,11 @@ func TestRunControllerLeadership(t *testing.T) {
 	if code, body := call(t, c, "PUT", other.url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
 		t.Fatalf("PUT: %d %s", code, body)
 	}
+	// A live host for the rollout (a rollout of no host is refused).
+	status, _ := json.Marshal(proto.HostStatus{APIVersion: proto.APIVersion, Kind: proto.KindHostStatus, Host: "web-1", Applied: []proto.RuleSetRef{}})
+	if _, err := etcdtest.Client(t, srv.Endpoints()).Put(context.Background(), proto.NewKeys("").HostStatus("web-1"), string(status)); err != nil {
+		t.Fatal(err)
+	}
 	code, body := call(t, c, "POST", other.url+"/v1/rollouts", operatorToken, `{"ruleset": "web", "version": 1}`)
 	var ro proto.Rollout
 	if code != 201 || json.Unmarshal(body, &ro) != nil {
