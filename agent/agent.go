@@ -66,6 +66,16 @@ type Agent struct {
 	// firewalls enforce the desired state of a revision (benchmarks).
 	onApplied func(rev int64)
 
+	// open opens one interface's firewall: bpf.Open, or what a test or
+	// the fault-injection hook gives New (WithOpenFirewall).
+	open func(InterfaceConfig, string) (firewall, error)
+	// loadRetryMin and loadRetryMax bound the backoff between attempts
+	// to load a data plane that did not load.
+	loadRetryMin, loadRetryMax time.Duration
+	// dataPlane is the state of the attempts while a data plane is not
+	// loaded (owned by Run's goroutine until the loops start).
+	dataPlane dataPlaneState
+
 	// cache is the sync loop's view of etcd (owned by that goroutine).
 	cache syncCache
 
@@ -90,11 +100,21 @@ type firewall interface {
 	Close() error
 }
 
+// dataPlaneState counts the failed attempts to load the data plane.
+type dataPlaneState struct {
+	since    time.Time
+	attempts int
+	next     time.Time
+}
+
 // managedIface is one interface's firewall, owned by the sync loop except
 // for reads of counters (Stats), which are safe from any goroutine.
 type managedIface struct {
-	cfg      InterfaceConfig
+	cfg InterfaceConfig
+	// fw is nil while the interface's data plane is not loaded (loadErr
+	// says why); the agent's loops start only once every fw is there.
 	fw       firewall
+	loadErr  error
 	mode     bpf.AttachMode
 	attached bool
 	// What the active generation holds, as read at start and after each
@@ -107,12 +127,49 @@ type managedIface struct {
 	dropped dropTally
 }
 
+// Option changes how New builds an agent.
+type Option func(*options)
+
+type options struct {
+	openFirewall func(bpf.Options) (*bpf.Firewall, error)
+}
+
+// WithOpenFirewall makes the agent open each interface's firewall with
+// open instead of bpf.Open: a fault seam, for tests and the agent's
+// fault-injection hook, that can make loading fail as a kernel would.
+func WithOpenFirewall(open func(bpf.Options) (*bpf.Firewall, error)) Option {
+	return func(o *options) { o.openFirewall = open }
+}
+
+// DataPlaneDown reports whether err means the data plane did not load in
+// the kernel (the verifier refused the program, the kernel lacks a
+// feature, it refused a map): the agent then runs on, reports it and tries
+// again, rather than exit. Other errors of opening a firewall (an unknown
+// interface, no bpffs, no privileges) are the operator's to fix.
+func DataPlaneDown(err error) bool {
+	return errors.Is(err, bpf.ErrLoad) || errors.Is(err, bpf.ErrVerifierRefused) || errors.Is(err, bpf.ErrKernelTooOld)
+}
+
 // New checks the configuration, connects to etcd (lazily: the client
 // reconnects by itself) and opens, or adopts, the firewall of every managed
-// interface. It changes no map: the first apply happens in Run.
-func New(cfg Config, log *zap.Logger) (*Agent, error) {
+// interface. It changes no map: the first apply happens in Run. A data
+// plane that does not load (DataPlaneDown) is not an error here: Run
+// registers the host, reports why and tries again.
+func New(cfg Config, log *zap.Logger, opts ...Option) (*Agent, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	openFW := o.openFirewall
+	if openFW == nil {
+		openFW = bpf.Open
+	}
 	return newAgent(cfg, log, func(ic InterfaceConfig, pinPath string) (firewall, error) {
-		return bpf.Open(bpf.Options{PinPath: pinPath, Interface: ic.Name, SourceBuckets: ic.SourceBuckets})
+		fw, err := openFW(bpf.Options{PinPath: pinPath, Interface: ic.Name, SourceBuckets: ic.SourceBuckets})
+		if err != nil {
+			return nil, err // not a nil *bpf.Firewall in a non-nil interface
+		}
+		return fw, nil
 	})
 }
 
@@ -123,36 +180,23 @@ func newAgent(cfg Config, log *zap.Logger, open func(InterfaceConfig, string) (f
 	}
 	a := &Agent{
 		cfg: cfg, log: log, keys: proto.NewKeys(cfg.KeyPrefix), started: time.Now().UTC(),
-		metrics: newMetrics(),
+		metrics: newMetrics(), open: open,
+		loadRetryMin: 2 * time.Second, loadRetryMax: 2 * time.Minute,
 	}
 	a.status.init()
 	a.telemetry.init()
 	for _, ic := range cfg.Interfaces {
-		fw, err := open(ic, cfg.PinPath)
-		if err != nil {
-			a.closeFirewalls()
-			return nil, fmt.Errorf("open firewall of %s: %w", ic.Name, err)
-		}
-		a.ifaces = append(a.ifaces, &managedIface{cfg: ic, fw: fw})
-		if ic.SourceBuckets != 0 && fw.SourceBuckets() != ic.SourceBuckets {
-			log.Warn("keeping the pinned source buckets: a new size takes effect after `xdpfwctl local detach`",
-				zap.String("iface", ic.Name), zap.Int("pinned", fw.SourceBuckets()), zap.Int("configured", ic.SourceBuckets))
-		}
-		if ic.Sampling != nil {
-			if err := fw.SetSampling(*ic.Sampling); err != nil {
+		m := &managedIface{cfg: ic}
+		a.ifaces = append(a.ifaces, m)
+		if err := a.openIface(m); err != nil {
+			if !DataPlaneDown(err) {
 				a.closeFirewalls()
-				return nil, fmt.Errorf("set drop sampling of %s: %w", ic.Name, err)
+				return nil, err
 			}
+			a.loadFailed(m, err)
 		}
 	}
-	if cfg.ParseErrors != "" || cfg.NonIP != "" {
-		for _, m := range a.ifaces {
-			if err := m.fw.SetPolicy(cfg.ParseErrors == "drop", cfg.NonIP == "drop"); err != nil {
-				a.closeFirewalls()
-				return nil, fmt.Errorf("set policy of %s: %w", m.cfg.Name, err)
-			}
-		}
-	}
+	a.metrics.dataPlaneReady.Set(boolFloat(a.dataPlaneReady()))
 	cli, err := newClient(cfg)
 	if err != nil {
 		a.closeFirewalls()
@@ -160,6 +204,90 @@ func newAgent(cfg Config, log *zap.Logger, open func(InterfaceConfig, string) (f
 	}
 	a.cli, a.ownCli = cli, true
 	return a, nil
+}
+
+// openIface opens an interface's firewall and configures it (drop
+// sampling, parse-error and non-IP policies). On error m.fw stays nil.
+func (a *Agent) openIface(m *managedIface) error {
+	ic := m.cfg
+	fw, err := a.open(ic, a.cfg.PinPath)
+	if err != nil {
+		return fmt.Errorf("open firewall of %s: %w", ic.Name, err)
+	}
+	if ic.SourceBuckets != 0 && fw.SourceBuckets() != ic.SourceBuckets {
+		a.log.Warn("keeping the pinned source buckets: a new size takes effect after `xdpfwctl local detach`",
+			zap.String("iface", ic.Name), zap.Int("pinned", fw.SourceBuckets()), zap.Int("configured", ic.SourceBuckets))
+	}
+	if ic.Sampling != nil {
+		if err := fw.SetSampling(*ic.Sampling); err != nil {
+			fw.Close()
+			return fmt.Errorf("set drop sampling of %s: %w", ic.Name, err)
+		}
+	}
+	if a.cfg.ParseErrors != "" || a.cfg.NonIP != "" {
+		if err := fw.SetPolicy(a.cfg.ParseErrors == "drop", a.cfg.NonIP == "drop"); err != nil {
+			fw.Close()
+			return fmt.Errorf("set policy of %s: %w", ic.Name, err)
+		}
+	}
+	m.fw, m.loadErr = fw, nil
+	return nil
+}
+
+// loadFailed records a failed attempt to load an interface's data plane.
+func (a *Agent) loadFailed(m *managedIface, err error) {
+	m.loadErr = err
+	if a.dataPlane.attempts == 0 {
+		a.dataPlane.since = time.Now().UTC()
+	}
+	a.dataPlane.attempts++
+	a.metrics.loadErrors.Inc()
+	a.log.Error("data plane did not load: nothing new is applied until it does; what was pinned before keeps filtering",
+		zap.String("iface", m.cfg.Name), zap.Int("attempt", a.dataPlane.attempts),
+		zap.Bool("pinnedProgramAttached", bpf.LinkPinned(bpf.Options{PinPath: a.cfg.PinPath, Interface: m.cfg.Name})),
+		zap.Error(err))
+}
+
+// dataPlaneReady says whether every managed interface's firewall is open.
+func (a *Agent) dataPlaneReady() bool {
+	for _, m := range a.ifaces {
+		if m.fw == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// loadDataPlane tries again, with capped and jittered backoff, to open the
+// firewalls that did not load, reporting each attempt in the status, until
+// all are open (true) or ctx ends (false). It never touches what is
+// pinned: a program attached before keeps filtering with its last rules.
+func (a *Agent) loadDataPlane(ctx context.Context) bool {
+	bo := newBackoff(a.loadRetryMin, a.loadRetryMax)
+	for {
+		wait := bo.next()
+		a.dataPlane.next = time.Now().Add(wait).UTC()
+		a.publishStatus()
+		a.log.Info("loading the data plane again", zap.Duration("in", wait), zap.Int("failedAttempts", a.dataPlane.attempts))
+		if !sleep(ctx, wait) {
+			return false
+		}
+		for _, m := range a.ifaces {
+			if m.fw != nil {
+				continue
+			}
+			if err := a.openIface(m); err != nil {
+				a.loadFailed(m, err)
+			}
+		}
+		if a.dataPlaneReady() {
+			a.log.Info("data plane loaded", zap.Int("failedAttempts", a.dataPlane.attempts),
+				zap.Duration("after", time.Since(a.dataPlane.since)))
+			a.dataPlane = dataPlaneState{}
+			a.metrics.dataPlaneReady.Set(1)
+			return true
+		}
+	}
 }
 
 func newClient(cfg Config) (*clientv3.Client, error) {
@@ -197,7 +325,9 @@ func newClient(cfg Config) (*clientv3.Client, error) {
 
 func (a *Agent) closeFirewalls() {
 	for _, m := range a.ifaces {
-		m.fw.Close()
+		if m.fw != nil {
+			m.fw.Close()
+		}
 	}
 }
 
@@ -213,9 +343,14 @@ func (a *Agent) Close() error {
 
 // Run adopts what is pinned, then keeps the firewalls equal to etcd and
 // reports, until ctx ends (SIGTERM): then it revokes the lease and returns,
-// leaving the data plane attached and pinned.
+// leaving the data plane attached and pinned. While a data plane is not
+// loaded, it registers, serves /metrics and reports why in its status, and
+// tries again; the rest starts once it is loaded.
 func (a *Agent) Run(ctx context.Context) error {
-	a.adopt()
+	ready := a.dataPlaneReady()
+	if ready {
+		a.adopt()
+	}
 	a.publishStatus()
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -241,16 +376,24 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
-	if !a.cfg.NoDropSources {
-		for _, m := range a.ifaces {
-			wg.Add(1)
-			go func() { defer wg.Done(); a.dropSourceLoop(ctx, m) }()
-		}
-	}
-	wg.Add(3)
-	go func() { defer wg.Done(); a.syncLoop(ctx) }()
-	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
+	wg.Add(1)
 	go func() { defer wg.Done(); a.reportLoop(ctx) }()
+	if !ready && a.loadDataPlane(ctx) {
+		a.adopt()
+		a.publishStatus()
+		ready = true
+	}
+	if ready {
+		if !a.cfg.NoDropSources {
+			for _, m := range a.ifaces {
+				wg.Add(1)
+				go func() { defer wg.Done(); a.dropSourceLoop(ctx, m) }()
+			}
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); a.syncLoop(ctx) }()
+		go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
+	}
 	<-ctx.Done()
 	if srv != nil {
 		sctx, c := context.WithTimeout(context.Background(), time.Second)

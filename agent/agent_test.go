@@ -62,17 +62,27 @@ func (f *fixture) start() (a *Agent, stop func()) {
 
 func (f *fixture) startWithMetrics(metricsAddr string) (a *Agent, stop func()) {
 	f.t.Helper()
+	return f.startWith(metricsAddr, nil)
+}
+
+// startWith is start with /metrics on metricsAddr ("": off), New's options
+// and a function that may change the agent before it runs.
+func (f *fixture) startWith(metricsAddr string, before func(*Agent), opts ...Option) (a *Agent, stop func()) {
+	f.t.Helper()
 	off := metricsAddr
 	a, err := New(Config{
 		Endpoints: f.cli.Endpoints(), Host: f.host, Labels: map[string]string{"role": "edge"},
 		Interfaces: []InterfaceConfig{f.iface}, PinPath: f.pinPath,
 		LeaseTTL: Duration(2 * time.Second), TelemetryInterval: Duration(200 * time.Millisecond),
 		MetricsAddr: &off,
-	}, zaptest.NewLogger(f.t))
+	}, zaptest.NewLogger(f.t), opts...)
 	if err != nil {
 		f.t.Fatalf("new agent: %v", err)
 	}
 	a.noAttach = true
+	if before != nil {
+		before(a)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()

@@ -16,6 +16,10 @@ type metrics struct {
 	etcdConnected prometheus.Gauge
 	revision      prometheus.Gauge
 	inSync        prometheus.Gauge
+	// dataPlaneReady and loadErrors say whether every managed
+	// interface's XDP program is loaded, and how many attempts failed.
+	dataPlaneReady prometheus.Gauge
+	loadErrors     prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -57,12 +61,20 @@ func newMetrics() *metrics {
 			Name: "xdpfw_agent_in_sync",
 			Help: "1 when the firewalls enforce what etcd desires, else 0.",
 		}),
+		dataPlaneReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "xdpfw_agent_dataplane_ready",
+			Help: "1 when the XDP program and maps of every managed interface are loaded; 0 while one did not load (the agent applies nothing and retries; what was pinned before keeps filtering).",
+		}),
+		loadErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_dataplane_load_errors_total",
+			Help: "Attempts to load an interface's XDP program and maps that failed (the verifier refused the program, the kernel lacks a feature, ...).",
+		}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.applySeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
-		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync}
+		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync, m.dataPlaneReady, m.loadErrors}
 }
 
 var (

@@ -498,6 +498,15 @@ func (a *Agent) publishStatus() {
 	for _, m := range a.ifaces {
 		is := proto.InterfaceStatus{Name: m.cfg.Name, AttachMode: string(m.mode), Attached: m.attached,
 			Digest: m.digest, Rules: m.rules, AppliedAt: m.appliedAt, Writes: m.writes}
+		if m.fw == nil && m.loadErr != nil {
+			// Not loaded: whether a program pinned before still filters.
+			is.Error = m.loadErr.Error()
+			is.Attached = bpf.LinkPinned(bpf.Options{PinPath: a.cfg.PinPath, Interface: m.cfg.Name})
+			if st.DataPlaneError == nil {
+				st.DataPlaneError = &proto.DataPlaneError{Interface: m.cfg.Name, Message: m.loadErr.Error(),
+					Since: a.dataPlane.since, Attempts: a.dataPlane.attempts, NextAttemptAt: a.dataPlane.next}
+			}
+		}
 		st.Interfaces = append(st.Interfaces, is)
 	}
 	sort.Slice(st.Interfaces, func(i, j int) bool { return st.Interfaces[i].Name < st.Interfaces[j].Name })

@@ -254,6 +254,14 @@ func OpenPinned(opts Options) (*Firewall, error) {
 	return fw, nil
 }
 
+// LinkPinned reports whether an interface has a pinned xdpfw link: a
+// program xdpfw attached filters it, whether or not this build's program
+// can be loaded.
+func LinkPinned(opts Options) bool {
+	_, err := os.Stat(filepath.Join(opts.dir(), linkPin))
+	return err == nil
+}
+
 // SourceBuckets is the size of the per-source rate-limit bucket map.
 func (fw *Firewall) SourceBuckets() int { return int(fw.objs.RlSource.MaxEntries()) }
 

@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/xdpfw/xdpfw/agent"
+	"github.com/xdpfw/xdpfw/bpf"
 )
 
 // Exit codes: 0 stopped by a signal, 1 failed, 2 bad usage.
@@ -127,7 +130,17 @@ func run(args []string) int {
 	}
 	defer log.Sync()
 
-	a, err := agent.New(cfg, log)
+	var opts []agent.Option
+	if v := os.Getenv(faultLoadFailuresEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "xdpfw-agent: %s=%q: want a count\n", faultLoadFailuresEnv, v)
+			return 2
+		}
+		log.Warn("fault injection: the data plane's first loads fail as a verifier refusal", zap.String("env", faultLoadFailuresEnv), zap.Int("failures", n))
+		opts = append(opts, agent.WithOpenFirewall(failingOpen(n)))
+	}
+	a, err := agent.New(cfg, log, opts...)
 	if err != nil {
 		log.Error("start", zap.Error(err))
 		fmt.Fprintf(os.Stderr, "xdpfw-agent: %v\n", err)
@@ -144,6 +157,29 @@ func run(args []string) int {
 	}
 	log.Info("stopped: the firewall stays attached with its last rules", zap.Duration("uptime", time.Since(start)))
 	return 0
+}
+
+// faultLoadFailuresEnv is a fault-injection hook for the integration
+// tests, not a setting: with it set to N, the first N attempts to load an
+// interface's data plane fail as if the kernel's verifier had refused the
+// program, so the agent's failure mode (status, /metrics, retries, a
+// halted rollout) can be tested on a kernel that loads it.
+const faultLoadFailuresEnv = "XDPFW_FAULT_INJECT_LOAD_FAILURES"
+
+// failingOpen is bpf.Open, but its first n calls fail with a verifier
+// refusal that says it was injected.
+func failingOpen(n int) func(bpf.Options) (*bpf.Firewall, error) {
+	var calls atomic.Int64
+	return func(opts bpf.Options) (*bpf.Firewall, error) {
+		if calls.Add(1) <= int64(n) {
+			return nil, fmt.Errorf("load XDP program and maps for %s: %w", opts.Interface, &bpf.VerifierRefusal{
+				Processed: 1000001,
+				Last:      []string{"BPF program is too large. Processed 1000001 insn (injected by " + faultLoadFailuresEnv + ")"},
+				Err:       errors.New("injected by " + faultLoadFailuresEnv),
+			})
+		}
+		return bpf.Open(opts)
+	}
 }
 
 func newLogger(level string) (*zap.Logger, error) {
