@@ -122,17 +122,47 @@ for _ in $(seq 300); do
 done
 grep -q 'ready' "$tmp/cp.out" || { cat "$tmp/cp.log" >&2; die "the control plane did not start"; }
 sed 's/^/  /' "$tmp/cp.out"
+declare -A agent_pid
 for h in "${HOSTS[@]}"; do
 	nsenter --net="/run/netns/$P-$h" "$BIN/xdpfw-agent" --endpoints "http://$CP_V4:2379" --host "$h" \
 		--labels role=web --iface eth0 --pin-path "$PIN_ROOT/$h" --telemetry-interval 1s --lease-ttl 5s \
 		--metrics-addr 127.0.0.1:9464 --log-level warn 2>"$tmp/agent-$h.log" &
+	agent_pid[$h]=$!
 	pids+=($!)
 	nsenter --net="/run/netns/$P-$h" "$tmp/probe" serve tcp/22 tcp/80 udp/53 &
 	pids+=($!)
 done
-for _ in $(seq 100); do
-	[[ $(ctl get hosts -o json 2>/dev/null | grep -c '"host"') -ge 2 ]] && break
-	sleep 0.1
+
+# agent_failed HOST WHAT: stop the demo with what went wrong and the end of
+# the agent's log.
+agent_failed() {
+	printf 'demo: %s\n  the end of its log (%s):\n' "$2" "$tmp/agent-$1.log" >&2
+	tail -n 20 "$tmp/agent-$1.log" | sed 's/^/  | /' >&2
+	exit 1
+}
+
+# wait_agent HOST: its agent runs and its status came up, and says its data
+# plane is loaded; else the demo stops at once, with the agent's error.
+wait_agent() {
+	local h=$1 table state
+	for _ in $(seq 150); do
+		if ! kill -0 "${agent_pid[$h]}" 2>/dev/null; then
+			agent_failed "$h" "xdpfw-agent on $h exited"
+		fi
+		if table=$(ctl get host "$h" 2>/dev/null); then
+			state=$(sed -n 's/^state: *//p' <<<"$table")
+			case $state in
+			failed) agent_failed "$h" "xdpfw-agent on $h runs but cannot filter: $(sed -n 's/^reason: *//p' <<<"$table")" ;;
+			'' | lost | 'no status') ;;
+			*) return 0 ;;
+			esac
+		fi
+		sleep 0.1
+	done
+	agent_failed "$h" "xdpfw-agent on $h did not report a status within 15 s"
+}
+for h in "${HOSTS[@]}"; do
+	wait_agent "$h"
 done
 ctl get hosts
 
