@@ -27,8 +27,11 @@ func (f *fleet) endpoints() string {
 // "h1".."h3", which is also its --host name.
 type agentHost struct {
 	*host
-	f       *fleet
-	labels  []string // "k=v" for --labels; set before startAgent
+	f      *fleet
+	labels []string // "k=v" for --labels; set before startAgent
+	// env is added to the agent's environment ("K=V"; the fault-injection
+	// hooks); set before startAgent.
+	env     []string
 	logPath string
 	agent   *proc // the latest run, nil before the first
 	cut     []*netlink.Route
@@ -90,8 +93,8 @@ func (h *agentHost) startAgent(t testing.TB, extraArgs ...string) {
 		}
 	}
 	args = append(args, extraArgs...)
-	logf := openLog(t, h.logPath, fmt.Sprintf("xdpfw-agent %s", strings.Join(args, " ")))
-	p, err := startProc(h.host, "agent "+h.name(), logf, nil, agentBin, args...)
+	logf := openLog(t, h.logPath, strings.TrimSpace(fmt.Sprintf("%s xdpfw-agent %s", strings.Join(h.env, " "), strings.Join(args, " "))))
+	p, err := startProcEnv(h.host, "agent "+h.name(), logf, nil, h.env, agentBin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

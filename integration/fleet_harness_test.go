@@ -349,7 +349,16 @@ type proc struct {
 // started from a goroutine locked to its thread that waits for it: the
 // thread lives exactly as long as the process needs it to.
 func startProc(h *host, what string, logf *os.File, stdout io.Writer, bin string, args ...string) (*proc, error) {
+	return startProcEnv(h, what, logf, stdout, nil, bin, args...)
+}
+
+// startProcEnv is startProc with env ("K=V") added to the process's
+// environment.
+func startProcEnv(h *host, what string, logf *os.File, stdout io.Writer, env []string, bin string, args ...string) (*proc, error) {
 	cmd := h.nsenter(bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if stdout != nil {
 		cmd.Stdout = stdout
