@@ -10,7 +10,7 @@ FUZZTIME ?= 10s
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-.PHONY: all build generate check-generated test unit privileged fuzz bench lint demo demo-local bpffs clean
+.PHONY: all build generate check-generated test unit privileged fuzz kernels bench lint demo demo-local bpffs clean
 
 all: build
 
@@ -26,16 +26,23 @@ check-generated: generate
 	@git diff --exit-code -- 'bpf/*_bpfel.go' 'bpf/*_bpfel.o' || { echo "bpf/: generated files differ from the C source; run make generate and commit" >&2; exit 1; }
 
 # Everything CI runs: generated files, vet, unit tests, privileged BPF and
-# end-to-end tests (root), and a short fuzzing pass over each fuzz target.
+# end-to-end tests (root), a short fuzzing pass over each fuzz target, and
+# the BPF tests again inside each supported Debian kernel.
 test: check-generated bpffs lint
 	$(GO) test -count=1 -timeout 30m $(PKGS)
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+	$(MAKE) kernels
 
 unit:
 	$(GO) test -short -count=1 $(PKGS)
 
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) ./tools/fuzz.sh
+
+# The bpf package's tests inside Debian's 6.1 and 6.12 kernels under QEMU
+# (KERNELS=6.1 for one; tools/kernels/README.md).
+kernels:
+	GO=$(GO) ./tools/kernels/run.sh
 
 # Data plane (ns/packet), then propagation: simulated agents in one process
 # against the raw watch fan-out, and real agents in namespace hosts.
