@@ -43,7 +43,7 @@ MODULE_CONFIG="VETH:veth"
 
 # TestVerifierBudget logs the verifier's processed-instruction count; the
 # matrix requires that line from every kernel when the whole suite runs.
-REQUIRE_VERIFIER_COUNT=0
+REQUIRE_VERIFIER_COUNT=1
 
 KERNELS=${KERNELS:-$ALL_KERNELS}
 CACHE=${KERNELS_CACHE:-/var/cache/xdpfw-kernels}
