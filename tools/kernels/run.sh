@@ -54,9 +54,10 @@ TEST_RUN=${KERNELS_TEST_RUN:-}
 VERBOSE=${KERNELS_VERBOSE:-0}
 APPEND=${KERNELS_APPEND:-}
 GO=${GO:-go}
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "KERNELS_TIMEOUT is seconds, not $TIMEOUT"
 # The Go test timeout is shorter than the hard one, so a hung test ends with
 # Go's stack dump of every goroutine rather than a silent kill of the VM.
-TEST_TIMEOUT=$((TIMEOUT - 120))s
+TEST_TIMEOUT=$((TIMEOUT > 240 ? TIMEOUT - 120 : TIMEOUT / 2))s
 
 die() { echo "kernels: $*" >&2; exit 1; }
 say() { echo "kernels: $*"; }
@@ -205,26 +206,31 @@ build_initramfs() {
 
 # ---- boot and judge ----
 
-# run_guest NAME KROOT KVER PKG VER: boots the kernel, judges its output, and
-# writes $OUT/NAME/summary (one line) and $OUT/NAME/status (PASS or FAIL).
+# run_guest NAME KROOT KVER PKG VER: boots the kernel and judges its output
+# into $OUT/NAME/summary and $OUT/NAME/status.
 run_guest() {
-	local name=$1 root=$2 kver=$3 pkg=$4 ver=$5 dir=$OUT/$1 start secs rc=0
-	local log=$dir/guest.log problems=() insns="count: not printed" tests runs
+	local name=$1 root=$2 kver=$3 pkg=$4 ver=$5 dir=$OUT/$1 start rc=0
 	start=$(date +%s)
 	# TCG: no KVM on CI machines. -cpu max gives the guest every feature
 	# QEMU can emulate (the kernel picks the same BPF JIT paths as on real
 	# CPUs). panic=-1 with -no-reboot turns a guest panic into QEMU exiting,
-	# not a hang until the timeout.
+	# not a hang until the timeout. No network card: the tests make veths.
 	timeout -k 30 "$TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 2G -smp 2 \
 		-nographic -nic none -no-reboot -pidfile "$dir/qemu.pid" \
 		-kernel "$root/boot/vmlinuz-$kver" -initrd "$dir/initramfs.gz" \
-		-append "console=ttyS0 panic=-1${APPEND:+ $APPEND}" </dev/null 2>&1 | tr -d '\r' >"$log" || rc=$?
-	secs=$(($(date +%s) - start))
+		-append "console=ttyS0 panic=-1${APPEND:+ $APPEND}" </dev/null 2>&1 | tr -d '\r' >"$dir/guest.log" || rc=$?
 	rm -f "$dir/qemu.pid"
+	judge "$dir" "$name" "$kver" "$pkg" "$ver" "$rc" "$(($(date +%s) - start))"
+}
 
+# judge DIR NAME KVER PKG VER RC SECONDS: reads DIR/guest.log (QEMU exited
+# with RC after SECONDS) and writes DIR/summary, a line and the problems
+# under it, and DIR/status, PASS or FAIL.
+judge() {
+	local dir=$1 name=$2 kver=$3 pkg=$4 ver=$5 rc=$6 secs=$7
+	local log=$dir/guest.log problems=() insns="count: not printed" tests runs booted end
 	[ "$rc" = 124 ] && problems+=("timed out after ${TIMEOUT}s")
 	[ "$rc" != 0 ] && [ "$rc" != 124 ] && problems+=("qemu exited with status $rc")
-	local booted end
 	booted=$(sed -n 's/^XDPFW-KERNELS-UNAME //p' "$log" | head -1)
 	[ -z "$booted" ] || [ "$booted" = "$kver" ] || problems+=("booted $booted, not $kver")
 	end=$(sed -n 's/^XDPFW-KERNELS-END exit=\([0-9]*\)$/\1/p' "$log" | tail -1)
@@ -233,18 +239,27 @@ run_guest() {
 	elif [ "$end" != 0 ]; then
 		problems+=("the test binary exited with status $end")
 	fi
-	grep -Eq '^ *--- FAIL' "$log" && problems+=("failed: $(grep -E '^--- FAIL' "$log" | awk '{print $3}' | tr '\n' ' ')")
-	grep -Eq '^ *--- SKIP' "$log" && problems+=("skipped (not allowed): $(grep -E '^ *--- SKIP' "$log" | awk '{print $3}' | tr '\n' ' ')")
+	# Go's -test.timeout panics with the tests that were running, and no
+	# --- FAIL line.
+	grep -q '^panic: test timed out' "$log" &&
+		problems+=("go test timed out ($TEST_TIMEOUT) in: $(sed -n '/^panic: test timed out/,/^$/p' "$log" | sed -n 's/^\t\t\(Test[^ ]*\).*/\1/p' | paste -sd ' ')")
+	grep -Eq '^ *--- FAIL' "$log" && problems+=("failed: $(grep -E '^ *--- FAIL' "$log" | awk '{print $3}' | paste -sd ' ')")
+	grep -Eq '^ *--- SKIP' "$log" && problems+=("skipped (not allowed): $(grep -E '^ *--- SKIP' "$log" | awk '{print $3}' | paste -sd ' ')")
 	runs=$(grep -c '^=== RUN' "$log" || true)
 	tests=$(grep -c '^--- PASS' "$log" || true)
 	[ "$runs" -gt 0 ] || problems+=("no test ran")
 
 	# "verifier: processed N insns (budget B) on kernel R [config]", from
-	# TestVerifierBudget; it is the program's most expensive configuration.
-	local vline
+	# TestVerifierBudget: the program's most expensive configuration. The
+	# test fails over the budget; the count is checked here too, so a test
+	# that stopped failing would not go unnoticed.
+	local vline n budget
 	vline=$(grep -Eo 'verifier: processed [0-9]+ insns \(budget [0-9]+\) on kernel [^ ]+' "$log" | tail -1 || true)
 	if [ -n "$vline" ]; then
 		insns=${vline% on kernel *}
+		[[ "$vline" =~ processed\ ([0-9]+)\ insns\ \(budget\ ([0-9]+)\) ]]
+		n=${BASH_REMATCH[1]} budget=${BASH_REMATCH[2]}
+		[ "$n" -le "$budget" ] || problems+=("the verifier processed $n instructions, over the budget of $budget")
 		[ "${vline##* on kernel }" = "$kver" ] || problems+=("verifier count from kernel ${vline##* on kernel }, not $kver")
 	elif [ "$REQUIRE_VERIFIER_COUNT" = 1 ] && [ -z "$TEST_RUN" ]; then
 		problems+=("TestVerifierBudget printed no processed-instruction count")
@@ -256,10 +271,9 @@ run_guest() {
 	splats=$(sed -n '/^XDPFW-KERNELS-DMESG-BEGIN$/,/^XDPFW-KERNELS-DMESG-END$/p' "$log" |
 		grep -cE 'WARNING:|BUG:|Oops|Call Trace' || true)
 
-	local result=PASS
+	local result=PASS p
 	[ ${#problems[@]} = 0 ] || result=FAIL
 	printf '%-5s %-42s %-22s %s %3d tests %5ds  %s\n' "$name" "$pkg" "$ver" "$result" "$tests" "$secs" "$insns" >"$dir/summary"
-	local p
 	for p in "${problems[@]}"; do echo "        $p" >>"$dir/summary"; done
 	[ "$splats" = 0 ] || echo "        note: the kernel logged $splats warning lines during the tests (see $log)" >>"$dir/summary"
 	echo "$result" >"$dir/status"
