@@ -10,7 +10,7 @@ FUZZTIME ?= 10s
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(STRIP)
 
-.PHONY: all build generate check-generated test unit privileged fuzz kernels bench lint demo demo-local bpffs clean
+.PHONY: all build generate check-generated test unit privileged fuzz kernels verifier-budget bench lint demo demo-local bpffs clean
 
 all: build
 
@@ -30,6 +30,7 @@ check-generated: generate
 # the BPF tests again inside each supported Debian kernel.
 test: check-generated bpffs lint
 	$(GO) test -count=1 -timeout 30m $(PKGS)
+	$(MAKE) verifier-budget
 	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
 	$(MAKE) kernels
 
@@ -38,6 +39,12 @@ unit:
 
 fuzz:
 	GO=$(GO) FUZZTIME=$(FUZZTIME) ./tools/fuzz.sh
+
+# The verifier's processed-instruction count on this machine's kernel (the
+# test fails above the budget of 150,000; make kernels prints the others').
+verifier-budget: bpffs
+	@out=$$($(GO) test -count=1 -run '^TestVerifierBudget$$' -v ./bpf/ 2>&1); rc=$$?; \
+	echo "$$out" | grep -E 'verifier: processed|over the budget|^(ok|FAIL|---)'; exit $$rc
 
 # The bpf package's tests inside Debian's 6.1 and 6.12 kernels under QEMU
 # (KERNELS=6.1 for one; tools/kernels/README.md).
