@@ -26,6 +26,20 @@ func openTestFirewall(t testing.TB) *Firewall {
 // interface are the test's).
 func openTestFirewallWith(t testing.TB, opts Options) *Firewall {
 	t.Helper()
+	opts.PinPath, opts.Interface = testPinDir(t), "lo"
+	fw, err := Open(opts)
+	if err != nil {
+		t.Fatalf("open firewall: %v", err)
+	}
+	// Runs before testPinDir's removal (cleanups run last first).
+	t.Cleanup(func() { fw.Close() })
+	return fw
+}
+
+// testPinDir makes a fresh pin directory in the BPF filesystem, removed
+// when the test ends.
+func testPinDir(t testing.TB) string {
+	t.Helper()
 	if err := checkBPFFS(DefaultPinPath); err != nil {
 		t.Fatalf("BPF tests need root and a bpffs at /sys/fs/bpf: %v", err)
 	}
@@ -33,17 +47,8 @@ func openTestFirewallWith(t testing.TB, opts Options) *Firewall {
 	if err != nil {
 		t.Fatalf("make pin dir: %v", err)
 	}
-	opts.PinPath, opts.Interface = dir, "lo"
-	fw, err := Open(opts)
-	if err != nil {
-		os.RemoveAll(dir)
-		t.Fatalf("open firewall: %v", err)
-	}
-	t.Cleanup(func() {
-		fw.Close()
-		os.RemoveAll(dir)
-	})
-	return fw
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 // mustDecode decodes and validates rule sets written in YAML.

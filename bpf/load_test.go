@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"errors"
-	"os"
 	"strings"
 	"testing"
 
@@ -63,17 +62,4 @@ func TestOpenLoadsWithTheVerifierStats(t *testing.T) {
 		t.Fatalf("the verifier log of a load has no processed-instruction count: %q", fw.Program().VerifierLog)
 	}
 	t.Logf("processed %d insns", n)
-}
-
-func testPinDir(t *testing.T) string {
-	t.Helper()
-	if err := checkBPFFS(DefaultPinPath); err != nil {
-		t.Fatalf("BPF tests need root and a bpffs at /sys/fs/bpf: %v", err)
-	}
-	dir, err := os.MkdirTemp("/sys/fs/bpf", "xdpfw-test-")
-	if err != nil {
-		t.Fatalf("make pin dir: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
