@@ -95,6 +95,18 @@ func DecodeChunk(hash string, data []byte) ([]string, error) {
 	return strings.Split(text, "\n"), nil
 }
 
+// CheckChunkPrefixes checks that every prefix of a decoded chunk parses,
+// as Validate checks a set's prefixes: a reader that checks each chunk once
+// may then validate the documents that name it with AllowChunks.
+func CheckChunkPrefixes(hash string, prefixes []string) error {
+	for i, s := range prefixes {
+		if _, err := ParsePrefix(s); err != nil {
+			return fmt.Errorf("chunk %s: prefix %d: %w", shortHash(hash), i, err)
+		}
+	}
+	return nil
+}
+
 // ValidChunkHash reports whether s is a lowercase hex sha256.
 func ValidChunkHash(s string) bool {
 	if len(s) != 64 {

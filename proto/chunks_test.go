@@ -120,3 +120,54 @@ func TestDecodeChunkChecksItsHash(t *testing.T) {
 		}
 	}
 }
+
+// A reader that checks each chunk's prefixes when it fetches the chunk
+// validates the documents naming it with AllowChunks, which checks the
+// rest of the document and the set's count, not its prefixes.
+func TestValidateAllowChunks(t *testing.T) {
+	rs := RuleSet{APIVersion: APIVersion, Kind: KindRuleSet, Name: "edge", Mode: ModeDeny,
+		Sets:  map[string]PrefixSet{"big": {Prefixes: bigSet(20000, -1)}},
+		Rules: []Rule{{ID: "r", Action: ActionDrop, Src: []string{"set:big"}}}}
+	stored, chunks, err := rs.ChunkSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stored.ValidateWith(ValidateOptions{AllowChunks: true}); err != nil {
+		t.Fatalf("ValidateWith(AllowChunks) of a stored document: %v", err)
+	}
+	for _, c := range chunks {
+		p, err := DecodeChunk(c.Hash, c.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := CheckChunkPrefixes(c.Hash, p); err != nil {
+			t.Fatalf("CheckChunkPrefixes of a good chunk: %v", err)
+		}
+	}
+	if err := CheckChunkPrefixes(chunks[0].Hash, []string{"192.0.2.0/24", "192.0.2.1/24"}); err == nil ||
+		!strings.Contains(err.Error(), "prefix 1") || !strings.Contains(err.Error(), "host bits") {
+		t.Fatalf("CheckChunkPrefixes of a bad prefix: %v", err)
+	}
+
+	for name, mutate := range map[string]func(*RuleSet){
+		"a count over the limit": func(rs *RuleSet) {
+			s := rs.Sets["big"]
+			s.Count = MaxPrefixesPerSet + 1
+			rs.Sets["big"] = s
+		},
+		"chunks and prefixes": func(rs *RuleSet) {
+			s := rs.Sets["big"]
+			s.Prefixes = []string{"192.0.2.0/24"}
+			rs.Sets["big"] = s
+		},
+		"a bad rule": func(rs *RuleSet) { rs.Rules[0].Src = []string{"set:nope"} },
+	} {
+		bad := stored
+		bad.Sets = map[string]PrefixSet{"big": stored.Sets["big"]}
+		bad.Rules = slices.Clone(stored.Rules)
+		mutate(&bad)
+		if err := bad.ValidateWith(ValidateOptions{AllowChunks: true}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -42,6 +42,12 @@ type ValidateOptions struct {
 	// AllowFiles accepts sets that still name a feed file, so that a loader
 	// can check a rules file before reading its feeds (ResolveFiles).
 	AllowFiles bool
+	// AllowChunks accepts sets that still hold chunk references (see
+	// ChunkSets) in place of their prefixes, and checks only their count:
+	// for a reader that checks each chunk's prefixes once, when it fetches
+	// the chunk (CheckChunkPrefixes), rather than a million prefixes again
+	// on every change.
+	AllowChunks bool
 }
 
 // maxMemberProblems caps the problems listed for one set: a feed of a
@@ -167,10 +173,16 @@ func (v *validator) sets() {
 				v.add(path, "feed file not resolved (documents hold prefixes, not paths)")
 			}
 		}
+		n := len(set.Prefixes)
 		if len(set.Chunks) > 0 {
-			v.add(path, "%v (resolve them before use)", ErrUnresolvedChunks)
+			if !v.opts.AllowChunks {
+				v.add(path, "%v (resolve them before use)", ErrUnresolvedChunks)
+			} else if len(set.Prefixes) > 0 {
+				v.add(path, "has both chunks and prefixes")
+			}
+			n = set.Count
 		}
-		if n := len(set.Prefixes); n > MaxPrefixesPerSet {
+		if n > MaxPrefixesPerSet {
 			v.add(path, "%d prefixes, limit is %d", n, MaxPrefixesPerSet)
 		}
 		bad := 0
