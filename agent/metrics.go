@@ -1,21 +1,25 @@
 package agent
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // metrics are the agent's own health, served on /metrics beside the
 // firewall counters (countersCollector).
 type metrics struct {
-	applySeconds  prometheus.Histogram
-	applyErrors   prometheus.Counter
-	mapWrites     prometheus.Counter
-	watchRestarts prometheus.Counter
-	resyncErrors  prometheus.Counter
-	leaseGrants   prometheus.Counter
-	etcdConnected prometheus.Gauge
-	revision      prometheus.Gauge
-	inSync        prometheus.Gauge
+	applySeconds prometheus.Histogram
+	// applyPhaseSeconds is applySeconds by phase (applyTiming).
+	applyPhaseSeconds *prometheus.HistogramVec
+	applyErrors       prometheus.Counter
+	mapWrites         prometheus.Counter
+	watchRestarts     prometheus.Counter
+	resyncErrors      prometheus.Counter
+	leaseGrants       prometheus.Counter
+	etcdConnected     prometheus.Gauge
+	revision          prometheus.Gauge
+	inSync            prometheus.Gauge
 	// dataPlaneReady and loadErrors say whether every managed
 	// interface's XDP program is loaded, and how many attempts failed.
 	dataPlaneReady prometheus.Gauge
@@ -26,9 +30,16 @@ func newMetrics() *metrics {
 	return &metrics{
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "xdpfw_agent_apply_duration_seconds",
-			Help:    "Time from a desired-state change to the firewalls enforcing it (compile and apply).",
+			Help:    "Time from a desired-state change to the firewalls enforcing it: etcd reads, decoding, compile, map writes and the release of a big apply's memory.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
+		applyPhaseSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "xdpfw_agent_apply_phase_duration_seconds",
+			Help: "Time of each phase of an apply: fetch (etcd reads of the desired state, documents and chunks), " +
+				"decode (chunks to prefixes, documents to rule sets), compile (bpf.Compile), write (map writes, flip and attach), " +
+				"release (giving a big apply's memory back).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 17),
+		}, []string{"phase"}),
 		applyErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "xdpfw_agent_apply_errors_total",
 			Help: "Desired states refused (bad document, compile or apply error); the last good rules stayed in force.",
@@ -73,8 +84,19 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.applySeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
+	return []prometheus.Collector{m.applySeconds, m.applyPhaseSeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
 		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync, m.dataPlaneReady, m.loadErrors}
+}
+
+// observeApply records a successful apply's phases and total.
+func (m *metrics) observeApply(t *applyTiming, total time.Duration) {
+	m.applySeconds.Observe(total.Seconds())
+	for _, p := range []struct {
+		name string
+		d    time.Duration
+	}{{"fetch", t.fetch}, {"decode", t.decode}, {"compile", t.compile}, {"write", t.write}, {"release", t.release}} {
+		m.applyPhaseSeconds.WithLabelValues(p.name).Observe(p.d.Seconds())
+	}
 }
 
 var (

@@ -46,7 +46,30 @@ type syncCache struct {
 	applied   []proto.RuleSetRef
 	inSync    bool
 	lastError *proto.StatusError
+
+	// timing measures the change being processed: begun by resync, by a
+	// watch response and by a retry, added to by each phase, reported by
+	// reconcile.
+	timing applyTiming
 }
+
+// applyTiming is how long each phase of one change took: its etcd reads
+// (fetch: the desired state, the documents and the chunks it needs), its
+// decoding (chunks to prefixes, documents to rule sets, with their
+// checks), bpf.Compile (compile), and the map writes, flip and attach
+// (write), for every interface; the firewalls enforce the change from
+// there. Then the memory of a big apply is given back (release). The
+// total runs from the begin to the end of the release.
+type applyTiming struct {
+	begun                                  time.Time
+	fetch, decode, compile, write, release time.Duration
+}
+
+// begin starts the timing of a change.
+func (t *applyTiming) begin() { *t = applyTiming{begun: time.Now()} }
+
+// since adds the time since start to a phase.
+func since(phase *time.Duration, start time.Time) { *phase += time.Since(start) }
 
 type cachedDoc struct {
 	raw    []byte
@@ -104,13 +127,15 @@ func (a *Agent) syncLoop(ctx context.Context) {
 func (a *Agent) resync(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
+	c := &a.cache
+	c.timing.begin()
 	key := a.keys.HostDesired(a.cfg.Host)
 	resp, err := a.cli.Get(rctx, key)
+	since(&c.timing.fetch, c.timing.begun)
 	if err != nil {
 		return fmt.Errorf("get %s: %w", key, err)
 	}
 	rev := resp.Header.Revision
-	c := &a.cache
 	c.rev, c.desired, c.desiredRev, c.refs = rev, nil, 0, nil
 	c.docs = map[string]cachedDoc{}
 	if len(resp.Kvs) > 0 {
@@ -158,10 +183,13 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 		for i, h := range batch {
 			ops[i] = clientv3.OpGet(a.keys.Chunk(h))
 		}
+		start := time.Now()
 		resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+		since(&c.timing.fetch, start)
 		if err != nil {
 			return fmt.Errorf("get %d chunks: %w", len(batch), err)
 		}
+		start = time.Now()
 		for i, h := range batch {
 			kvs := resp.Responses[i].GetResponseRange().Kvs
 			if len(kvs) == 0 {
@@ -174,6 +202,7 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 			}
 			c.chunks[h] = p
 		}
+		since(&c.timing.decode, start)
 	}
 	if len(missing) > 0 {
 		a.log.Info("fetched chunks", zap.Int("fetched", len(missing)), zap.Int("cached", len(c.chunks)))
@@ -201,12 +230,16 @@ func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
 			keep[key] = doc
 			continue
 		}
+		start := time.Now()
 		resp, err := a.cli.Get(ctx, key, clientv3.WithRev(rev))
+		since(&c.timing.fetch, start)
 		if err != nil {
 			return fmt.Errorf("get %s at revision %d: %w", key, rev, err)
 		}
 		if len(resp.Kvs) > 0 {
+			start = time.Now()
 			keep[key] = newCachedDoc(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+			since(&c.timing.decode, start)
 		}
 	}
 	c.docs = keep
@@ -236,6 +269,7 @@ func (a *Agent) watch(ctx context.Context) error {
 		case <-retry.C:
 			if a.cache.retry {
 				a.cache.input = "" // force a new attempt
+				a.cache.timing.begin()
 				a.reconcile()
 			}
 			continue
@@ -257,6 +291,7 @@ func (a *Agent) watch(ctx context.Context) error {
 // applyEvents folds one watch response into the cache and reconciles.
 func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) error {
 	c := &a.cache
+	c.timing.begin()
 	desiredKey := a.keys.HostDesired(a.cfg.Host)
 	desiredChanged := false
 	for _, ev := range resp.Events {
@@ -280,7 +315,9 @@ func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) er
 			if ev.Type == mvccpb.DELETE {
 				delete(c.docs, key)
 			} else {
+				start := time.Now()
 				c.docs[key] = newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)
+				since(&c.timing.decode, start)
 			}
 		}
 	}
@@ -340,8 +377,10 @@ func (a *Agent) reconcile() {
 		return
 	}
 	c.input, c.retry = fp, false
+	t := &c.timing
 	start := time.Now()
 	refs, sets, serr := a.desiredRuleSets()
+	since(&t.decode, start)
 	if serr == nil {
 		serr = a.applyAll(sets)
 	}
@@ -361,9 +400,12 @@ func (a *Agent) reconcile() {
 			zap.Int64("revision", c.rev), zap.String("reason", serr.Message))
 	default:
 		c.applied, c.lastError, c.inSync = refs, nil, true
-		a.metrics.applySeconds.Observe(time.Since(start).Seconds())
+		total := time.Since(t.begun)
+		a.metrics.observeApply(t, total)
 		a.log.Info("applied desired state", zap.Int64("revision", c.rev),
-			zap.Strings("ruleSets", refStrings(refs)), zap.Duration("took", time.Since(start)))
+			zap.Strings("ruleSets", refStrings(refs)), zap.Duration("took", time.Since(start)),
+			zap.Duration("fetch", t.fetch), zap.Duration("decode", t.decode), zap.Duration("compile", t.compile),
+			zap.Duration("write", t.write), zap.Duration("release", t.release), zap.Duration("total", total))
 	}
 	a.metrics.revision.Set(float64(c.rev))
 	a.publishStatus()
@@ -430,14 +472,18 @@ func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.S
 // already the compiled one is left alone.
 func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 	desiredKey := a.keys.HostDesired(a.cfg.Host)
+	t := &a.cache.timing
 	compiled := make([]*bpf.Compiled, len(a.ifaces))
 	for i, m := range a.ifaces {
+		start := time.Now()
 		c, err := bpf.Compile(sets, m.cfg.Name)
+		since(&t.compile, start)
 		if err != nil {
 			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("compile for %s: %v", m.cfg.Name, err)}
 		}
 		compiled[i] = c
 	}
+	start := time.Now()
 	for i, m := range a.ifaces {
 		if m.digest == hex.EncodeToString(compiled[i].Digest[:]) {
 			if err := a.attach(m); err != nil {
@@ -461,7 +507,10 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
 		}
 	}
+	since(&t.write, start)
+	start = time.Now()
 	releaseBigTables(compiled)
+	since(&t.release, start)
 	return nil
 }
 
