@@ -497,8 +497,8 @@ func TestAgentFetchesChunkedSets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if state.Tables["src4"] != "dir24" {
-		t.Fatalf("src4 table %q, want dir24 for 20,000 prefixes", state.Tables["src4"])
+	if state.Tables["src4"] != "range" {
+		t.Fatalf("src4 table %q, want range for 20,000 prefixes", state.Tables["src4"])
 	}
 
 	// A chunk that does not match its hash is refused, named in the status.

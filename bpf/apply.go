@@ -47,9 +47,9 @@ type genState struct {
 	rules                  []firewallFwRule // MaxRules entries
 	// vecWrites lists the vector ids place changed (to write).
 	vecWrites []uint32
-	// src4d and dst4d are the field's DIR-24 tables, nil when the field
+	// src4r and dst4r are the field's range tables, nil when the field
 	// uses the LPM trie for IPv4.
-	src4d, dst4d *dir24State
+	src4r, dst4r *range4State
 	// src6h and dst6h are the field's H48 tables, nil when the field uses
 	// the LPM trie alone for IPv6.
 	src6h, dst6h *h48State
@@ -219,10 +219,10 @@ func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
 	if err := readArray(fw.objs.Rules, gen*uint32(MaxRules), st.rules); err != nil {
 		return nil, fmt.Errorf("read rules: %w", err)
 	}
-	if st.src4d, err = readDir24(fw.dir24Maps(false), gen); err != nil {
+	if st.src4r, err = readRange4(fw.range4Maps(false), gen); err != nil {
 		return nil, err
 	}
-	if st.dst4d, err = readDir24(fw.dir24Maps(true), gen); err != nil {
+	if st.dst4r, err = readRange4(fw.range4Maps(true), gen); err != nil {
 		return nil, err
 	}
 	if st.src6h, err = readH48(fw.h48Maps(false), gen); err != nil {
@@ -322,22 +322,12 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		}
 	}
 	mark(cur.sport, cur.dport, cur.proto, cur.tcpflags, cur.icmptype)
-	for _, d := range []*dir24State{cur.src4d, cur.dst4d} {
-		if d == nil {
+	for _, r := range []*range4State{cur.src4r, cur.dst4r} {
+		if r == nil {
 			continue
 		}
-		for id := range d.usedVecs {
+		for id := range r.usedVecs {
 			used[id] = true
-		}
-		for _, b := range d.blocks {
-			for x := 0; x <= int(b.n) && x < len(b.ids); x++ {
-				used[b.ids[x]] = true
-			}
-		}
-		for _, t := range d.t8 {
-			for _, id := range t {
-				used[id] = true
-			}
 		}
 	}
 	for _, h := range []*h48State{cur.src6h, cur.dst6h} {
@@ -442,13 +432,18 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		}
 		want.rules[i] = fr
 	}
-	if c.Src4Dir24 != nil {
+	var err error
+	if c.Src4Range != nil {
 		want.src4 = map[netip.Prefix]uint32{} // IPv4 sources go to the table
-		want.src4d = placeDir24(c.Src4Dir24, cur.src4d, kid)
+		if want.src4r, err = placeRange4(c.Src4Range, cur.src4r, kid); err != nil {
+			return nil, err
+		}
 	}
-	if c.Dst4Dir24 != nil {
+	if c.Dst4Range != nil {
 		want.dst4 = map[netip.Prefix]uint32{}
-		want.dst4d = placeDir24(c.Dst4Dir24, cur.dst4d, kid)
+		if want.dst4r, err = placeRange4(c.Dst4Range, cur.dst4r, kid); err != nil {
+			return nil, err
+		}
 	}
 	if c.Src6H48 != nil {
 		want.src6 = remap(c.Src6H48.short, kid) // the trie keeps the short prefixes only
@@ -528,10 +523,10 @@ func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState
 			return err
 		}
 	}
-	if err := fw.writeDir24(gen, fw.dir24Maps(false), cur.src4d, want.src4d, rep); err != nil {
+	if err := fw.writeRange4(gen, fw.range4Maps(false), cur.src4r, want.src4r, rep); err != nil {
 		return err
 	}
-	if err := fw.writeDir24(gen, fw.dir24Maps(true), cur.dst4d, want.dst4d, rep); err != nil {
+	if err := fw.writeRange4(gen, fw.range4Maps(true), cur.dst4r, want.dst4r, rep); err != nil {
 		return err
 	}
 	if err := fw.writeH48(gen, fw.h48Maps(false), cur.src6h, want.src6h, rep); err != nil {

@@ -321,7 +321,7 @@ func mapMemory(b *testing.B, fw *Firewall) uint64 {
 		fw.objs.Src4, fw.objs.Dst4, fw.objs.Src6, fw.objs.Dst6, fw.objs.Sport,
 		fw.objs.Dport, fw.objs.Proto, fw.objs.Tcpflags, fw.objs.Icmptype, fw.objs.Bitvecs, fw.objs.Rules,
 		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings}
-	for _, outer := range []*ebpf.Map{fw.objs.Src4T24, fw.objs.Src4Blk, fw.objs.Src4T8, fw.objs.Dst4T24, fw.objs.Dst4Blk, fw.objs.Dst4T8,
+	for _, outer := range []*ebpf.Map{fw.objs.Src4Direct, fw.objs.Src4Lines, fw.objs.Dst4Direct, fw.objs.Dst4Lines,
 		fw.objs.Src6Blk, fw.objs.Dst6Blk, fw.objs.Src6H48, fw.objs.Dst6H48, fw.objs.Docs} {
 		for gen := uint32(0); gen < 2; gen++ {
 			inner, err := innerMap(outer, gen)
@@ -480,7 +480,7 @@ func BenchmarkDataPlane(b *testing.B) {
 			res.lpmProg = poolNs(b, lpmProgram(b, family == "IPv6", members), pool)
 			var line string
 			for _, threshold := range []int{-1, 1} {
-				opts := CompileOptions{Dir24Threshold: threshold}
+				opts := CompileOptions{BigSetThreshold: threshold}
 				start := time.Now()
 				c, err := CompileWith([]proto.RuleSet{rs}, "lo", opts)
 				if err != nil {

@@ -32,32 +32,31 @@ const (
 )
 
 const (
-	fieldSrc      = uint32(firewallFwFieldFW_FIELD_SRC)
-	fieldDst      = uint32(firewallFwFieldFW_FIELD_DST)
-	fieldSport    = uint32(firewallFwFieldFW_FIELD_SPORT)
-	fieldDport    = uint32(firewallFwFieldFW_FIELD_DPORT)
-	fieldProto    = uint32(firewallFwFieldFW_FIELD_PROTO)
-	fieldTCPFlags = uint32(firewallFwFieldFW_FIELD_TCPFLAGS)
-	fieldICMPType = uint32(firewallFwFieldFW_FIELD_ICMPTYPE)
-	fieldSrc4Dir  = uint32(firewallFwFieldFW_FIELD_SRC4DIR24)
-	fieldDst4Dir  = uint32(firewallFwFieldFW_FIELD_DST4DIR24)
-	fieldSrc6H48  = uint32(firewallFwFieldFW_FIELD_SRC6H48)
-	fieldDst6H48  = uint32(firewallFwFieldFW_FIELD_DST6H48)
+	fieldSrc       = uint32(firewallFwFieldFW_FIELD_SRC)
+	fieldDst       = uint32(firewallFwFieldFW_FIELD_DST)
+	fieldSport     = uint32(firewallFwFieldFW_FIELD_SPORT)
+	fieldDport     = uint32(firewallFwFieldFW_FIELD_DPORT)
+	fieldProto     = uint32(firewallFwFieldFW_FIELD_PROTO)
+	fieldTCPFlags  = uint32(firewallFwFieldFW_FIELD_TCPFLAGS)
+	fieldICMPType  = uint32(firewallFwFieldFW_FIELD_ICMPTYPE)
+	fieldSrc4Range = uint32(firewallFwFieldFW_FIELD_SRC4RANGE)
+	fieldDst4Range = uint32(firewallFwFieldFW_FIELD_DST4RANGE)
+	fieldSrc6H48   = uint32(firewallFwFieldFW_FIELD_SRC6H48)
+	fieldDst6H48   = uint32(firewallFwFieldFW_FIELD_DST6H48)
 )
 
-// DefaultDir24Threshold is the number of IPv4 prefixes of one field (src or
-// dst) from which that field uses a DIR-24 table instead of the LPM trie
+// DefaultBigSetThreshold is the number of IPv4 prefixes of one field (src
+// or dst) from which that field uses a range table instead of the LPM trie
 // (and, for IPv6 prefixes, the /48 hash).
 // Measured (make bench, pool mode): the LPM trie costs about as much as the
-// table's two reads at a few thousand random prefixes and grows with the
-// count; the table costs 64 MB per generation, so small sets keep the trie.
-const DefaultDir24Threshold = 4096
+// tables' reads at a few thousand random prefixes and grows with the count.
+const DefaultBigSetThreshold = 4096
 
 // CompileOptions tunes how rule sets are laid out.
 type CompileOptions struct {
-	// Dir24Threshold overrides DefaultDir24Threshold (tests use 1 to put
-	// small sets in the DIR-24 table); 0 means the default, -1 never.
-	Dir24Threshold int
+	// BigSetThreshold overrides DefaultBigSetThreshold (tests use 1 to put
+	// small sets in the big-set tables); 0 means the default, -1 never.
+	BigSetThreshold int
 }
 
 // ErrTooLarge is returned when compiled rule sets exceed the map layout.
@@ -126,10 +125,10 @@ type Compiled struct {
 	// generation (see AppliedRuleSets).
 	doc []byte
 
-	// Src4Dir24 and Dst4Dir24, when set, hold the field's IPv4 prefixes as a
-	// DIR-24 table (built from Src4/Dst4), which the kernel uses instead of
-	// the LPM trie.
-	Src4Dir24, Dst4Dir24 *dir24
+	// Src4Range and Dst4Range, when set, hold the field's IPv4 prefixes as
+	// a range table (built from Src4/Dst4), which the kernel uses instead
+	// of the LPM trie.
+	Src4Range, Dst4Range *range4
 	// Src6H48 and Dst6H48, when set, hold the field's IPv6 prefixes split
 	// at /48 (built from Src6/Dst6).
 	Src6H48, Dst6H48 *h48
@@ -289,20 +288,20 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		return f.icmpType < 0, f.icmpType == b
 	})
 
-	threshold := opts.Dir24Threshold
+	threshold := opts.BigSetThreshold
 	if threshold == 0 {
-		threshold = DefaultDir24Threshold
+		threshold = DefaultBigSetThreshold
 	}
 	// Big fields get their tables; the others (and only they) keep maps
 	// for the LPM tries.
 	big := func(t prefixTable) bool { return threshold > 0 && len(t.prefixes) > threshold }
 	if big(src4) {
-		c.Src4Dir24, c.Fields = buildDir24(src4), c.Fields|fieldSrc4Dir
+		c.Src4Range, c.Fields = buildRange4(src4), c.Fields|fieldSrc4Range
 	} else {
 		c.Src4 = src4.asMap()
 	}
 	if big(dst4) {
-		c.Dst4Dir24, c.Fields = buildDir24(dst4), c.Fields|fieldDst4Dir
+		c.Dst4Range, c.Fields = buildRange4(dst4), c.Fields|fieldDst4Range
 	} else {
 		c.Dst4 = dst4.asMap()
 	}
@@ -687,9 +686,9 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 	for i := range v {
 		v[i] = &c.Vecs[0]
 	}
-	lookup := func(table4, table6 map[netip.Prefix]VecID, dir *dir24, h *h48, a netip.Addr) *Bitvec {
-		if dir != nil && a.Is4() {
-			return &c.Vecs[dir.lookup(a)]
+	lookup := func(table4, table6 map[netip.Prefix]VecID, rt *range4, h *h48, a netip.Addr) *Bitvec {
+		if rt != nil && a.Is4() {
+			return &c.Vecs[rt.lookup(a)]
 		}
 		if h != nil && a.Is6() {
 			return &c.Vecs[h.lookup(a)]
@@ -713,10 +712,10 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 		return val
 	}
 	if c.Fields&fieldSrc != 0 {
-		v[0] = lookup(c.Src4, c.Src6, c.Src4Dir24, c.Src6H48, p.Src)
+		v[0] = lookup(c.Src4, c.Src6, c.Src4Range, c.Src6H48, p.Src)
 	}
 	if c.Fields&fieldDst != 0 {
-		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Dir24, c.Dst6H48, p.Dst)
+		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Range, c.Dst6H48, p.Dst)
 	}
 	if c.Fields&fieldSport != 0 {
 		v[2] = &c.Vecs[c.SrcPort[idx(p.SrcPort, portNone)]]

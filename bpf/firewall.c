@@ -26,7 +26,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 /* Keeps the enums of firewall.h in BTF, so bpf2go exports them to Go. */
 struct fw_btf_anchor {
 	enum fw_limits limits;
-	enum fw_dir24 dir24;
+	enum fw_range4 range4;
 	enum fw_h48 h48;
 	enum fw_field field;
 	enum fw_action action;
@@ -40,8 +40,8 @@ struct fw_btf_anchor {
 	struct fw_source_sample source_sample;
 	enum fw_sample_consumer sample_consumer;
 	/* Inner map value types, which BTF would otherwise only forward-declare. */
-	struct fw_v4_block v4_block;
-	struct fw_v4_t8 v4_t8;
+	struct fw_v4_direct v4_direct;
+	struct fw_v4_line v4_line;
 	struct fw_page page;
 	struct fw_v6_block v6_block;
 	struct fw_active active;

@@ -70,10 +70,10 @@ enum fw_field {
 	FW_FIELD_PROTO = 1 << 4,
 	FW_FIELD_TCPFLAGS = 1 << 5,
 	FW_FIELD_ICMPTYPE = 1 << 6,
-	/* IPv4 source (destination) addresses are looked up in the DIR-24
+	/* IPv4 source (destination) addresses are looked up in the range
 	 * table of this generation instead of the LPM trie. */
-	FW_FIELD_SRC4_DIR24 = 1 << 8,
-	FW_FIELD_DST4_DIR24 = 1 << 9,
+	FW_FIELD_SRC4_RANGE = 1 << 8,
+	FW_FIELD_DST4_RANGE = 1 << 9,
 	/* IPv6 source (destination) addresses are looked up in the /48 hash
 	 * of this generation (H48 tables) instead of the LPM trie. */
 	FW_FIELD_SRC6_H48 = 1 << 10,
@@ -95,17 +95,24 @@ enum fw_h48 {
 	FW_V6_BLOCK_BOUNDS = 15,
 };
 
-/* DIR-24 entries (a __u32 per /24): the top two bits say what the rest is. */
-enum fw_dir24 {
-	FW_DIR24_VEC = 0,   /* low 16 bits: the vector id of the whole /24 */
-	FW_DIR24_BLOCK = 1, /* low 30 bits: index of a struct fw_v4_block */
-	FW_DIR24_T8 = 2,    /* low 30 bits: index of a struct fw_v4_t8 */
-	FW_DIR24_SHIFT = 30,
-	FW_DIR24_INDEX_MASK = (1 << 30) - 1,
-	/* src4_t24/dst4_t24 inner maps: 1 << 24 entries, two per 8-byte value
-	 * (array values are 8-byte aligned: a 4-byte value would cost 8). */
-	FW_DIR24_PAIRS = 1 << 23,
-	FW_V4_BLOCK_BOUNDS = 15,
+/* The IPv4 range table of a big prefix set (lookup.h): the address space
+ * cut into the intervals a longest-prefix match gives, each with its vector
+ * id. A direct table, indexed by an address's top 16 bits, says for each /16
+ * either its one vector id or where the B-tree of its intervals starts: a
+ * tree of 64-byte lines (struct fw_v4_line), 16 children or intervals to a
+ * line, whose leaves hold the intervals. Direct entries are __u32s, 16 to a
+ * value (struct fw_v4_direct: array values are 8-byte aligned, so a lone
+ * __u32 would cost 8). */
+enum fw_range4 {
+	FW_R4_DIRECT_BITS = 16,
+	FW_R4_DIRECT_VALUES = 1 << (FW_R4_DIRECT_BITS - 4),
+	/* Entry: bits 29-31 the depth of the /16's tree (0: no tree, low 16
+	 * bits the vector id of the whole /16), bits 0-28 its root line. */
+	FW_R4_DEPTH_SHIFT = 29,
+	FW_R4_LINE_MASK = (1 << 29) - 1,
+	/* 16^4 intervals: every address of a /16. */
+	FW_R4_MAX_DEPTH = 4,
+	FW_R4_LINE_BOUNDS = 15,
 };
 
 /* What a rule (or a policy) does with a packet. */
@@ -250,22 +257,28 @@ struct fw_settings {
 	__u32 non_ip_action;      /* enum fw_action, default pass */
 };
 
-/* A /24 cut into up to 16 intervals: interval 0 starts at .0, interval i
- * (1 <= i <= n) at .bounds[i-1] (ascending, >= 1); unused bounds are 0;
- * ids[i] is interval i's vector id. 48 bytes: one cache line. */
-struct fw_v4_block {
-	__u8 n;
-	__u8 bounds[FW_V4_BLOCK_BOUNDS];
-	__u16 ids[FW_V4_BLOCK_BOUNDS + 1];
+/* 16 entries of the range table's direct table: /16s 16 * i to 16 * i + 15. */
+struct fw_v4_direct {
+	__u32 e[16];
 };
 
-/* A /24 cut into more intervals: one vector id per last address byte. */
-struct fw_v4_t8 {
-	__u16 ids[256];
+/* One line of a range table's B-tree, 64 bytes: one cache line. It cuts
+ * what it covers (an interval of the /16's low 16 bits, from the bound its
+ * parent chose it by) at up to 15 ascending bounds into up to 16 parts:
+ * part i (0 <= i <= n) starts at bounds[i - 1], part 0 where the line's
+ * range starts. Unused bounds are 0 (a bound is never 0: part 0 takes the
+ * start of the /16). In a leaf, ids[i] is the vector id of part i; in an
+ * inner line, part i is the line base + i, base = ids[0] | ids[1] << 16. */
+struct fw_v4_line {
+	__u16 n;
+	__u16 bounds[FW_R4_LINE_BOUNDS];
+	__u16 ids[FW_R4_LINE_BOUNDS + 1];
 };
 
 /* A /48 cut (by prefixes of /49 to /64) into up to 16 intervals of its
- * bits 48..63: as fw_v4_block with 16-bit bounds. 64 bytes. */
+ * bits 48..63: interval 0 starts at the /48's start, interval i (1 <= i <= n)
+ * at bounds[i-1] (ascending, >= 1); unused bounds are 0; ids[i] is interval
+ * i's vector id. 64 bytes: one cache line, as a leaf of fw_v4_line. */
 struct fw_v6_block {
 	__u16 n;
 	__u16 bounds[FW_V6_BLOCK_BOUNDS];

@@ -46,18 +46,6 @@ type firewallFwCounter struct {
 	Bytes   uint64
 }
 
-type firewallFwDir24 uint32
-
-const (
-	firewallFwDir24FW_DIR24VEC        firewallFwDir24 = 0
-	firewallFwDir24FW_DIR24BLOCK      firewallFwDir24 = 1
-	firewallFwDir24FW_DIR24T8         firewallFwDir24 = 2
-	firewallFwDir24FW_DIR24SHIFT      firewallFwDir24 = 30
-	firewallFwDir24FW_DIR24INDEX_MASK firewallFwDir24 = 1073741823
-	firewallFwDir24FW_DIR24PAIRS      firewallFwDir24 = 8388608
-	firewallFwDir24FW_V4BLOCK_BOUNDS  firewallFwDir24 = 15
-)
-
 type firewallFwField uint32
 
 const (
@@ -68,8 +56,8 @@ const (
 	firewallFwFieldFW_FIELD_PROTO     firewallFwField = 16
 	firewallFwFieldFW_FIELD_TCPFLAGS  firewallFwField = 32
 	firewallFwFieldFW_FIELD_ICMPTYPE  firewallFwField = 64
-	firewallFwFieldFW_FIELD_SRC4DIR24 firewallFwField = 256
-	firewallFwFieldFW_FIELD_DST4DIR24 firewallFwField = 512
+	firewallFwFieldFW_FIELD_SRC4RANGE firewallFwField = 256
+	firewallFwFieldFW_FIELD_DST4RANGE firewallFwField = 512
 	firewallFwFieldFW_FIELD_SRC6H48   firewallFwField = 1024
 	firewallFwFieldFW_FIELD_DST6H48   firewallFwField = 2048
 )
@@ -158,6 +146,17 @@ type firewallFwPage struct {
 	_    structs.HostLayout
 	Data [4096]uint8
 }
+
+type firewallFwRange4 uint32
+
+const (
+	firewallFwRange4FW_R4DIRECT_BITS   firewallFwRange4 = 16
+	firewallFwRange4FW_R4DIRECT_VALUES firewallFwRange4 = 4096
+	firewallFwRange4FW_R4DEPTH_SHIFT   firewallFwRange4 = 29
+	firewallFwRange4FW_R4LINE_MASK     firewallFwRange4 = 536870911
+	firewallFwRange4FW_R4MAX_DEPTH     firewallFwRange4 = 4
+	firewallFwRange4FW_R4LINE_BOUNDS   firewallFwRange4 = 15
+)
 
 type firewallFwRule struct {
 	_      structs.HostLayout
@@ -276,16 +275,16 @@ const (
 	firewallFwStatFW_STAT_MAX          firewallFwStat = 9
 )
 
-type firewallFwV4Block struct {
-	_      structs.HostLayout
-	N      uint8
-	Bounds [15]uint8
-	Ids    [16]uint16
+type firewallFwV4Direct struct {
+	_ structs.HostLayout
+	E [16]uint32
 }
 
-type firewallFwV4T8 struct {
-	_   structs.HostLayout
-	Ids [256]uint16
+type firewallFwV4Line struct {
+	_      structs.HostLayout
+	N      uint16
+	Bounds [15]uint16
+	Ids    [16]uint16
 }
 
 type firewallFwV6Block struct {
@@ -304,9 +303,8 @@ const (
 	firewallMapDocs         = "docs"
 	firewallMapDport        = "dport"
 	firewallMapDst4         = "dst4"
-	firewallMapDst4Blk      = "dst4_blk"
-	firewallMapDst4T24      = "dst4_t24"
-	firewallMapDst4T8       = "dst4_t8"
+	firewallMapDst4Direct   = "dst4_direct"
+	firewallMapDst4Lines    = "dst4_lines"
 	firewallMapDst6         = "dst6"
 	firewallMapDst6Blk      = "dst6_blk"
 	firewallMapDst6H48      = "dst6_h48"
@@ -329,9 +327,8 @@ const (
 	firewallMapSettings     = "settings"
 	firewallMapSport        = "sport"
 	firewallMapSrc4         = "src4"
-	firewallMapSrc4Blk      = "src4_blk"
-	firewallMapSrc4T24      = "src4_t24"
-	firewallMapSrc4T8       = "src4_t8"
+	firewallMapSrc4Direct   = "src4_direct"
+	firewallMapSrc4Lines    = "src4_lines"
 	firewallMapSrc6         = "src6"
 	firewallMapSrc6Blk      = "src6_blk"
 	firewallMapSrc6H48      = "src6_h48"
@@ -399,9 +396,8 @@ type firewallMapSpecs struct {
 	Docs         *ebpf.MapSpec `ebpf:"docs"`
 	Dport        *ebpf.MapSpec `ebpf:"dport"`
 	Dst4         *ebpf.MapSpec `ebpf:"dst4"`
-	Dst4Blk      *ebpf.MapSpec `ebpf:"dst4_blk"`
-	Dst4T24      *ebpf.MapSpec `ebpf:"dst4_t24"`
-	Dst4T8       *ebpf.MapSpec `ebpf:"dst4_t8"`
+	Dst4Direct   *ebpf.MapSpec `ebpf:"dst4_direct"`
+	Dst4Lines    *ebpf.MapSpec `ebpf:"dst4_lines"`
 	Dst6         *ebpf.MapSpec `ebpf:"dst6"`
 	Dst6Blk      *ebpf.MapSpec `ebpf:"dst6_blk"`
 	Dst6H48      *ebpf.MapSpec `ebpf:"dst6_h48"`
@@ -424,9 +420,8 @@ type firewallMapSpecs struct {
 	Settings     *ebpf.MapSpec `ebpf:"settings"`
 	Sport        *ebpf.MapSpec `ebpf:"sport"`
 	Src4         *ebpf.MapSpec `ebpf:"src4"`
-	Src4Blk      *ebpf.MapSpec `ebpf:"src4_blk"`
-	Src4T24      *ebpf.MapSpec `ebpf:"src4_t24"`
-	Src4T8       *ebpf.MapSpec `ebpf:"src4_t8"`
+	Src4Direct   *ebpf.MapSpec `ebpf:"src4_direct"`
+	Src4Lines    *ebpf.MapSpec `ebpf:"src4_lines"`
 	Src6         *ebpf.MapSpec `ebpf:"src6"`
 	Src6Blk      *ebpf.MapSpec `ebpf:"src6_blk"`
 	Src6H48      *ebpf.MapSpec `ebpf:"src6_h48"`
@@ -470,9 +465,8 @@ type firewallMaps struct {
 	Docs         *ebpf.Map `ebpf:"docs"`
 	Dport        *ebpf.Map `ebpf:"dport"`
 	Dst4         *ebpf.Map `ebpf:"dst4"`
-	Dst4Blk      *ebpf.Map `ebpf:"dst4_blk"`
-	Dst4T24      *ebpf.Map `ebpf:"dst4_t24"`
-	Dst4T8       *ebpf.Map `ebpf:"dst4_t8"`
+	Dst4Direct   *ebpf.Map `ebpf:"dst4_direct"`
+	Dst4Lines    *ebpf.Map `ebpf:"dst4_lines"`
 	Dst6         *ebpf.Map `ebpf:"dst6"`
 	Dst6Blk      *ebpf.Map `ebpf:"dst6_blk"`
 	Dst6H48      *ebpf.Map `ebpf:"dst6_h48"`
@@ -495,9 +489,8 @@ type firewallMaps struct {
 	Settings     *ebpf.Map `ebpf:"settings"`
 	Sport        *ebpf.Map `ebpf:"sport"`
 	Src4         *ebpf.Map `ebpf:"src4"`
-	Src4Blk      *ebpf.Map `ebpf:"src4_blk"`
-	Src4T24      *ebpf.Map `ebpf:"src4_t24"`
-	Src4T8       *ebpf.Map `ebpf:"src4_t8"`
+	Src4Direct   *ebpf.Map `ebpf:"src4_direct"`
+	Src4Lines    *ebpf.Map `ebpf:"src4_lines"`
 	Src6         *ebpf.Map `ebpf:"src6"`
 	Src6Blk      *ebpf.Map `ebpf:"src6_blk"`
 	Src6H48      *ebpf.Map `ebpf:"src6_h48"`
@@ -513,9 +506,8 @@ func (m *firewallMaps) Close() error {
 		m.Docs,
 		m.Dport,
 		m.Dst4,
-		m.Dst4Blk,
-		m.Dst4T24,
-		m.Dst4T8,
+		m.Dst4Direct,
+		m.Dst4Lines,
 		m.Dst6,
 		m.Dst6Blk,
 		m.Dst6H48,
@@ -538,9 +530,8 @@ func (m *firewallMaps) Close() error {
 		m.Settings,
 		m.Sport,
 		m.Src4,
-		m.Src4Blk,
-		m.Src4T24,
-		m.Src4T8,
+		m.Src4Direct,
+		m.Src4Lines,
 		m.Src6,
 		m.Src6Blk,
 		m.Src6H48,

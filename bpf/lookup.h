@@ -2,9 +2,9 @@
 /*
  * lookup.h: the per-field lookups. Each turns one field of a packet into the
  * id of a bit vector of the rules that field allows (bitvecs). Addresses go
- * to a prefix table: an LPM trie for small tables, DIR-24 (IPv4) or the /48
- * hash (IPv6) for big ones, chosen per generation by user space (the
- * FW_FIELD_*_DIR24 and *_H48 bits of fw_active.fields). Ports, protocol,
+ * to a prefix table: an LPM trie for small tables, the range table (IPv4) or
+ * the /48 hash (IPv6) for big ones, chosen per generation by user space (the
+ * FW_FIELD_*4_RANGE and *_H48 bits of fw_active.fields). Ports, protocol,
  * TCP flags and ICMP type index arrays.
  */
 #ifndef XDPFW_LOOKUP_H
@@ -30,57 +30,53 @@
 		__i;                                                          \
 	})
 
-/* The vector id of an IPv4 address (host order) in a DIR-24 table: one
- * read for most addresses, two where its /24 is cut into intervals. */
-static __always_inline __u32 dir24_lookup(void *t24s, void *blks, void *t8s, __u32 gen, __u32 a)
+/* The vector id of an IPv4 address (host order) in a range table: one
+ * read of the direct table (256 KB, cached), then one 64-byte line per
+ * level of the /16's B-tree: one line for a /16 of up to 16 intervals, two
+ * for up to 256 (a million random prefixes give about 30 a /16). */
+static __always_inline __u32 range4_lookup(void *directs, void *lines_of, __u32 gen, __u32 a)
 {
-	void *t24 = bpf_map_lookup_elem(t24s, &gen);
-	if (!t24)
+	void *direct = bpf_map_lookup_elem(directs, &gen);
+	if (!direct)
 		return FW_NO_ID;
-	__u32 idx = a >> 8;
-	__u32 key = idx >> 1;
-	__u64 *pair = bpf_map_lookup_elem(t24, &key);
-	if (!pair)
+	__u32 top = a >> (32 - FW_R4_DIRECT_BITS);
+	__u32 key = top >> 4;
+	struct fw_v4_direct *d = bpf_map_lookup_elem(direct, &key);
+	if (!d)
 		return FW_NO_ID;
-	__u32 e = (idx & 1) ? (__u32)(*pair >> 32) : (__u32)*pair;
-	__u32 low = a & 0xFF;
-	__u32 index = e & FW_DIR24_INDEX_MASK;
-
-	switch (e >> FW_DIR24_SHIFT) {
-	case FW_DIR24_VEC:
+	__u32 e = d->e[top & 15];
+	__u32 depth = e >> FW_R4_DEPTH_SHIFT;
+	if (!depth)
 		return e & 0xFFFF;
-	case FW_DIR24_BLOCK: {
-		void *blk = bpf_map_lookup_elem(blks, &gen);
-		if (!blk)
+	void *lines = bpf_map_lookup_elem(lines_of, &gen);
+	if (!lines)
+		return FW_NO_ID;
+	__u32 low = a & 0xFFFF;
+	__u32 index = e & FW_R4_LINE_MASK;
+	int level;
+
+	for (level = 1; level <= FW_R4_MAX_DEPTH; level++) {
+		struct fw_v4_line *l = bpf_map_lookup_elem(lines, &index);
+		if (!l)
 			return FW_NO_ID;
-		struct fw_v4_block *b = bpf_map_lookup_elem(blk, &index);
-		if (!b)
-			return FW_NO_ID;
-		return b->ids[bounds_at_or_below(b->bounds, FW_V4_BLOCK_BOUNDS, low) & FW_V4_BLOCK_BOUNDS];
-	}
-	case FW_DIR24_T8: {
-		void *t8 = bpf_map_lookup_elem(t8s, &gen);
-		if (!t8)
-			return FW_NO_ID;
-		struct fw_v4_t8 *t = bpf_map_lookup_elem(t8, &index);
-		if (!t)
-			return FW_NO_ID;
-		return t->ids[low];
-	}
+		__u32 part = bounds_at_or_below(l->bounds, FW_R4_LINE_BOUNDS, low) & FW_R4_LINE_BOUNDS;
+		if (level >= depth)
+			return l->ids[part];
+		index = ((__u32)l->ids[0] | (__u32)l->ids[1] << 16) + part;
 	}
 	return FW_NO_ID;
 }
 
 /* Global functions: the verifier checks each once, on its own, instead of
  * once per path through the classifier. */
-FW_STAGE __u32 fw_dir24_src(__u32 gen, __u32 addr)
+FW_STAGE __u32 fw_range4_src(__u32 gen, __u32 addr)
 {
-	return dir24_lookup(&src4_t24, &src4_blk, &src4_t8, gen, addr);
+	return range4_lookup(&src4_direct, &src4_lines, gen, addr);
 }
 
-FW_STAGE __u32 fw_dir24_dst(__u32 gen, __u32 addr)
+FW_STAGE __u32 fw_range4_dst(__u32 gen, __u32 addr)
 {
-	return dir24_lookup(&dst4_t24, &dst4_blk, &dst4_t8, gen, addr);
+	return range4_lookup(&dst4_direct, &dst4_lines, gen, addr);
 }
 
 /* The vector id of an IPv6 address (first and last 8 bytes, host order) in
@@ -149,9 +145,9 @@ FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst
 	__u32 *id;
 
 	if (pkt->family == 4) {
-		if (fields & (dst ? FW_FIELD_DST4_DIR24 : FW_FIELD_SRC4_DIR24)) {
+		if (fields & (dst ? FW_FIELD_DST4_RANGE : FW_FIELD_SRC4_RANGE)) {
 			__u32 a = (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
-			return dst ? fw_dir24_dst(gen, a) : fw_dir24_src(gen, a);
+			return dst ? fw_range4_dst(gen, a) : fw_range4_src(gen, a);
 		}
 		struct fw_lpm4_key k = {.prefixlen = 8 + 32, .gen = gen};
 		__builtin_memcpy(k.addr, b, 4);

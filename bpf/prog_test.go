@@ -330,9 +330,9 @@ func TestKernelMatchesReference(t *testing.T) {
 		// Seeds alternate between the LPM tries and the big-set tables
 		// (DIR-24 for IPv4, /48 hash for IPv6), so applies also switch
 		// between the two.
-		opts := CompileOptions{Dir24Threshold: -1}
+		opts := CompileOptions{BigSetThreshold: -1}
 		if seed%2 == 0 {
-			opts.Dir24Threshold = 1
+			opts.BigSetThreshold = 1
 		}
 		c, err := CompileWith(sets, fw.Interface(), opts)
 		if err != nil {
@@ -429,15 +429,23 @@ func FuzzProgram(f *testing.F) {
 	})
 }
 
-// TestDir24EveryAddressOfDenseSlash24 fills one /24 with more prefixes than
-// a block holds (a t8 table), another with a few (a block), and checks every
-// address of both, and of their neighbours, in the kernel against the
-// reference classifier.
-func TestDir24EveryAddressOfDenseSlash24(t *testing.T) {
+// TestRange4EveryAddressOfDenseSlash16s lays out /16s whose trees have
+// every depth the kernel walks (one line, two, three and four levels), and
+// checks every address of them, and of their neighbours' edges, in the
+// kernel against the reference classifier.
+func TestRange4EveryAddressOfDenseSlash16s(t *testing.T) {
 	fw := openTestFirewall(t)
-	dense := []string{}
-	for i := 0; i < 40; i++ {
-		dense = append(dense, fmt.Sprintf("203.0.113.%d/32", i*6))
+	var dense []string
+	for k := 0; k < 2100; k++ { // 4,200 intervals: four levels
+		dense = append(dense, fmt.Sprintf("203.0.%d.%d/32", k*3/256, k*3%256))
+	}
+	var sparse []string
+	for k := 0; k < 100; k++ { // 200 intervals: two levels
+		sparse = append(sparse, fmt.Sprintf("198.51.%d.%d/31", k*600/256, k*600%256))
+	}
+	var mid []string
+	for k := 0; k < 700; k++ { // 1,400 intervals: three levels
+		mid = append(mid, fmt.Sprintf("192.0.%d.%d/32", k*90/256, k*90%256))
 	}
 	doc := `
 apiVersion: xdpfw/v1
@@ -446,28 +454,41 @@ name: dense
 mode: deny
 sets:
   dense: [` + strings.Join(dense, ", ") + `]
+  sparse: [` + strings.Join(sparse, ", ") + `]
+  mid: [` + strings.Join(mid, ", ") + `]
 rules:
   - id: few
     action: drop
-    src: [198.51.100.64/26, 198.51.100.77/32, 198.51.100.200/30]
+    src: [100.64.100.64/26, 100.64.100.77/32, 100.64.100.200/30]
   - id: pass-nested
     action: pass
-    src: [203.0.113.12/32]
+    src: [203.0.0.12/32, 198.51.0.0/20]
   - id: many
     action: drop
-    src: [set:dense]
+    src: [set:dense, set:sparse, set:mid]
   - id: wide
     action: drop
     src: [203.0.112.0/23]
     protocol: tcp
 `
 	sets := mustDecode(t, doc)
-	c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: 1})
+	c, err := CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Src4Dir24 == nil || len(c.Src4Dir24.blocks) == 0 || len(c.Src4Dir24.t8) == 0 {
-		t.Fatal("the rule set does not exercise both blocks and t8 tables")
+	if c.Src4Range == nil {
+		t.Fatal("the sources are not in a range table")
+	}
+	depths := map[int]bool{}
+	for i := range r4Directs {
+		if n := len(c.Src4Range.partsOf(i)); n > 1 {
+			depths[len(treeShape(n))] = true
+		}
+	}
+	for d := 1; d <= r4MaxDepth; d++ {
+		if !depths[d] {
+			t.Fatalf("no /16 with a tree of depth %d (%v): the test does not cover it", d, depths)
+		}
 	}
 	if _, err := fw.Apply(c); err != nil {
 		t.Fatal(err)
@@ -476,19 +497,29 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, net := range []string{"203.0.112", "203.0.113", "203.0.114", "198.51.100", "198.51.101"} {
-		for host := 0; host < 256; host++ {
-			for _, f := range []packet.Frame{
-				packet.UDP(fmt.Sprintf("%s.%d", net, host), "198.18.0.2", 1, 2),
-				packet.TCP(fmt.Sprintf("%s.%d", net, host), "198.18.0.2", 1, 2, ack),
-			} {
-				p, _ := packet.Parse(f.Bytes())
-				want := ref.Classify(p).Drop
-				if got := run(t, fw, f.Bytes()); (got == xdpDrop) != want {
-					t.Fatalf("%s proto %d: verdict %d, reference drop=%v", p.Src, p.Proto, got, want)
-				}
+	check := func(src string) {
+		for _, f := range []packet.Frame{
+			packet.UDP(src, "198.18.0.2", 1, 2),
+			packet.TCP(src, "198.18.0.2", 1, 2, ack),
+		} {
+			p, _ := packet.Parse(f.Bytes())
+			want := ref.Classify(p).Drop
+			if got := run(t, fw, f.Bytes()); (got == xdpDrop) != want {
+				t.Fatalf("%s proto %d: verdict %d, reference drop=%v", p.Src, p.Proto, got, want)
 			}
 		}
+	}
+	for _, net := range []string{"203.0", "198.51", "192.0"} {
+		for a := 0; a < 1<<16; a++ {
+			if net != "203.0" && a > 24*256 { // past the last prefix: one check a /24
+				a |= 255
+			}
+			check(fmt.Sprintf("%s.%d.%d", net, a>>8, a&255))
+		}
+	}
+	for _, edge := range []string{"202.255.255.255", "203.1.0.0", "198.50.255.255", "198.52.0.0", "100.64.100.63", "100.64.100.64",
+		"100.64.100.77", "100.64.100.78", "100.64.100.127", "100.64.100.128", "100.64.100.199", "100.64.100.203", "100.64.100.204"} {
+		check(edge)
 	}
 }
 
@@ -542,7 +573,7 @@ func TestH48InTheKernel(t *testing.T) {
 	}
 	rs.Rules = append(rs.Rules, proto.Rule{ID: "tail", Action: proto.ActionDrop, Src: []string{"set:s1"}})
 	sets := []proto.RuleSet{rs}
-	c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: 1})
+	c, err := CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -612,7 +643,7 @@ func TestSetChangesKeepMatchingTheReference(t *testing.T) {
 				list = append(list, m)
 			}
 			rs.Sets["s0"] = proto.PrefixSet{Prefixes: list}
-			c, err := CompileWith(sets, fw.Interface(), CompileOptions{Dir24Threshold: threshold})
+			c, err := CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: threshold})
 			if err != nil {
 				t.Fatalf("step %d: %v", step, err)
 			}

@@ -247,9 +247,9 @@ func TestCompiledMatchesReference(t *testing.T) {
 			}
 		}
 		// Every fourth seed puts every IPv4 prefix field in a DIR-24 table.
-		opts := CompileOptions{Dir24Threshold: -1}
+		opts := CompileOptions{BigSetThreshold: -1}
 		if seed%4 == 1 {
-			opts.Dir24Threshold = 1
+			opts.BigSetThreshold = 1
 		}
 		c, err := CompileWith(sets, "", opts)
 		if err != nil {

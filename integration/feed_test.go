@@ -83,9 +83,9 @@ rules:
 		tcp6(client, server, 80): passes, // the feed lists the client's IPv4 address only
 	}
 	expectFlows(t, blockedFlows)
-	// 100,000 IPv4 prefixes: above the threshold, the DIR-24 table.
-	if st := server.show(t); st.Tables["src4"] != "dir24" {
-		t.Errorf("show says the IPv4 sources use %q, want dir24", st.Tables["src4"])
+	// 100,000 IPv4 prefixes: above the threshold, the range table.
+	if st := server.show(t); st.Tables["src4"] != "range" {
+		t.Errorf("show says the IPv4 sources use %q, want range", st.Tables["src4"])
 	}
 
 	// The v4 entry was written as a bare address: the set holds it as /32.
