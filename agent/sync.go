@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -31,8 +32,12 @@ type syncCache struct {
 	// docs holds each referenced rule-set version by key.
 	docs map[string]cachedDoc
 	// chunks holds the prefixes of each chunk the docs name, by hash
-	// (chunks are immutable: fetched once, dropped when unreferenced).
+	// (chunks are immutable: fetched and checked once, dropped when
+	// unreferenced).
 	chunks map[string][]string
+	// chunkErrs says why a chunk the docs name is not in chunks: it did
+	// not match its hash or held a bad prefix (from the last fetch).
+	chunkErrs map[string]error
 	// refs are the references of the desired state (nil if it is bad).
 	refs []proto.RuleSetRef
 
@@ -72,16 +77,21 @@ func (t *applyTiming) begin() { *t = applyTiming{begun: time.Now()} }
 func since(phase *time.Duration, start time.Time) { *phase += time.Since(start) }
 
 type cachedDoc struct {
-	raw    []byte
 	modRev int64
+	// rs is the document, decoded once when it arrives, its big sets
+	// still chunk references; err says why it does not decode (reported
+	// by reconcile).
+	rs  proto.RuleSet
+	err error
 	// chunks are the hashes of the chunks its big sets are stored in.
 	chunks []string
 }
 
 func newCachedDoc(raw []byte, modRev int64) cachedDoc {
-	d := cachedDoc{raw: raw, modRev: modRev}
-	if rs, err := proto.DecodeRuleSet(raw); err == nil {
-		d.chunks = rs.ChunkRefs() // a bad document is reported by reconcile
+	d := cachedDoc{modRev: modRev}
+	d.rs, d.err = proto.DecodeRuleSet(raw)
+	if d.err == nil {
+		d.chunks = d.rs.ChunkRefs()
 	}
 	return d
 }
@@ -152,31 +162,29 @@ func (a *Agent) resync(ctx context.Context) error {
 }
 
 // fetchChunks reads the chunks the cached documents name that the cache
-// lacks, checks each against its hash, and drops the ones no document
-// names any more. A chunk missing from etcd is left out: reconcile then
-// refuses the document that needs it.
+// lacks, checks each against its hash and each of its prefixes (once: the
+// documents are then validated without their chunked prefixes), and drops
+// the ones no document names any more. A chunk missing from etcd or bad is
+// left out: reconcile then refuses the document that needs it.
 func (a *Agent) fetchChunks(ctx context.Context) error {
 	c := &a.cache
 	if c.chunks == nil {
 		c.chunks = map[string][]string{}
 	}
-	need := map[string]bool{}
+	c.chunkErrs = map[string]error{}
 	var missing []string
+	seen := map[string]bool{}
 	for _, d := range c.docs {
 		for _, h := range d.chunks {
-			if !need[h] {
-				need[h] = true
+			if !seen[h] {
+				seen[h] = true
 				if _, ok := c.chunks[h]; !ok {
 					missing = append(missing, h)
 				}
 			}
 		}
 	}
-	for h := range c.chunks {
-		if !need[h] {
-			delete(c.chunks, h)
-		}
-	}
+	a.pruneChunks()
 	for lo := 0; lo < len(missing); lo += 100 {
 		batch := missing[lo:min(lo+100, len(missing))]
 		ops := make([]clientv3.Op, len(batch))
@@ -196,7 +204,11 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 				continue
 			}
 			p, err := proto.DecodeChunk(h, kvs[0].Value)
+			if err == nil {
+				err = proto.CheckChunkPrefixes(h, p)
+			}
 			if err != nil {
+				c.chunkErrs[h] = err
 				a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
 				continue
 			}
@@ -208,6 +220,22 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 		a.log.Info("fetched chunks", zap.Int("fetched", len(missing)), zap.Int("cached", len(c.chunks)))
 	}
 	return nil
+}
+
+// pruneChunks drops the cached chunks that no cached document names.
+func (a *Agent) pruneChunks() {
+	c := &a.cache
+	need := map[string]bool{}
+	for _, d := range c.docs {
+		for _, h := range d.chunks {
+			need[h] = true
+		}
+	}
+	for h := range c.chunks {
+		if !need[h] {
+			delete(c.chunks, h)
+		}
+	}
 }
 
 // fetchReferenced decodes the cached desired state and reads, at revision
@@ -442,21 +470,29 @@ func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.S
 			return nil, nil, &proto.StatusError{Document: key, Version: ref.Version,
 				Message: fmt.Sprintf("rule set %s version %d not found", ref.Name, ref.Version)}
 		}
-		rs, err := proto.DecodeRuleSet(doc.raw)
+		// The document was decoded when it arrived and each chunk's
+		// prefixes checked when it was fetched: validating the document
+		// with its chunk references and resolving them costs the chunk
+		// list, not a parse of every prefix of a big set.
+		rs, err := doc.rs, doc.err
 		if err == nil {
-			err = rs.ResolveChunks(func(h string) ([]string, error) {
-				p, ok := c.chunks[h]
-				if !ok {
-					return nil, fmt.Errorf("chunk %s not found (or not matching its hash)", a.keys.Chunk(h))
-				}
-				return p, nil
-			})
-		}
-		if err == nil {
-			err = rs.Validate()
+			err = rs.ValidateWith(proto.ValidateOptions{AllowChunks: true})
 		}
 		if err == nil && rs.Name != ref.Name {
 			err = fmt.Errorf("document is named %q, not %q", rs.Name, ref.Name)
+		}
+		if err == nil {
+			rs.Sets = maps.Clone(rs.Sets) // ResolveChunks replaces sets; the cached document keeps its references
+			err = rs.ResolveChunks(func(h string) ([]string, error) {
+				p, ok := c.chunks[h]
+				if !ok {
+					if cerr := c.chunkErrs[h]; cerr != nil {
+						return nil, fmt.Errorf("%s refused: %w", a.keys.Chunk(h), cerr)
+					}
+					return nil, fmt.Errorf("chunk %s not found", a.keys.Chunk(h))
+				}
+				return p, nil
+			})
 		}
 		if err != nil {
 			return nil, nil, &proto.StatusError{Document: key, Version: ref.Version, Message: err.Error()}

@@ -1,0 +1,64 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// A chunk that matches its hash but holds a bad prefix (written straight
+// into etcd: the control plane checks what it stores) is refused when it
+// is fetched, and so is the version that names it: the last good rules
+// stay, and the status names the chunk and the prefix.
+func TestAgentRefusesAChunkWithABadPrefix(t *testing.T) {
+	f := newFixture(t)
+	f.putRuleSet("edge", 1, 22)
+	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
+	f.start()
+	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
+
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: prefixes4(proto.ChunkThreshold+1, 0)}},
+		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Src: []string{"set:big"}}}}
+	stored, chunks, err := rs.ChunkSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ChunkSets parses every prefix: the bad one goes into the last
+	// chunk by hand, which then gets the hash of its new content.
+	last := chunks[len(chunks)-1]
+	data := append(last.Data, "198.18.0.1/24\n"...)
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:])
+	set := stored.Sets["big"]
+	set.Chunks = append(set.Chunks[:len(set.Chunks)-1:len(set.Chunks)-1], hash)
+	set.Count++
+	stored.Sets["big"] = set
+	for _, c := range chunks[:len(chunks)-1] {
+		f.put(f.keys.Chunk(c.Hash), string(c.Data))
+	}
+	f.put(f.keys.Chunk(hash), string(data))
+	doc, _ := json.Marshal(stored)
+	f.put(f.keys.RuleSetVersion("edge", 2), string(doc))
+	rev := f.desire(proto.RuleSetRef{Name: "edge", Version: 2})
+	got := f.waitStatus("edge@2 refused", func(st proto.HostStatus) bool { return st.Revision >= rev && st.LastError != nil })
+	if msg := got.LastError.Message; !strings.Contains(msg, f.keys.Chunk(hash)) || !strings.Contains(msg, "host bits") ||
+		got.Applied[0].Version != 1 {
+		t.Fatalf("status %+v, error %+v", got, got.LastError)
+	}
+}
+
+// prefixes4 is n /32s from 100.64.0.0 + offset.
+func prefixes4(n, offset int) []string {
+	out := make([]string, n)
+	for i := range n {
+		j := i + offset
+		out[i] = fmt.Sprintf("100.%d.%d.%d/32", 64+j>>16, (j>>8)&255, j&255)
+	}
+	return out
+}
