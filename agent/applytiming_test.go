@@ -38,7 +38,7 @@ func TestAgentReportsApplyPhases(t *testing.T) {
 	}
 	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
 	core, logs := observer.New(zapcore.InfoLevel)
-	a, _ := f.startWith("", func(a *Agent) { a.log = zap.New(core) })
+	a, stop := f.startWith("", func(a *Agent) { a.log = zap.New(core) })
 	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
 
 	rs.Sets = map[string]proto.PrefixSet{"big": {Prefixes: append(prefixes, "192.0.2.0/24")}}
@@ -70,6 +70,25 @@ func TestAgentReportsApplyPhases(t *testing.T) {
 		if total, ok := fields["total"].(time.Duration); !ok || total < sum {
 			t.Errorf("apply %d: total %v, the phases add up to %v", i+1, fields["total"], sum)
 		}
+	}
+	// The second apply says what an incremental update would be given:
+	// one prefix added to one set (the first had nothing to compare to).
+	for i, want := range []map[string]any{
+		{"incremental": false, "prefixesAdded": int64(0), "prefixesRemoved": int64(0)},
+		{"incremental": true, "prefixesAdded": int64(1), "prefixesRemoved": int64(0)},
+	} {
+		fields := entries[i].ContextMap()
+		for k, v := range want {
+			if fields[k] != v {
+				t.Errorf("apply %d: %s = %v, want %v", i+1, k, fields[k], v)
+			}
+		}
+	}
+	// The first version's chunks that the second does not name are gone
+	// from the cache (they were kept for the delta until the apply).
+	stop() // the cache is the sync loop's
+	if n := len(a.cache.chunks); n != len(a.cache.appliedDocs["edge"].Sets["big"].Chunks) {
+		t.Errorf("%d chunks cached, the applied version names %d", n, len(a.cache.appliedDocs["edge"].Sets["big"].Chunks))
 	}
 
 	// The metric has one sample per phase and apply.

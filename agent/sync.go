@@ -51,6 +51,10 @@ type syncCache struct {
 	applied   []proto.RuleSetRef
 	inSync    bool
 	lastError *proto.StatusError
+	// appliedDocs are the documents of applied as stored (big sets as
+	// chunk references), by name: the next apply's set deltas are
+	// computed against them, so their chunks stay cached until then.
+	appliedDocs map[string]proto.RuleSet
 
 	// timing measures the change being processed: begun by resync, by a
 	// watch response and by a retry, added to by each phase, reported by
@@ -222,12 +226,18 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 	return nil
 }
 
-// pruneChunks drops the cached chunks that no cached document names.
+// pruneChunks drops the cached chunks that neither a cached document nor
+// an applied one names (those stay for the next apply's set deltas).
 func (a *Agent) pruneChunks() {
 	c := &a.cache
 	need := map[string]bool{}
 	for _, d := range c.docs {
 		for _, h := range d.chunks {
+			need[h] = true
+		}
+	}
+	for _, rs := range c.appliedDocs {
+		for _, h := range rs.ChunkRefs() {
 			need[h] = true
 		}
 	}
@@ -408,6 +418,27 @@ func (a *Agent) reconcile() {
 	t := &c.timing
 	start := time.Now()
 	refs, sets, serr := a.desiredRuleSets()
+	var stored map[string]proto.RuleSet
+	var deltas []setDelta
+	incremental := false
+	if serr == nil {
+		// What an incremental apply would be given (not used yet: every
+		// apply compiles the whole of every rule set).
+		stored = make(map[string]proto.RuleSet, len(refs))
+		next := make([]proto.RuleSet, len(refs))
+		for i, ref := range refs {
+			next[i] = c.docs[a.keys.RuleSetVersion(ref.Name, ref.Version)].rs
+			stored[ref.Name] = next[i]
+		}
+		var err error
+		deltas, incremental, err = setDeltas(c.appliedDocs, next, func(h string) ([]string, bool) {
+			p, ok := c.chunks[h]
+			return p, ok
+		})
+		if err != nil {
+			a.log.Warn("set deltas", zap.Error(err))
+		}
+	}
 	since(&t.decode, start)
 	if serr == nil {
 		serr = a.applyAll(sets)
@@ -427,13 +458,19 @@ func (a *Agent) reconcile() {
 			zap.String("document", serr.Document), zap.Int64("version", serr.Version),
 			zap.Int64("revision", c.rev), zap.String("reason", serr.Message))
 	default:
-		c.applied, c.lastError, c.inSync = refs, nil, true
+		c.applied, c.lastError, c.inSync, c.appliedDocs = refs, nil, true, stored
+		a.pruneChunks() // the previous version's chunks
 		total := time.Since(t.begun)
 		a.metrics.observeApply(t, total)
+		added, removed := 0, 0
+		for _, d := range deltas {
+			added, removed = added+len(d.added), removed+len(d.removed)
+		}
 		a.log.Info("applied desired state", zap.Int64("revision", c.rev),
 			zap.Strings("ruleSets", refStrings(refs)), zap.Duration("took", time.Since(start)),
 			zap.Duration("fetch", t.fetch), zap.Duration("decode", t.decode), zap.Duration("compile", t.compile),
-			zap.Duration("write", t.write), zap.Duration("release", t.release), zap.Duration("total", total))
+			zap.Duration("write", t.write), zap.Duration("release", t.release), zap.Duration("total", total),
+			zap.Bool("incremental", incremental), zap.Int("prefixesAdded", added), zap.Int("prefixesRemoved", removed))
 	}
 	a.metrics.revision.Set(float64(c.rev))
 	a.publishStatus()
