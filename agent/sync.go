@@ -60,6 +60,9 @@ type syncCache struct {
 	// watch response and by a retry, added to by each phase, reported by
 	// reconcile.
 	timing applyTiming
+	// release is set by an apply of big prefix tables: reconcile gives
+	// its memory back once the status is out (releaseMemory).
+	release bool
 }
 
 // applyTiming is how long each phase of one change took: its etcd reads
@@ -67,8 +70,9 @@ type syncCache struct {
 // decoding (chunks to prefixes, documents to rule sets, with their
 // checks), bpf.Compile (compile), and the map writes, flip and attach
 // (write), for every interface; the firewalls enforce the change from
-// there. Then the memory of a big apply is given back (release). The
-// total runs from the begin to the end of the release.
+// there. Then the status is handed to the reporter and the memory of a
+// big apply given back (release). The total runs from the begin to the
+// end of the release.
 type applyTiming struct {
 	begun                                  time.Time
 	fetch, decode, compile, write, release time.Duration
@@ -460,6 +464,20 @@ func (a *Agent) reconcile() {
 	default:
 		c.applied, c.lastError, c.inSync, c.appliedDocs = refs, nil, true, stored
 		a.pruneChunks() // the previous version's chunks
+	}
+	a.metrics.revision.Set(float64(c.rev))
+	a.publishStatus()
+	if c.inSync && a.onApplied != nil {
+		a.onApplied(c.rev)
+	}
+	if c.release {
+		// After the status: a rollout waits for it, not for this.
+		c.release = false
+		start := time.Now()
+		releaseMemory()
+		since(&t.release, start)
+	}
+	if serr == nil {
 		total := time.Since(t.begun)
 		a.metrics.observeApply(t, total)
 		added, removed := 0, 0
@@ -471,11 +489,6 @@ func (a *Agent) reconcile() {
 			zap.Duration("fetch", t.fetch), zap.Duration("decode", t.decode), zap.Duration("compile", t.compile),
 			zap.Duration("write", t.write), zap.Duration("release", t.release), zap.Duration("total", total),
 			zap.Bool("incremental", incremental), zap.Int("prefixesAdded", added), zap.Int("prefixesRemoved", removed))
-	}
-	a.metrics.revision.Set(float64(c.rev))
-	a.publishStatus()
-	if c.inSync && a.onApplied != nil {
-		a.onApplied(c.rev)
 	}
 }
 
@@ -581,29 +594,27 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 		}
 	}
 	since(&t.write, start)
-	start = time.Now()
-	releaseBigTables(compiled)
-	since(&t.release, start)
+	a.cache.release = bigTables(compiled)
 	return nil
 }
 
-// releaseBigTables gives the memory of an apply of big prefix tables back
-// at once: the compiled tables (64 MB per IPv4 field) are garbage now, and
-// so are the mmaps of the maps they were written through, which are only
-// unmapped when a collection finds them. Without this an idle agent keeps
-// them until the heap grows enough for the next collection.
-func releaseBigTables(compiled []*bpf.Compiled) {
-	big := false
-	for i, c := range compiled {
+// bigTables reports whether an apply wrote big prefix tables: then the
+// compiled tables are much garbage once it is done, and so are the mmaps
+// of the maps they were written through, which are only unmapped when a
+// collection finds them.
+func bigTables(compiled []*bpf.Compiled) bool {
+	for _, c := range compiled {
 		if c.Src4Range != nil || c.Dst4Range != nil || c.Src6H48 != nil || c.Dst6H48 != nil {
-			big = true
+			return true
 		}
-		compiled[i] = nil
 	}
-	if big {
-		debug.FreeOSMemory()
-	}
+	return false
 }
+
+// releaseMemory gives the memory of an apply of big prefix tables back at
+// once. Without it an idle agent keeps it until the heap grows enough for
+// the next collection.
+func releaseMemory() { debug.FreeOSMemory() }
 
 // publishStatus hands the reporter a new status document.
 func (a *Agent) publishStatus() {
