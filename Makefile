@@ -52,7 +52,10 @@ kernels:
 	GO=$(GO) ./tools/kernels/run.sh
 
 # Data plane (ns/packet), then propagation: simulated agents in one process
-# against the raw watch fan-out, and real agents in namespace hosts.
+# against the raw watch fan-out, and real agents in namespace hosts, among
+# them 20 one-prefix changes of a 1M-prefix set through the API (about 3
+# minutes of the integration line's 4; XDPFW_BENCH_BIGSET=100000 and
+# XDPFW_BENCH_CHANGES scale it down).
 bench: bpffs
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bpf/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./agent/ ./integration/
