@@ -59,6 +59,7 @@ kernels:
 bench: bpffs
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bpf/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./agent/ ./integration/
+	$(GO) test -run '^$$' -bench Flood -benchtime 1x -timeout 60m ./tools/flood/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out" >&2; exit 1; fi
