@@ -89,8 +89,8 @@ func (r Results) rowName(c Config) string {
 	case "trie":
 		return fmt.Sprintf("kernel LPM trie program, %s prefixes", thousands(float64(c.N)))
 	case "nftables":
-		return fmt.Sprintf("nftables interval set (netdev ingress), %s prefixes (%s intervals merged)",
-			thousands(float64(c.N)), thousands(float64(r.Suite.Intervals[c.N])))
+		return fmt.Sprintf("nftables interval set (netdev ingress), %s prefixes (%s merged)",
+			thousands(float64(c.N)), intervals(r.Suite.Intervals[c.N]))
 	}
 	return fmt.Sprintf("xdpfw, %s prefixes", thousands(float64(c.N)))
 }
@@ -192,6 +192,14 @@ func (r Results) Memory() string {
 			per, fw.Compile.Round(time.Millisecond), fw.Apply.Round(time.Millisecond), trie)
 	}
 	return b.String()
+}
+
+// intervals says how many intervals an nftables set holds.
+func intervals(n int) string {
+	if n == 1 {
+		return "1 interval"
+	}
+	return thousands(float64(n)) + " intervals"
 }
 
 func mb(v uint64) string {

@@ -149,8 +149,8 @@ func NewSuite(p *Pair, f Family, o SuiteOptions) (s *Suite, err error) {
 					return nft.Disable, nil
 				},
 			})
-			logf("%v: nftables set of %d prefixes loaded in %v (%d intervals after auto-merge)", f, n,
-				time.Since(start).Round(time.Millisecond), s.Intervals[n])
+			logf("%v: nftables set of %d prefixes loaded in %v (%s after auto-merge)", f, n,
+				time.Since(start).Round(time.Millisecond), intervals(s.Intervals[n]))
 		}
 	}
 
