@@ -522,7 +522,7 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 func releaseBigTables(compiled []*bpf.Compiled) {
 	big := false
 	for i, c := range compiled {
-		if c.Src4Range != nil || c.Dst4Range != nil || c.Src6H48 != nil || c.Dst6H48 != nil {
+		if c.Src4Range != nil || c.Dst4Range != nil || c.Src6Range != nil || c.Dst6Range != nil {
 			big = true
 		}
 		compiled[i] = nil
