@@ -43,6 +43,8 @@ const (
 	fieldDst4Range = uint32(firewallFwFieldFW_FIELD_DST4RANGE)
 	fieldSrc6Range = uint32(firewallFwFieldFW_FIELD_SRC6RANGE)
 	fieldDst6Range = uint32(firewallFwFieldFW_FIELD_DST6RANGE)
+	fieldSrc6Dense = uint32(firewallFwFieldFW_FIELD_SRC6DENSE)
+	fieldDst6Dense = uint32(firewallFwFieldFW_FIELD_DST6DENSE)
 )
 
 // DefaultBigSetThreshold is the number of prefixes of one field (src or
@@ -307,11 +309,17 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	}
 	if big(src6) {
 		c.Src6Range, c.Fields = buildRange6(src6), c.Fields|fieldSrc6Range
+		if len(c.Src6Range.dense) > 0 {
+			c.Fields |= fieldSrc6Dense
+		}
 	} else {
 		c.Src6 = src6.asMap()
 	}
 	if big(dst6) {
 		c.Dst6Range, c.Fields = buildRange6(dst6), c.Fields|fieldDst6Range
+		if len(c.Dst6Range.dense) > 0 {
+			c.Fields |= fieldDst6Dense
+		}
 	} else {
 		c.Dst6 = dst6.asMap()
 	}

@@ -78,6 +78,11 @@ enum fw_field {
 	 * table of this generation (enum fw_range6) instead of the LPM trie. */
 	FW_FIELD_SRC6_RANGE = 1 << 10,
 	FW_FIELD_DST6_RANGE = 1 << 11,
+	/* That range table has dense /32s (H32 entries). Without them the
+	 * lookup skips H32: a miss there cost 20 to 45 ns a packet (measured)
+	 * on tables of scattered /48s, which have none. */
+	FW_FIELD_SRC6_DENSE = 1 << 12,
+	FW_FIELD_DST6_DENSE = 1 << 13,
 };
 
 /* The IPv4 range table of a big prefix set (lookup.h): the address space

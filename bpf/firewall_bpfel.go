@@ -60,6 +60,8 @@ const (
 	firewallFwFieldFW_FIELD_DST4RANGE firewallFwField = 512
 	firewallFwFieldFW_FIELD_SRC6RANGE firewallFwField = 1024
 	firewallFwFieldFW_FIELD_DST6RANGE firewallFwField = 2048
+	firewallFwFieldFW_FIELD_SRC6DENSE firewallFwField = 4096
+	firewallFwFieldFW_FIELD_DST6DENSE firewallFwField = 8192
 )
 
 type firewallFwGenInfo struct {

@@ -109,21 +109,41 @@ struct range6_maps {
  * have an H48 entry; an address that reaches none is in a /32 where only
  * prefixes shorter than /32 count: the src6 trie, which then holds only
  * those. A /48 entry gives a vector, a tree over bits 48..63, or the long
- * trie. */
-static __always_inline __u32 range6_lookup(const struct range6_maps *m, __u32 gen, __u64 hi, __u64 lo)
+ * trie. A table without dense /32s (!dense) skips H32. */
+/* The H48 entry of an address's /48, or NULL. */
+static __always_inline __u64 *h48_entry(void *h48s, __u32 gen, __u64 hi)
 {
-	void *h32 = bpf_map_lookup_elem(m->h32, &gen);
-	void *h48 = bpf_map_lookup_elem(m->h48, &gen);
-	void *lines = bpf_map_lookup_elem(m->lines, &gen);
-	if (!h32 || !h48 || !lines)
-		return FW_NO_ID;
-	__u32 key32 = hi >> 32;
 	__u64 key48 = hi & ~0xFFFFULL;
+	void *h48 = bpf_map_lookup_elem(h48s, &gen);
+	return h48 ? bpf_map_lookup_elem(h48, &key48) : 0;
+}
+
+/* walk in the generation's lines, from an entry holding depth and root. */
+static __always_inline __u32 walk_entry(void *lines_of, __u32 gen, __u32 e, __u32 low)
+{
+	void *lines = bpf_map_lookup_elem(lines_of, &gen);
+	if (!lines)
+		return FW_NO_ID;
+	return walk(lines, e & FW_R6_INDEX_MASK, e >> FW_R6_KIND_SHIFT, low);
+}
+
+static __always_inline __u32 range6_lookup(const struct range6_maps *m, __u32 gen, __u64 hi, __u64 lo,
+					   __u32 dense)
+{
+	__u32 key32 = hi >> 32;
 	__u32 mid = (hi >> 16) & 0xFFFF; /* address bits 32..47 */
-	__u32 *e32 = bpf_map_lookup_elem(h32, &key32);
+	__u32 *e32 = 0;
 	__u64 *e48 = 0;
 	__u32 e;
 
+	/* Each map is found only when the address needs it: a cold cache
+	 * line less on the common paths. */
+	if (dense) {
+		void *h32 = bpf_map_lookup_elem(m->h32, &gen);
+		if (!h32)
+			return FW_NO_ID;
+		e32 = bpf_map_lookup_elem(h32, &key32);
+	}
 	if (e32) {
 		e = *e32;
 		__u32 kind = e >> FW_R6_KIND_SHIFT;
@@ -139,15 +159,15 @@ static __always_inline __u32 range6_lookup(const struct range6_maps *m, __u32 ge
 				return FW_NO_ID;
 			e = d->e[mid & 15];
 		} else {
-			__u32 id = walk(lines, e & FW_R6_INDEX_MASK, kind, mid);
+			__u32 id = walk_entry(m->lines, gen, e, mid);
 			if (id != FW_R6_CUT)
 				return id;
-			e48 = bpf_map_lookup_elem(h48, &key48);
+			e48 = h48_entry(m->h48, gen, hi);
 			if (!e48)
 				return FW_NO_ID;
 		}
 	} else {
-		e48 = bpf_map_lookup_elem(h48, &key48);
+		e48 = h48_entry(m->h48, gen, hi);
 		if (!e48)
 			return lpm6_id(m->shorts, gen, hi, lo);
 	}
@@ -166,19 +186,20 @@ static __always_inline __u32 range6_lookup(const struct range6_maps *m, __u32 ge
 		return e & 0xFFFF;
 	if (kind == FW_R6_LPM)
 		return lpm6_id(m->longs, gen, hi, lo);
-	return walk(lines, e & FW_R6_INDEX_MASK, kind, low);
+	return walk_entry(m->lines, gen, e, low);
 }
 
-FW_STAGE __u32 fw_range6_src(__u32 gen, __u64 hi, __u64 lo)
+/* dense: the table has dense /32s (FW_FIELD_*6_DENSE). */
+FW_STAGE __u32 fw_range6_src(__u32 gen, __u64 hi, __u64 lo, __u32 dense)
 {
 	const struct range6_maps m = {&src6_h32, &src6_cut48, &src6_direct, &src6_lines, &src6_long, &src6};
-	return range6_lookup(&m, gen, hi, lo);
+	return range6_lookup(&m, gen, hi, lo, dense);
 }
 
-FW_STAGE __u32 fw_range6_dst(__u32 gen, __u64 hi, __u64 lo)
+FW_STAGE __u32 fw_range6_dst(__u32 gen, __u64 hi, __u64 lo, __u32 dense)
 {
 	const struct range6_maps m = {&dst6_h32, &dst6_cut48, &dst6_direct, &dst6_lines, &dst6_long, &dst6};
-	return range6_lookup(&m, gen, hi, lo);
+	return range6_lookup(&m, gen, hi, lo, dense);
 }
 
 /* fw_addr_id: the vector id of a packet's source (dst = 0) or destination
@@ -207,7 +228,8 @@ FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst
 		__builtin_memcpy(&lo, b + 8, 8);
 		hi = __builtin_bswap64(hi);
 		lo = __builtin_bswap64(lo);
-		return dst ? fw_range6_dst(gen, hi, lo) : fw_range6_src(gen, hi, lo);
+		__u32 dense = fields & (dst ? FW_FIELD_DST6_DENSE : FW_FIELD_SRC6_DENSE);
+		return dst ? fw_range6_dst(gen, hi, lo, dense) : fw_range6_src(gen, hi, lo, dense);
 	}
 	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
 	__builtin_memcpy(k.addr, b, 16);

@@ -584,6 +584,43 @@ func TestRange6InTheKernel(t *testing.T) {
 	for i := 0; i < 3000; i++ {
 		probe(addr())
 	}
+
+	// A table of scattered /48 to /128s only: no dense /32, so the
+	// program skips H32.
+	sparse := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "sparse", Mode: proto.ModeDeny,
+		Sets: map[string]proto.PrefixSet{}}
+	all = all[:0]
+	for s := 0; s < 2; s++ {
+		members := []string{[]string{"2000::/3", "2a00::/16"}[s]}
+		for i := 0; i < 400; i++ {
+			p := prefix6(0x2000_0000_0000_0000|r.Uint64()>>3, r.Uint64(), []int{48, 52, 56, 60, 64, 64, 96, 128}[r.IntN(8)])
+			members = append(members, p.String())
+			all = append(all, p)
+		}
+		name := fmt.Sprintf("s%d", s)
+		slices.Sort(members)
+		sparse.Sets[name] = proto.PrefixSet{Prefixes: slices.Compact(members)}
+		sparse.Rules = append(sparse.Rules, proto.Rule{ID: "r-" + name, Action: []proto.Action{proto.ActionDrop, proto.ActionPass}[s],
+			Src: []string{"set:" + name}, Protocol: proto.ProtoUDP})
+	}
+	sets = []proto.RuleSet{sparse}
+	if c, err = CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Fields&fieldSrc6Dense != 0 || c.Fields&fieldSrc6Range == 0 {
+		t.Fatalf("fields %#x: want a range table without dense /32s", c.Fields)
+	}
+	if _, err := fw.Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	if ref, err = reference.New(sets, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range all {
+		for _, a := range edges(p) {
+			probe(a)
+		}
+	}
 }
 
 // structuredRuleSet puts the prefixes of structured6 in four sets (the

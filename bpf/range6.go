@@ -21,7 +21,8 @@ import (
 //     r6SparseSlash48s /48s with vectors of their own) has an H32 entry: its
 //     vector, or a tree over its /48s whose leaves are vectors or "cut" (the
 //     /48 has an H48 entry), or, for the densest (more than r6DirectParts
-//     parts), a direct block of 65,536 /48 entries;
+//     parts), a direct block of 65,536 /48 entries (a table without dense
+//     /32s tells the program to skip H32: FW_FIELD_*6_DENSE);
 //   - a /48 that intervals start inside (cut) holds a tree over its bits
 //     48..63, or just one interval in its H48 entry; a /48 that holds a
 //     prefix longer than /64 is looked up in an LPM trie of such /48s;
