@@ -604,7 +604,7 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 // collection finds them.
 func bigTables(compiled []*bpf.Compiled) bool {
 	for _, c := range compiled {
-		if c.Src4Range != nil || c.Dst4Range != nil || c.Src6H48 != nil || c.Dst6H48 != nil {
+		if c.Src4Range != nil || c.Dst4Range != nil || c.Src6Range != nil || c.Dst6Range != nil {
 			return true
 		}
 	}

@@ -50,9 +50,9 @@ type genState struct {
 	// src4r and dst4r are the field's range tables, nil when the field
 	// uses the LPM trie for IPv4.
 	src4r, dst4r *range4State
-	// src6h and dst6h are the field's H48 tables, nil when the field uses
-	// the LPM trie alone for IPv6.
-	src6h, dst6h *h48State
+	// src6r and dst6r are the field's IPv6 range tables, nil when the
+	// field uses the LPM trie for IPv6.
+	src6r, dst6r *range6State
 }
 
 // Apply makes c the active rule set: it writes c into the inactive
@@ -225,10 +225,10 @@ func (fw *Firewall) readGeneration(gen uint32) (*genState, error) {
 	if st.dst4r, err = readRange4(fw.range4Maps(true), gen); err != nil {
 		return nil, err
 	}
-	if st.src6h, err = readH48(fw.h48Maps(false), gen); err != nil {
+	if st.src6r, err = readRange6(fw.range6Maps(false), gen); err != nil {
 		return nil, err
 	}
-	if st.dst6h, err = readH48(fw.h48Maps(true), gen); err != nil {
+	if st.dst6r, err = readRange6(fw.range6Maps(true), gen); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -330,24 +330,11 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 			used[id] = true
 		}
 	}
-	for _, h := range []*h48State{cur.src6h, cur.dst6h} {
-		if h == nil {
+	for _, r := range []*range6State{cur.src6r, cur.dst6r} {
+		if r == nil {
 			continue
 		}
-		for _, e := range h.entries {
-			switch e >> 62 {
-			case h48Vec:
-				used[e&0xFFFF] = true
-			case h48One:
-				used[e&0xFFFF], used[(e>>16)&0xFFFF] = true, true
-			}
-		}
-		for _, b := range h.blocks {
-			for x := 0; x <= int(b.n) && x < len(b.ids); x++ {
-				used[b.ids[x]] = true
-			}
-		}
-		for _, id := range h.long {
+		for id := range r.usedVecs {
 			used[id] = true
 		}
 	}
@@ -445,13 +432,17 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 			return nil, err
 		}
 	}
-	if c.Src6H48 != nil {
-		want.src6 = remap(c.Src6H48.short, kid) // the trie keeps the short prefixes only
-		want.src6h = placeH48(c.Src6H48, cur.src6h, kid)
+	if c.Src6Range != nil {
+		want.src6 = remap(c.Src6Range.short, kid) // the trie keeps the short prefixes only
+		if want.src6r, err = placeRange6(c.Src6Range, cur.src6r, kid); err != nil {
+			return nil, err
+		}
 	}
-	if c.Dst6H48 != nil {
-		want.dst6 = remap(c.Dst6H48.short, kid)
-		want.dst6h = placeH48(c.Dst6H48, cur.dst6h, kid)
+	if c.Dst6Range != nil {
+		want.dst6 = remap(c.Dst6Range.short, kid)
+		if want.dst6r, err = placeRange6(c.Dst6Range, cur.dst6r, kid); err != nil {
+			return nil, err
+		}
 	}
 	want.info.Fields = c.Fields
 	want.info.Rules = uint32(len(c.Rules))
@@ -529,10 +520,10 @@ func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState
 	if err := fw.writeRange4(gen, fw.range4Maps(true), cur.dst4r, want.dst4r, rep); err != nil {
 		return err
 	}
-	if err := fw.writeH48(gen, fw.h48Maps(false), cur.src6h, want.src6h, rep); err != nil {
+	if err := fw.writeRange6(gen, fw.range6Maps(false), cur.src6r, want.src6r, rep); err != nil {
 		return err
 	}
-	if err := fw.writeH48(gen, fw.h48Maps(true), cur.dst6h, want.dst6h, rep); err != nil {
+	if err := fw.writeRange6(gen, fw.range6Maps(true), cur.dst6r, want.dst6r, rep); err != nil {
 		return err
 	}
 	var rkeys []uint32

@@ -322,7 +322,8 @@ func mapMemory(b *testing.B, fw *Firewall) uint64 {
 		fw.objs.Dport, fw.objs.Proto, fw.objs.Tcpflags, fw.objs.Icmptype, fw.objs.Bitvecs, fw.objs.Rules,
 		fw.objs.GenInfo, fw.objs.RuleStats, fw.objs.ActionStats, fw.objs.RuleNames, fw.objs.Settings}
 	for _, outer := range []*ebpf.Map{fw.objs.Src4Direct, fw.objs.Src4Lines, fw.objs.Dst4Direct, fw.objs.Dst4Lines,
-		fw.objs.Src6Blk, fw.objs.Dst6Blk, fw.objs.Src6H48, fw.objs.Dst6H48, fw.objs.Docs} {
+		fw.objs.Src6H32, fw.objs.Dst6H32, fw.objs.Src6Cut48, fw.objs.Dst6Cut48, fw.objs.Src6Direct, fw.objs.Dst6Direct,
+		fw.objs.Src6Lines, fw.objs.Dst6Lines, fw.objs.Docs} {
 		for gen := uint32(0); gen < 2; gen++ {
 			inner, err := innerMap(outer, gen)
 			if err != nil {

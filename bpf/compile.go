@@ -41,13 +41,15 @@ const (
 	fieldICMPType  = uint32(firewallFwFieldFW_FIELD_ICMPTYPE)
 	fieldSrc4Range = uint32(firewallFwFieldFW_FIELD_SRC4RANGE)
 	fieldDst4Range = uint32(firewallFwFieldFW_FIELD_DST4RANGE)
-	fieldSrc6H48   = uint32(firewallFwFieldFW_FIELD_SRC6H48)
-	fieldDst6H48   = uint32(firewallFwFieldFW_FIELD_DST6H48)
+	fieldSrc6Range = uint32(firewallFwFieldFW_FIELD_SRC6RANGE)
+	fieldDst6Range = uint32(firewallFwFieldFW_FIELD_DST6RANGE)
+	fieldSrc6Dense = uint32(firewallFwFieldFW_FIELD_SRC6DENSE)
+	fieldDst6Dense = uint32(firewallFwFieldFW_FIELD_DST6DENSE)
 )
 
-// DefaultBigSetThreshold is the number of IPv4 prefixes of one field (src
-// or dst) from which that field uses a range table instead of the LPM trie
-// (and, for IPv6 prefixes, the /48 hash).
+// DefaultBigSetThreshold is the number of prefixes of one field (src or
+// dst) and family from which that field uses a range table instead of the
+// LPM trie for that family.
 // Measured (make bench, pool mode): the LPM trie costs about as much as the
 // tables' reads at a few thousand random prefixes and grows with the count.
 const DefaultBigSetThreshold = 4096
@@ -129,9 +131,9 @@ type Compiled struct {
 	// a range table (built from Src4/Dst4), which the kernel uses instead
 	// of the LPM trie.
 	Src4Range, Dst4Range *range4
-	// Src6H48 and Dst6H48, when set, hold the field's IPv6 prefixes split
-	// at /48 (built from Src6/Dst6).
-	Src6H48, Dst6H48 *h48
+	// Src6Range and Dst6Range, likewise, hold the field's IPv6 prefixes
+	// as a range table (built from Src6/Dst6).
+	Src6Range, Dst6Range *range6
 }
 
 // interner gives each distinct bit vector one id and memoizes unions.
@@ -306,12 +308,18 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		c.Dst4 = dst4.asMap()
 	}
 	if big(src6) {
-		c.Src6H48, c.Fields = buildH48(src6), c.Fields|fieldSrc6H48
+		c.Src6Range, c.Fields = buildRange6(src6), c.Fields|fieldSrc6Range
+		if len(c.Src6Range.dense) > 0 {
+			c.Fields |= fieldSrc6Dense
+		}
 	} else {
 		c.Src6 = src6.asMap()
 	}
 	if big(dst6) {
-		c.Dst6H48, c.Fields = buildH48(dst6), c.Fields|fieldDst6H48
+		c.Dst6Range, c.Fields = buildRange6(dst6), c.Fields|fieldDst6Range
+		if len(c.Dst6Range.dense) > 0 {
+			c.Fields |= fieldDst6Dense
+		}
 	} else {
 		c.Dst6 = dst6.asMap()
 	}
@@ -686,12 +694,12 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 	for i := range v {
 		v[i] = &c.Vecs[0]
 	}
-	lookup := func(table4, table6 map[netip.Prefix]VecID, rt *range4, h *h48, a netip.Addr) *Bitvec {
-		if rt != nil && a.Is4() {
-			return &c.Vecs[rt.lookup(a)]
+	lookup := func(table4, table6 map[netip.Prefix]VecID, rt4 *range4, rt6 *range6, a netip.Addr) *Bitvec {
+		if rt4 != nil && a.Is4() {
+			return &c.Vecs[rt4.lookup(a)]
 		}
-		if h != nil && a.Is6() {
-			return &c.Vecs[h.lookup(a)]
+		if rt6 != nil && a.Is6() {
+			return &c.Vecs[rt6.lookup(a)]
 		}
 		table, bits := table4, 32
 		if a.Is6() {
@@ -712,10 +720,10 @@ func (c *Compiled) Classify(p reference.Packet) reference.Result {
 		return val
 	}
 	if c.Fields&fieldSrc != 0 {
-		v[0] = lookup(c.Src4, c.Src6, c.Src4Range, c.Src6H48, p.Src)
+		v[0] = lookup(c.Src4, c.Src6, c.Src4Range, c.Src6Range, p.Src)
 	}
 	if c.Fields&fieldDst != 0 {
-		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Range, c.Dst6H48, p.Dst)
+		v[1] = lookup(c.Dst4, c.Dst6, c.Dst4Range, c.Dst6Range, p.Dst)
 	}
 	if c.Fields&fieldSport != 0 {
 		v[2] = &c.Vecs[c.SrcPort[idx(p.SrcPort, portNone)]]

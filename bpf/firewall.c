@@ -27,7 +27,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 struct fw_btf_anchor {
 	enum fw_limits limits;
 	enum fw_range4 range4;
-	enum fw_h48 h48;
+	enum fw_range6 range6;
 	enum fw_field field;
 	enum fw_action action;
 	enum fw_rule_flag rule_flag;
@@ -43,7 +43,6 @@ struct fw_btf_anchor {
 	struct fw_v4_direct v4_direct;
 	struct fw_v4_line v4_line;
 	struct fw_page page;
-	struct fw_v6_block v6_block;
 	struct fw_active active;
 };
 const struct fw_btf_anchor *fw_btf_anchor __attribute__((unused));

@@ -74,25 +74,15 @@ enum fw_field {
 	 * table of this generation instead of the LPM trie. */
 	FW_FIELD_SRC4_RANGE = 1 << 8,
 	FW_FIELD_DST4_RANGE = 1 << 9,
-	/* IPv6 source (destination) addresses are looked up in the /48 hash
-	 * of this generation (H48 tables) instead of the LPM trie. */
-	FW_FIELD_SRC6_H48 = 1 << 10,
-	FW_FIELD_DST6_H48 = 1 << 11,
-};
-
-/* H48 entries (a __u64 per /48 that holds prefixes of /48 or longer): the
- * top two bits say what the rest is. Addresses whose /48 has no entry are
- * looked up in src6/dst6, which then hold only the prefixes shorter than
- * /48. */
-enum fw_h48 {
-	FW_H48_VEC = 0,   /* low 16 bits: the vector id of the whole /48 */
-	FW_H48_ONE = 1,   /* one prefix of /49../64 inside: bits 0-15 the id
-			   * outside it, 16-31 inside, 32-47 its bits 48..63,
-			   * 48-52 its length minus 48 */
-	FW_H48_BLOCK = 2, /* low 32 bits: index of a struct fw_v6_block */
-	FW_H48_LPM = 3,   /* look the address up in the src6_long/dst6_long trie */
-	FW_H48_SHIFT = 62,
-	FW_V6_BLOCK_BOUNDS = 15,
+	/* IPv6 source (destination) addresses are looked up in the range
+	 * table of this generation (enum fw_range6) instead of the LPM trie. */
+	FW_FIELD_SRC6_RANGE = 1 << 10,
+	FW_FIELD_DST6_RANGE = 1 << 11,
+	/* That range table has dense /32s (H32 entries). Without them the
+	 * lookup skips H32: a miss there cost 20 to 45 ns a packet (measured)
+	 * on tables of scattered /48s, which have none. */
+	FW_FIELD_SRC6_DENSE = 1 << 12,
+	FW_FIELD_DST6_DENSE = 1 << 13,
 };
 
 /* The IPv4 range table of a big prefix set (lookup.h): the address space
@@ -113,6 +103,52 @@ enum fw_range4 {
 	/* 16^4 intervals: every address of a /16. */
 	FW_R4_MAX_DEPTH = 4,
 	FW_R4_LINE_BOUNDS = 15,
+};
+
+/* The IPv6 range table of a big prefix set (lookup.h). Prefixes up to /64
+ * cut the top 64 bits of the address space into intervals, as IPv4
+ * prefixes cut the IPv4 space; a /48 that holds a prefix longer than /64 is
+ * left to an LPM trie (src6_long) of such /48s. The intervals are found
+ * per /32, then per /48, in the lines of the IPv4 table (struct fw_v4_line,
+ * over 16 bits of the address at each level):
+ *
+ * H32 (src6_h32): a hash of the "dense" /32s, those holding a prefix of /32
+ * to /47 or more than a few /48s with prefixes. Key: the address's top 32
+ * bits (__u32, host order). Value: a __u32 /32 entry, bits 29-31 the kind:
+ *   FW_R6_VEC (0)      bits 0-15: the vector id of the whole /32;
+ *   1 to 4             the depth of a B-tree of lines over address bits
+ *                      32..47 (the /48s), root line in bits 0-28; a leaf id
+ *                      is a vector id, or FW_R6_CUT: the address's /48 has
+ *                      an H48 entry;
+ *   FW_R6_DIRECT (7)   bits 0-28: the /32's block in src6_direct: the /48
+ *                      entries of its 65,536 /48s, FW_R6_DIRECT_VALUES
+ *                      struct fw_v4_direct values from block * that.
+ * A /48 entry (__u32; a direct entry, or an H48 entry's low half), bits
+ * 29-31 the kind:
+ *   FW_R6_VEC (0)      bits 0-15: the vector id of the whole /48;
+ *   1 to 4             the depth of a B-tree of lines over address bits
+ *                      48..63, root line in bits 0-28, leaves vector ids;
+ *   FW_R6_LPM (7)      look the address up in src6_long.
+ * H48 (src6_cut48): a hash of the cut /48s (intervals start inside them, or
+ * LPM) of tree /32s, and of the /48s of "sparse" /32s (not in H32) whose
+ * vector differs from their /32's. Key: the address's top 48 bits in the
+ * top 48 bits of a __u64 (host order). Value: a __u64: bit 63 clear, a /48
+ * entry in bits 0-31 (the rest 0); bit 63 set (FW_R6_ONE_BIT), one interval
+ * of bits 48..63 with its own vector: bits 0-13 the vector id outside it,
+ * 14-27 inside, 28-43 its first value, 44-59 its last (a feed's /48 mostly
+ * holds one prefix: no line to read, or to keep).
+ * An address whose /32 is not in H32 nor its /48 in H48 is looked up in
+ * src6, which then holds only the prefixes shorter than /32.
+ */
+enum fw_range6 {
+	FW_R6_KIND_SHIFT = 29,
+	FW_R6_INDEX_MASK = (1 << 29) - 1,
+	FW_R6_VEC = 0,
+	FW_R6_DIRECT = 7,
+	FW_R6_LPM = 7,
+	FW_R6_CUT = 0x8000,
+	FW_R6_ONE_BIT = 63,
+	FW_R6_DIRECT_VALUES = 4096,
 };
 
 /* What a rule (or a policy) does with a packet. */
@@ -257,32 +293,26 @@ struct fw_settings {
 	__u32 non_ip_action;      /* enum fw_action, default pass */
 };
 
-/* 16 entries of the range table's direct table: /16s 16 * i to 16 * i + 15. */
+/* 16 entries of a range table's direct table: /16s 16 * i to 16 * i + 15
+ * of the IPv4 table; /48s 16 * i to 16 * i + 15 of a direct block of the
+ * IPv6 table. */
 struct fw_v4_direct {
 	__u32 e[16];
 };
 
-/* One line of a range table's B-tree, 64 bytes: one cache line. It cuts
- * what it covers (an interval of the /16's low 16 bits, from the bound its
- * parent chose it by) at up to 15 ascending bounds into up to 16 parts:
- * part i (0 <= i <= n) starts at bounds[i - 1], part 0 where the line's
- * range starts. Unused bounds are 0 (a bound is never 0: part 0 takes the
- * start of the /16). In a leaf, ids[i] is the vector id of part i; in an
- * inner line, part i is the line base + i, base = ids[0] | ids[1] << 16. */
+/* One line of a range table's B-tree, 64 bytes: one cache line. A tree
+ * covers 16 bits of the address: an IPv4 /16's low 16 bits, an IPv6 /32's
+ * bits 32..47 or a /48's bits 48..63. A line cuts what it covers (from the
+ * bound its parent chose it by) at up to 15 ascending bounds into up to 16
+ * parts: part i (0 <= i <= n) starts at bounds[i - 1], part 0 where the
+ * line's range starts. Unused bounds are 0 (a bound is never 0: part 0
+ * takes the start of the tree's range). In a leaf, ids[i] is the vector
+ * id of part i (or, in a tree over an IPv6 /32, FW_R6_CUT); in an inner
+ * line, part i is the line base + i, base = ids[0] | ids[1] << 16. */
 struct fw_v4_line {
 	__u16 n;
 	__u16 bounds[FW_R4_LINE_BOUNDS];
 	__u16 ids[FW_R4_LINE_BOUNDS + 1];
-};
-
-/* A /48 cut (by prefixes of /49 to /64) into up to 16 intervals of its
- * bits 48..63: interval 0 starts at the /48's start, interval i (1 <= i <= n)
- * at bounds[i-1] (ascending, >= 1); unused bounds are 0; ids[i] is interval
- * i's vector id. 64 bytes: one cache line, as a leaf of fw_v4_line. */
-struct fw_v6_block {
-	__u16 n;
-	__u16 bounds[FW_V6_BLOCK_BOUNDS];
-	__u16 ids[FW_V6_BLOCK_BOUNDS + 1];
 };
 
 /* sampling[0]: drop sampling of this interface, written by user space (the

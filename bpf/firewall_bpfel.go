@@ -58,8 +58,10 @@ const (
 	firewallFwFieldFW_FIELD_ICMPTYPE  firewallFwField = 64
 	firewallFwFieldFW_FIELD_SRC4RANGE firewallFwField = 256
 	firewallFwFieldFW_FIELD_DST4RANGE firewallFwField = 512
-	firewallFwFieldFW_FIELD_SRC6H48   firewallFwField = 1024
-	firewallFwFieldFW_FIELD_DST6H48   firewallFwField = 2048
+	firewallFwFieldFW_FIELD_SRC6RANGE firewallFwField = 1024
+	firewallFwFieldFW_FIELD_DST6RANGE firewallFwField = 2048
+	firewallFwFieldFW_FIELD_SRC6DENSE firewallFwField = 4096
+	firewallFwFieldFW_FIELD_DST6DENSE firewallFwField = 8192
 )
 
 type firewallFwGenInfo struct {
@@ -70,17 +72,6 @@ type firewallFwGenInfo struct {
 	AppliedUnixNs uint64
 	Digest        [32]uint8
 }
-
-type firewallFwH48 uint32
-
-const (
-	firewallFwH48FW_H48VEC         firewallFwH48 = 0
-	firewallFwH48FW_H48ONE         firewallFwH48 = 1
-	firewallFwH48FW_H48BLOCK       firewallFwH48 = 2
-	firewallFwH48FW_H48LPM         firewallFwH48 = 3
-	firewallFwH48FW_H48SHIFT       firewallFwH48 = 62
-	firewallFwH48FW_V6BLOCK_BOUNDS firewallFwH48 = 15
-)
 
 type firewallFwLimit struct {
 	_        structs.HostLayout
@@ -156,6 +147,19 @@ const (
 	firewallFwRange4FW_R4LINE_MASK     firewallFwRange4 = 536870911
 	firewallFwRange4FW_R4MAX_DEPTH     firewallFwRange4 = 4
 	firewallFwRange4FW_R4LINE_BOUNDS   firewallFwRange4 = 15
+)
+
+type firewallFwRange6 uint32
+
+const (
+	firewallFwRange6FW_R6KIND_SHIFT    firewallFwRange6 = 29
+	firewallFwRange6FW_R6INDEX_MASK    firewallFwRange6 = 536870911
+	firewallFwRange6FW_R6VEC           firewallFwRange6 = 0
+	firewallFwRange6FW_R6DIRECT        firewallFwRange6 = 7
+	firewallFwRange6FW_R6LPM           firewallFwRange6 = 7
+	firewallFwRange6FW_R6CUT           firewallFwRange6 = 32768
+	firewallFwRange6FW_R6ONE_BIT       firewallFwRange6 = 63
+	firewallFwRange6FW_R6DIRECT_VALUES firewallFwRange6 = 4096
 )
 
 type firewallFwRule struct {
@@ -287,13 +291,6 @@ type firewallFwV4Line struct {
 	Ids    [16]uint16
 }
 
-type firewallFwV6Block struct {
-	_      structs.HostLayout
-	N      uint16
-	Bounds [15]uint16
-	Ids    [16]uint16
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -306,8 +303,10 @@ const (
 	firewallMapDst4Direct   = "dst4_direct"
 	firewallMapDst4Lines    = "dst4_lines"
 	firewallMapDst6         = "dst6"
-	firewallMapDst6Blk      = "dst6_blk"
-	firewallMapDst6H48      = "dst6_h48"
+	firewallMapDst6Cut48    = "dst6_cut48"
+	firewallMapDst6Direct   = "dst6_direct"
+	firewallMapDst6H32      = "dst6_h32"
+	firewallMapDst6Lines    = "dst6_lines"
 	firewallMapDst6Long     = "dst6_long"
 	firewallMapGenInfo      = "gen_info"
 	firewallMapGenSel       = "gen_sel"
@@ -330,8 +329,10 @@ const (
 	firewallMapSrc4Direct   = "src4_direct"
 	firewallMapSrc4Lines    = "src4_lines"
 	firewallMapSrc6         = "src6"
-	firewallMapSrc6Blk      = "src6_blk"
-	firewallMapSrc6H48      = "src6_h48"
+	firewallMapSrc6Cut48    = "src6_cut48"
+	firewallMapSrc6Direct   = "src6_direct"
+	firewallMapSrc6H32      = "src6_h32"
+	firewallMapSrc6Lines    = "src6_lines"
 	firewallMapSrc6Long     = "src6_long"
 	firewallMapSrcSamples   = "src_samples"
 	firewallMapTcpflags     = "tcpflags"
@@ -399,8 +400,10 @@ type firewallMapSpecs struct {
 	Dst4Direct   *ebpf.MapSpec `ebpf:"dst4_direct"`
 	Dst4Lines    *ebpf.MapSpec `ebpf:"dst4_lines"`
 	Dst6         *ebpf.MapSpec `ebpf:"dst6"`
-	Dst6Blk      *ebpf.MapSpec `ebpf:"dst6_blk"`
-	Dst6H48      *ebpf.MapSpec `ebpf:"dst6_h48"`
+	Dst6Cut48    *ebpf.MapSpec `ebpf:"dst6_cut48"`
+	Dst6Direct   *ebpf.MapSpec `ebpf:"dst6_direct"`
+	Dst6H32      *ebpf.MapSpec `ebpf:"dst6_h32"`
+	Dst6Lines    *ebpf.MapSpec `ebpf:"dst6_lines"`
 	Dst6Long     *ebpf.MapSpec `ebpf:"dst6_long"`
 	GenInfo      *ebpf.MapSpec `ebpf:"gen_info"`
 	GenSel       *ebpf.MapSpec `ebpf:"gen_sel"`
@@ -423,8 +426,10 @@ type firewallMapSpecs struct {
 	Src4Direct   *ebpf.MapSpec `ebpf:"src4_direct"`
 	Src4Lines    *ebpf.MapSpec `ebpf:"src4_lines"`
 	Src6         *ebpf.MapSpec `ebpf:"src6"`
-	Src6Blk      *ebpf.MapSpec `ebpf:"src6_blk"`
-	Src6H48      *ebpf.MapSpec `ebpf:"src6_h48"`
+	Src6Cut48    *ebpf.MapSpec `ebpf:"src6_cut48"`
+	Src6Direct   *ebpf.MapSpec `ebpf:"src6_direct"`
+	Src6H32      *ebpf.MapSpec `ebpf:"src6_h32"`
+	Src6Lines    *ebpf.MapSpec `ebpf:"src6_lines"`
 	Src6Long     *ebpf.MapSpec `ebpf:"src6_long"`
 	SrcSamples   *ebpf.MapSpec `ebpf:"src_samples"`
 	Tcpflags     *ebpf.MapSpec `ebpf:"tcpflags"`
@@ -468,8 +473,10 @@ type firewallMaps struct {
 	Dst4Direct   *ebpf.Map `ebpf:"dst4_direct"`
 	Dst4Lines    *ebpf.Map `ebpf:"dst4_lines"`
 	Dst6         *ebpf.Map `ebpf:"dst6"`
-	Dst6Blk      *ebpf.Map `ebpf:"dst6_blk"`
-	Dst6H48      *ebpf.Map `ebpf:"dst6_h48"`
+	Dst6Cut48    *ebpf.Map `ebpf:"dst6_cut48"`
+	Dst6Direct   *ebpf.Map `ebpf:"dst6_direct"`
+	Dst6H32      *ebpf.Map `ebpf:"dst6_h32"`
+	Dst6Lines    *ebpf.Map `ebpf:"dst6_lines"`
 	Dst6Long     *ebpf.Map `ebpf:"dst6_long"`
 	GenInfo      *ebpf.Map `ebpf:"gen_info"`
 	GenSel       *ebpf.Map `ebpf:"gen_sel"`
@@ -492,8 +499,10 @@ type firewallMaps struct {
 	Src4Direct   *ebpf.Map `ebpf:"src4_direct"`
 	Src4Lines    *ebpf.Map `ebpf:"src4_lines"`
 	Src6         *ebpf.Map `ebpf:"src6"`
-	Src6Blk      *ebpf.Map `ebpf:"src6_blk"`
-	Src6H48      *ebpf.Map `ebpf:"src6_h48"`
+	Src6Cut48    *ebpf.Map `ebpf:"src6_cut48"`
+	Src6Direct   *ebpf.Map `ebpf:"src6_direct"`
+	Src6H32      *ebpf.Map `ebpf:"src6_h32"`
+	Src6Lines    *ebpf.Map `ebpf:"src6_lines"`
 	Src6Long     *ebpf.Map `ebpf:"src6_long"`
 	SrcSamples   *ebpf.Map `ebpf:"src_samples"`
 	Tcpflags     *ebpf.Map `ebpf:"tcpflags"`
@@ -509,8 +518,10 @@ func (m *firewallMaps) Close() error {
 		m.Dst4Direct,
 		m.Dst4Lines,
 		m.Dst6,
-		m.Dst6Blk,
-		m.Dst6H48,
+		m.Dst6Cut48,
+		m.Dst6Direct,
+		m.Dst6H32,
+		m.Dst6Lines,
 		m.Dst6Long,
 		m.GenInfo,
 		m.GenSel,
@@ -533,8 +544,10 @@ func (m *firewallMaps) Close() error {
 		m.Src4Direct,
 		m.Src4Lines,
 		m.Src6,
-		m.Src6Blk,
-		m.Src6H48,
+		m.Src6Cut48,
+		m.Src6Direct,
+		m.Src6H32,
+		m.Src6Lines,
 		m.Src6Long,
 		m.SrcSamples,
 		m.Tcpflags,

@@ -2,10 +2,9 @@
 /*
  * lookup.h: the per-field lookups. Each turns one field of a packet into the
  * id of a bit vector of the rules that field allows (bitvecs). Addresses go
- * to a prefix table: an LPM trie for small tables, the range table (IPv4) or
- * the /48 hash (IPv6) for big ones, chosen per generation by user space (the
- * FW_FIELD_*4_RANGE and *_H48 bits of fw_active.fields). Ports, protocol,
- * TCP flags and ICMP type index arrays.
+ * to a prefix table: an LPM trie for small tables, a range table for big
+ * ones, chosen per generation by user space (the FW_FIELD_*_RANGE bits of
+ * fw_active.fields). Ports, protocol, TCP flags and ICMP type index arrays.
  */
 #ifndef XDPFW_LOOKUP_H
 #define XDPFW_LOOKUP_H
@@ -30,6 +29,26 @@
 		__i;                                                          \
 	})
 
+/* The id a B-tree of lines (struct fw_v4_line) holds for a 16-bit part of
+ * an address, low: one line a level, from the root down to the leaf. A
+ * depth outside 1..FW_R4_MAX_DEPTH (a damaged entry) gives FW_NO_ID. */
+static __always_inline __u32 walk(void *lines, __u32 root, __u32 depth, __u32 low)
+{
+	__u32 index = root;
+	int level;
+
+	for (level = 1; level <= FW_R4_MAX_DEPTH; level++) {
+		struct fw_v4_line *l = bpf_map_lookup_elem(lines, &index);
+		if (!l)
+			return FW_NO_ID;
+		__u32 part = bounds_at_or_below(l->bounds, FW_R4_LINE_BOUNDS, low) & FW_R4_LINE_BOUNDS;
+		if (level == depth)
+			return l->ids[part];
+		index = ((__u32)l->ids[0] | (__u32)l->ids[1] << 16) + part;
+	}
+	return FW_NO_ID;
+}
+
 /* The vector id of an IPv4 address (host order) in a range table: one
  * read of the direct table (256 KB, cached), then one 64-byte line per
  * level of the /16's B-tree: one line for a /16 of up to 16 intervals, two
@@ -51,20 +70,7 @@ static __always_inline __u32 range4_lookup(void *directs, void *lines_of, __u32 
 	void *lines = bpf_map_lookup_elem(lines_of, &gen);
 	if (!lines)
 		return FW_NO_ID;
-	__u32 low = a & 0xFFFF;
-	__u32 index = e & FW_R4_LINE_MASK;
-	int level;
-
-	for (level = 1; level <= FW_R4_MAX_DEPTH; level++) {
-		struct fw_v4_line *l = bpf_map_lookup_elem(lines, &index);
-		if (!l)
-			return FW_NO_ID;
-		__u32 part = bounds_at_or_below(l->bounds, FW_R4_LINE_BOUNDS, low) & FW_R4_LINE_BOUNDS;
-		if (level >= depth)
-			return l->ids[part];
-		index = ((__u32)l->ids[0] | (__u32)l->ids[1] << 16) + part;
-	}
-	return FW_NO_ID;
+	return walk(lines, e & FW_R4_LINE_MASK, depth, a & 0xFFFF);
 }
 
 /* Global functions: the verifier checks each once, on its own, instead of
@@ -79,59 +85,121 @@ FW_STAGE __u32 fw_range4_dst(__u32 gen, __u32 addr)
 	return range4_lookup(&dst4_direct, &dst4_lines, gen, addr);
 }
 
-/* The vector id of an IPv6 address (first and last 8 bytes, host order) in
- * the H48 tables; short is the LPM trie of the prefixes shorter than /48. */
-static __always_inline __u32 h48_lookup(void *h48, void *blks, void *longs, void *shorts, __u32 gen,
-					__u64 hi, __u64 lo)
+/* The id of an IPv6 address (first and last 8 bytes, host order) in an LPM
+ * trie of fw_lpm6_key. */
+static __always_inline __u32 lpm6_id(void *trie, __u32 gen, __u64 hi, __u64 lo)
 {
-	__u64 key = hi & ~0xFFFFULL;
-	void *hash = bpf_map_lookup_elem(h48, &gen);
-	__u64 *e = hash ? bpf_map_lookup_elem(hash, &key) : 0;
 	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
 	__u64 be_hi = __builtin_bswap64(hi), be_lo = __builtin_bswap64(lo);
 	__builtin_memcpy(k.addr, &be_hi, 8);
 	__builtin_memcpy(k.addr + 8, &be_lo, 8);
-	if (!e) {
-		__u32 *id = bpf_map_lookup_elem(shorts, &k);
-		return id ? *id : FW_NO_ID;
-	}
-	__u64 v = *e;
-	__u32 sub = hi & 0xFFFF; /* address bits 48..63 */
-	switch (v >> FW_H48_SHIFT) {
-	case FW_H48_VEC:
-		return v & 0xFFFF;
-	case FW_H48_ONE: {
-		__u32 len = (v >> 48) & 0x1F;
-		__u32 mask = (0xFFFFU << ((16 - len) & 15)) & 0xFFFF;
-		if (len >= 16)
-			mask = 0xFFFF;
-		return (sub & mask) == ((v >> 32) & 0xFFFF) ? (v >> 16) & 0xFFFF : v & 0xFFFF;
-	}
-	case FW_H48_BLOCK: {
-		__u32 index = v & 0xFFFFFFFF;
-		void *blk = bpf_map_lookup_elem(blks, &gen);
-		if (!blk)
-			return FW_NO_ID;
-		struct fw_v6_block *b = bpf_map_lookup_elem(blk, &index);
-		if (!b)
-			return FW_NO_ID;
-		return b->ids[bounds_at_or_below(b->bounds, FW_V6_BLOCK_BOUNDS, sub) & FW_V6_BLOCK_BOUNDS];
-	}
-	default: {
-		__u32 *id = bpf_map_lookup_elem(longs, &k);
-		return id ? *id : FW_NO_ID;
-	}
-	}
+	__u32 *id = bpf_map_lookup_elem(trie, &k);
+	return id ? *id : FW_NO_ID;
 }
 
-FW_STAGE __u32 fw_h48_src(__u32 gen, __u64 hi, __u64 lo)
+/* The maps of one field's IPv6 range table (outer maps: slot = gen). */
+struct range6_maps {
+	void *h32, *h48, *direct, *lines, *longs, *shorts;
+};
+
+/* The vector id of an IPv6 address (first and last 8 bytes, host order) in
+ * a range table (firewall.h, enum fw_range6). A dense /32 (H32) gives its
+ * vector, or a /48 entry from its direct block, or walks its tree over bits
+ * 32..47 to a vector or to the address's H48 entry. A sparse /32's /48 may
+ * have an H48 entry; an address that reaches none is in a /32 where only
+ * prefixes shorter than /32 count: the src6 trie, which then holds only
+ * those. A /48 entry gives a vector, a tree over bits 48..63, or the long
+ * trie. A table without dense /32s (!dense) skips H32. */
+/* The H48 entry of an address's /48, or NULL. */
+static __always_inline __u64 *h48_entry(void *h48s, __u32 gen, __u64 hi)
 {
-	return h48_lookup(&src6_h48, &src6_blk, &src6_long, &src6, gen, hi, lo);
+	__u64 key48 = hi & ~0xFFFFULL;
+	void *h48 = bpf_map_lookup_elem(h48s, &gen);
+	return h48 ? bpf_map_lookup_elem(h48, &key48) : 0;
 }
 
-FW_STAGE __u32 fw_h48_dst(__u32 gen, __u64 hi, __u64 lo)
+/* walk in the generation's lines, from an entry holding depth and root. */
+static __always_inline __u32 walk_entry(void *lines_of, __u32 gen, __u32 e, __u32 low)
 {
-	return h48_lookup(&dst6_h48, &dst6_blk, &dst6_long, &dst6, gen, hi, lo);
+	void *lines = bpf_map_lookup_elem(lines_of, &gen);
+	if (!lines)
+		return FW_NO_ID;
+	return walk(lines, e & FW_R6_INDEX_MASK, e >> FW_R6_KIND_SHIFT, low);
+}
+
+static __always_inline __u32 range6_lookup(const struct range6_maps *m, __u32 gen, __u64 hi, __u64 lo,
+					   __u32 dense)
+{
+	__u32 key32 = hi >> 32;
+	__u32 mid = (hi >> 16) & 0xFFFF; /* address bits 32..47 */
+	__u32 *e32 = 0;
+	__u64 *e48 = 0;
+	__u32 e;
+
+	/* Each map is found only when the address needs it: a cold cache
+	 * line less on the common paths. */
+	if (dense) {
+		void *h32 = bpf_map_lookup_elem(m->h32, &gen);
+		if (!h32)
+			return FW_NO_ID;
+		e32 = bpf_map_lookup_elem(h32, &key32);
+	}
+	if (e32) {
+		e = *e32;
+		__u32 kind = e >> FW_R6_KIND_SHIFT;
+		if (kind == FW_R6_VEC)
+			return e & 0xFFFF;
+		if (kind == FW_R6_DIRECT) {
+			void *direct = bpf_map_lookup_elem(m->direct, &gen);
+			if (!direct)
+				return FW_NO_ID;
+			__u32 key = (e & FW_R6_INDEX_MASK) * FW_R6_DIRECT_VALUES + (mid >> 4);
+			struct fw_v4_direct *d = bpf_map_lookup_elem(direct, &key);
+			if (!d)
+				return FW_NO_ID;
+			e = d->e[mid & 15];
+		} else {
+			__u32 id = walk_entry(m->lines, gen, e, mid);
+			if (id != FW_R6_CUT)
+				return id;
+			e48 = h48_entry(m->h48, gen, hi);
+			if (!e48)
+				return FW_NO_ID;
+		}
+	} else {
+		e48 = h48_entry(m->h48, gen, hi);
+		if (!e48)
+			return lpm6_id(m->shorts, gen, hi, lo);
+	}
+	__u32 low = hi & 0xFFFF; /* address bits 48..63 */
+	if (e48) {
+		__u64 v = *e48;
+		if (v >> FW_R6_ONE_BIT) {
+			/* low in [first, last], in unsigned arithmetic */
+			__u32 first = (v >> 28) & 0xFFFF, last = (v >> 44) & 0xFFFF;
+			return low - first <= last - first ? (v >> 14) & 0x3FFF : v & 0x3FFF;
+		}
+		e = v;
+	}
+	__u32 kind = e >> FW_R6_KIND_SHIFT;
+	if (kind == FW_R6_VEC)
+		return e & 0xFFFF;
+	if (kind == FW_R6_LPM)
+		return lpm6_id(m->longs, gen, hi, lo);
+	return walk_entry(m->lines, gen, e, low);
+}
+
+/* dense: the table has dense /32s (FW_FIELD_*6_DENSE). */
+FW_STAGE __u32 fw_range6_src(__u32 gen, __u64 hi, __u64 lo, __u32 dense)
+{
+	const struct range6_maps m = {&src6_h32, &src6_cut48, &src6_direct, &src6_lines, &src6_long, &src6};
+	return range6_lookup(&m, gen, hi, lo, dense);
+}
+
+FW_STAGE __u32 fw_range6_dst(__u32 gen, __u64 hi, __u64 lo, __u32 dense)
+{
+	const struct range6_maps m = {&dst6_h32, &dst6_cut48, &dst6_direct, &dst6_lines, &dst6_long, &dst6};
+	return range6_lookup(&m, gen, hi, lo, dense);
 }
 
 /* fw_addr_id: the vector id of a packet's source (dst = 0) or destination
@@ -154,13 +222,14 @@ FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst
 		id = bpf_map_lookup_elem(dst ? (void *)&dst4 : (void *)&src4, &k);
 		return id ? *id : FW_NO_ID;
 	}
-	if (fields & (dst ? FW_FIELD_DST6_H48 : FW_FIELD_SRC6_H48)) {
+	if (fields & (dst ? FW_FIELD_DST6_RANGE : FW_FIELD_SRC6_RANGE)) {
 		__u64 hi, lo;
 		__builtin_memcpy(&hi, b, 8);
 		__builtin_memcpy(&lo, b + 8, 8);
 		hi = __builtin_bswap64(hi);
 		lo = __builtin_bswap64(lo);
-		return dst ? fw_h48_dst(gen, hi, lo) : fw_h48_src(gen, hi, lo);
+		__u32 dense = fields & (dst ? FW_FIELD_DST6_DENSE : FW_FIELD_SRC6_DENSE);
+		return dst ? fw_range6_dst(gen, hi, lo, dense) : fw_range6_src(gen, hi, lo, dense);
 	}
 	struct fw_lpm6_key k = {.prefixlen = 8 + 128, .gen = gen};
 	__builtin_memcpy(k.addr, b, 16);

@@ -14,7 +14,7 @@
 #include "firewall.h"
 
 /* src4, dst4: the IPv4 source (destination) prefixes of both generations
- * in LPM tries, for tables too small to need DIR-24 (see lookup.h). */
+ * in LPM tries, for tables too small to need a range table (lookup.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, FW_MAX_PREFIXES);
@@ -24,8 +24,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } src4 SEC(".maps"), dst4 SEC(".maps");
 
-/* src6, dst6: the IPv6 prefixes, as src4; with H48 tables in use, only
- * the prefixes shorter than /48. */
+/* src6, dst6: the IPv6 prefixes, as src4; with a range table in use, only
+ * the prefixes shorter than /32. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, FW_MAX_PREFIXES);
@@ -51,8 +51,9 @@ struct r4direct_inner {
 	__type(value, struct fw_v4_direct);
 };
 
-/* The lines are sized to what a generation needs. */
-struct r4line_inner {
+/* The lines (of both families' range tables) are sized to what a
+ * generation needs. */
+struct line_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
@@ -73,20 +74,40 @@ struct {
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct r4line_inner);
+	__array(values, struct line_inner);
 } src4_lines SEC(".maps"), dst4_lines SEC(".maps");
 
-/* src6_h48, dst6_h48: the /48 hash of big IPv6 prefix sets, one inner map
- * per generation sized to what it holds (a hash map allocates its buckets
- * up front: a fixed 2M-entry map would cost every interface 64 MB). Key:
- * the top 48 bits of the address in the top 48 bits of a __u64 (host
- * order). Value: a __u64 entry, see enum fw_h48. */
-struct h48_inner {
+/* The IPv6 range tables of big prefix sets (firewall.h, enum fw_range6),
+ * one inner map per generation for each of: src6_h32 (dst6_h32), the hash
+ * of dense /32s; src6_cut48, the hash of the /48s with entries of their
+ * own; src6_direct, the direct blocks of the densest /32s; src6_lines, the
+ * lines of every tree. Each is sized to what the generation holds (a hash
+ * map allocates its buckets up front: a fixed 2M-entry map would cost every
+ * interface 64 MB), created by user space for a generation whose field
+ * needs a table. */
+struct r6h32_inner {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
-	__type(key, __u64);
-	__type(value, __u64);
+	__type(key, __u32);   /* the address's top 32 bits, host order */
+	__type(value, __u32); /* a /32 entry */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+struct r6h48_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);   /* the address's top 48 bits, in the top 48 */
+	__type(value, __u64); /* an H48 entry: a /48 entry, or one interval */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+
+/* FW_R6_DIRECT_VALUES values (65,536 /48 entries, 256 KB) a block. */
+struct r6direct_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_v4_direct);
 };
 
 struct {
@@ -94,12 +115,35 @@ struct {
 	__uint(max_entries, 2);
 	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct h48_inner);
-} src6_h48 SEC(".maps"), dst6_h48 SEC(".maps");
+	__array(values, struct r6h32_inner);
+} src6_h32 SEC(".maps"), dst6_h32 SEC(".maps");
 
-/* src6_long, dst6_long: the prefixes of the /48s that a block cannot
- * describe (longer than /64, or too many), each /48 with its own /48 entry;
- * keys as in src6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct r6h48_inner);
+} src6_cut48 SEC(".maps"), dst6_cut48 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct r6direct_inner);
+} src6_direct SEC(".maps"), dst6_direct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct line_inner);
+} src6_lines SEC(".maps"), dst6_lines SEC(".maps");
+
+/* src6_long, dst6_long: the prefixes of the /48s that hold a prefix longer
+ * than /64 (FW_R6_LPM), each /48 with its own /48 entry; keys as in src6. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, FW_MAX_PREFIXES);
@@ -108,22 +152,6 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } src6_long SEC(".maps"), dst6_long SEC(".maps");
-
-struct v6blk_inner {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct fw_v6_block);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct v6blk_inner);
-} src6_blk SEC(".maps"), dst6_blk SEC(".maps");
 
 /* docs[gen]: the rule sets generation gen was compiled from, as user space
  * wrote them (gzip'd JSON; page 0 starts with the __u64 length), so a tool

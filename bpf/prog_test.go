@@ -1,10 +1,10 @@
 package bpf
 
 import (
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -327,9 +327,8 @@ func TestKernelMatchesReference(t *testing.T) {
 	for seed := uint64(1); seed <= 25; seed++ {
 		g := newRuleGen(seed * 7919)
 		sets := g.ruleSets(1+g.r.IntN(3), 15)
-		// Seeds alternate between the LPM tries and the big-set tables
-		// (DIR-24 for IPv4, /48 hash for IPv6), so applies also switch
-		// between the two.
+		// Seeds alternate between the LPM tries and the big-set range
+		// tables, so applies also switch between the two.
 		opts := CompileOptions{BigSetThreshold: -1}
 		if seed%2 == 0 {
 			opts.BigSetThreshold = 1
@@ -523,66 +522,43 @@ rules:
 	}
 }
 
-// TestH48InTheKernel puts clustered IPv6 prefixes of every length into the
-// /48 hash (every entry kind), and checks random and edge addresses in the
-// kernel against the reference classifier.
-func TestH48InTheKernel(t *testing.T) {
+// TestRange6InTheKernel puts IPv6 prefixes that give every kind of entry
+// of the range table (structured6) and random clustered prefixes of every
+// length under rules with different vectors, and checks edge and random
+// addresses in the kernel against the reference classifier.
+func TestRange6InTheKernel(t *testing.T) {
 	fw := openTestFirewall(t)
 	r := rand.New(rand.NewPCG(4, 8))
-	bases := []uint64{0x20010db8_00000000, 0x20010db8_aaaa0000, 0xfd00_0000_0000_0000}
+	bases := []uint64{0x20010db8_00000000, 0x20010db8_aaaa0000, 0xfd00_0000_0000_0000, 0x2001_0dbd_0000_0000}
 	addr := func() netip.Addr {
-		var a [16]byte
 		hi := bases[r.IntN(len(bases))] | r.Uint64()&0xFFFF_FFFF
 		if r.IntN(3) == 0 {
 			hi &^= 0xFF0000 // crowd a few /48s
 		}
-		binary.BigEndian.PutUint64(a[:8], hi)
-		binary.BigEndian.PutUint64(a[8:], r.Uint64())
-		return netip.AddrFrom16(a)
+		return v6Addr(hi, r.Uint64())
 	}
-	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "v6", Mode: proto.ModeDeny,
-		Sets: map[string]proto.PrefixSet{}}
-	var edges []netip.Addr
-	for s := 0; s < 4; s++ {
-		var members []string
+	rs, all := structuredRuleSet(r)
+	members := [][]string{}
+	for _, name := range []string{"s0", "s1", "s2", "s3"} {
+		members = append(members, rs.Sets[name].Prefixes)
+	}
+	for s := range members {
 		for i := 0; i < 600; i++ {
-			bits := []int{16, 33, 47, 48, 49, 52, 56, 60, 64, 64, 64, 65, 128}[r.IntN(13)]
+			bits := []int{33, 40, 47, 48, 49, 52, 56, 60, 64, 64, 64, 65, 128}[r.IntN(13)]
 			p, _ := addr().Prefix(bits)
-			members = append(members, p.String())
-			edges = append(edges, p.Addr())
+			members[s] = append(members[s], p.String())
+			all = append(all, p)
 		}
-		// A few /48s cut by a handful of /52../60s only: blocks.
-		for i := 0; i < 5; i++ {
-			var a [16]byte
-			// Outside the random prefixes' /16s, so nothing shorter covers them.
-			binary.BigEndian.PutUint64(a[:8], 0x2a001450_77770000+uint64(s*8+i)<<16)
-			for _, sub := range []struct{ v, bits int }{{0x1000, 52}, {0x1100, 56}, {0x8000, 60}} {
-				a[6], a[7] = byte(sub.v>>8), byte(sub.v)
-				p := netip.PrefixFrom(netip.AddrFrom16(a), sub.bits)
-				members = append(members, p.String())
-				edges = append(edges, p.Addr())
-			}
-		}
-		name := fmt.Sprintf("s%d", s)
-		rs.Sets[name] = proto.PrefixSet{Prefixes: members}
-		action := proto.ActionDrop
-		if s%2 == 1 {
-			action = proto.ActionPass
-		}
-		rs.Rules = append(rs.Rules, proto.Rule{ID: "r-" + name, Action: action, Src: []string{"set:" + name}, Protocol: proto.ProtoUDP})
+		slices.Sort(members[s])
+		rs.Sets[fmt.Sprintf("s%d", s)] = proto.PrefixSet{Prefixes: slices.Compact(members[s])}
 	}
-	rs.Rules = append(rs.Rules, proto.Rule{ID: "tail", Action: proto.ActionDrop, Src: []string{"set:s1"}})
 	sets := []proto.RuleSet{rs}
 	c, err := CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kinds := map[uint64]int{}
-	for _, e := range c.Src6H48.entries {
-		kinds[e>>62]++
-	}
-	if kinds[h48Vec] == 0 || kinds[h48One] == 0 || kinds[h48Block] == 0 || kinds[h48LPM] == 0 {
-		t.Fatalf("entry kinds %v: the rule set does not exercise every kind", kinds)
+	if missing := missingKinds(placeInMemory(t, c.Src6Range).kinds()); len(missing) > 0 {
+		t.Fatalf("no %v: the rule set does not exercise every kind (%v)", missing, placeInMemory(t, c.Src6Range).kinds())
 	}
 	if _, err := fw.Apply(c); err != nil {
 		t.Fatal(err)
@@ -600,15 +576,86 @@ func TestH48InTheKernel(t *testing.T) {
 			}
 		}
 	}
-	for _, a := range edges {
-		probe(a)
-		if prev := a.Prev(); prev.IsValid() {
-			probe(prev)
+	for _, p := range all {
+		for _, a := range edges(p) {
+			probe(a)
 		}
 	}
 	for i := 0; i < 3000; i++ {
 		probe(addr())
 	}
+
+	// A table of scattered /48 to /128s only: no dense /32, so the
+	// program skips H32.
+	sparse := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "sparse", Mode: proto.ModeDeny,
+		Sets: map[string]proto.PrefixSet{}}
+	all = all[:0]
+	for s := 0; s < 2; s++ {
+		members := []string{[]string{"2000::/3", "2a00::/16"}[s]}
+		for i := 0; i < 400; i++ {
+			p := prefix6(0x2000_0000_0000_0000|r.Uint64()>>3, r.Uint64(), []int{48, 52, 56, 60, 64, 64, 96, 128}[r.IntN(8)])
+			members = append(members, p.String())
+			all = append(all, p)
+		}
+		name := fmt.Sprintf("s%d", s)
+		slices.Sort(members)
+		sparse.Sets[name] = proto.PrefixSet{Prefixes: slices.Compact(members)}
+		sparse.Rules = append(sparse.Rules, proto.Rule{ID: "r-" + name, Action: []proto.Action{proto.ActionDrop, proto.ActionPass}[s],
+			Src: []string{"set:" + name}, Protocol: proto.ProtoUDP})
+	}
+	sets = []proto.RuleSet{sparse}
+	if c, err = CompileWith(sets, fw.Interface(), CompileOptions{BigSetThreshold: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if c.Fields&fieldSrc6Dense != 0 || c.Fields&fieldSrc6Range == 0 {
+		t.Fatalf("fields %#x: want a range table without dense /32s", c.Fields)
+	}
+	if _, err := fw.Apply(c); err != nil {
+		t.Fatal(err)
+	}
+	if ref, err = reference.New(sets, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range all {
+		for _, a := range edges(p) {
+			probe(a)
+		}
+	}
+}
+
+// structuredRuleSet puts the prefixes of structured6 in four sets (the
+// shorter than /32 in a set of their own: the longer ones' vectors then
+// differ from theirs) of rules of different actions, and returns them.
+func structuredRuleSet(r *rand.Rand) (proto.RuleSet, []netip.Prefix) {
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "v6", Mode: proto.ModeDeny,
+		Sets: map[string]proto.PrefixSet{}}
+	members := make([][]string, 4)
+	var all []netip.Prefix
+	structure := map[netip.Prefix]VecID{}
+	structured6(structure, func() VecID { return VecID(r.IntN(3)) })
+	for p, s := range structure {
+		if p.Bits() < 32 {
+			s = 3
+		}
+		members[s] = append(members[s], p.String())
+		all = append(all, p)
+	}
+	// Short prefixes, but none over the structured ones: a prefix of
+	// every rule over them would give their /48s all one vector.
+	members[0] = append(members[0], "fd00::/16", "2001:db8::/31")
+	members[1] = append(members[1], "2001:db8:aa00::/40")
+	for s := range members {
+		name := fmt.Sprintf("s%d", s)
+		slices.Sort(members[s])
+		rs.Sets[name] = proto.PrefixSet{Prefixes: members[s]}
+		action := proto.ActionDrop
+		if s%2 == 1 {
+			action = proto.ActionPass
+		}
+		rs.Rules = append(rs.Rules, proto.Rule{ID: "r-" + name, Action: action, Src: []string{"set:" + name}, Protocol: proto.ProtoUDP})
+	}
+	rs.Rules = append(rs.Rules, proto.Rule{ID: "tail", Action: proto.ActionDrop, Src: []string{"set:s1"}})
+	return rs, all
 }
 
 // TestSetChangesKeepMatchingTheReference applies random sequences of adds

@@ -246,7 +246,7 @@ func TestCompiledMatchesReference(t *testing.T) {
 				t.Fatalf("seed %d: generated an invalid rule set: %v", seed, err)
 			}
 		}
-		// Every fourth seed puts every IPv4 prefix field in a DIR-24 table.
+		// Every fourth seed puts every prefix field in a range table.
 		opts := CompileOptions{BigSetThreshold: -1}
 		if seed%4 == 1 {
 			opts.BigSetThreshold = 1

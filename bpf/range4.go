@@ -53,7 +53,7 @@ type range4 struct {
 // interval is a run of addresses, from start to the next interval's start,
 // that share one vector.
 type interval struct {
-	start uint32
+	start uint64 // an IPv4 address, or the top 64 bits of an IPv6 one
 	id    VecID
 }
 
@@ -80,7 +80,7 @@ func flattenRanges(n int, rangeOf func(i int) (start, end uint64, id VecID), bas
 	out := []interval{{0, base}}
 	emit := func(start uint64, id VecID) {
 		n := len(out)
-		if uint64(out[n-1].start) == start {
+		if out[n-1].start == start {
 			out[n-1].id = id // a range starting where its sibling ended
 			if n > 1 && out[n-2].id == id {
 				out = out[:n-1]
@@ -88,7 +88,7 @@ func flattenRanges(n int, rangeOf func(i int) (start, end uint64, id VecID), bas
 			return
 		}
 		if out[n-1].id != id {
-			out = append(out, interval{uint32(start), id})
+			out = append(out, interval{start, id})
 		}
 	}
 	stack := []open{{last, base}}
@@ -129,7 +129,7 @@ func range4FromIntervals(iv []interval) *range4 {
 	r := &range4{parts: make([]part, 0, len(iv)+r4Directs), first: make([]int32, r4Directs+1)}
 	k := 0 // iv[k] holds the current /16's first address
 	for i := 0; i < r4Directs; i++ {
-		lo := uint32(i) << 16
+		lo := uint64(i) << 16
 		for k+1 < len(iv) && iv[k+1].start <= lo {
 			k++
 		}

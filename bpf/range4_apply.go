@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -161,48 +162,63 @@ func (fw *Firewall) writeRange4(gen uint32, maps range4Maps, cur, want *range4St
 	}
 	rep.Writes[maps.name+"_direct"] += changed
 
+	if err := fw.writeLines(gen, maps.lines, maps.name+"_lines", want.fresh, want.capacity, want.trees, rep); err != nil {
+		return err
+	}
+	want.trees = nil // kept between applies: where the trees are, not their lines
+	return nil
+}
+
+// writeLines writes trees into the lines inner map of a generation's slot
+// of outer, skipping those whose lines already hold the same bytes; fresh:
+// into a new map of capacity lines.
+func (fw *Firewall) writeLines(gen uint32, outer *ebpf.Map, name string, fresh bool, capacity uint32, trees []lineRun, rep *ApplyReport) error {
 	var lines *ebpf.Map
-	if !want.fresh {
-		if lines, err = innerMap(maps.lines, gen); err != nil {
+	var err error
+	if !fresh {
+		if lines, err = innerMap(outer, gen); err != nil {
 			return err
 		}
 	}
 	if lines == nil {
-		if lines, err = fw.newInner(maps.lines, gen, fw.spec.Maps[maps.name+"_lines"].InnerMap, want.capacity); err != nil {
+		fresh = true
+		if lines, err = fw.newInner(outer, gen, fw.spec.Maps[name].InnerMap, capacity); err != nil {
 			return err
 		}
 	}
 	defer lines.Close()
-	if lines.MaxEntries() != want.capacity {
-		return fmt.Errorf("%s lines of generation %d: %d entries, the placement assumed %d", maps.name, gen, lines.MaxEntries(), want.capacity)
+	if lines.MaxEntries() != capacity {
+		return fmt.Errorf("%s of generation %d: %d entries, the placement assumed %d", name, gen, lines.MaxEntries(), capacity)
 	}
 	lmem, err := lines.Memory()
 	if err != nil {
-		return fmt.Errorf("map %s lines: %w", maps.name, err)
+		return fmt.Errorf("map %s: %w", name, err)
 	}
 	written := 0
 	var old []byte
-	for _, t := range want.trees {
+	for _, t := range trees {
 		b := linesBytes(t.lines)
 		off := int64(t.start) * int64(unsafe.Sizeof(v4Line{}))
-		if !want.fresh {
+		if !fresh {
 			old = append(old[:0], make([]byte, len(b))...)
 			if _, err := lmem.ReadAt(old, off); err != nil {
-				return fmt.Errorf("read %s lines: %w", maps.name, err)
+				return fmt.Errorf("read %s: %w", name, err)
 			}
 			if bytes.Equal(old, b) {
 				continue
 			}
 		}
 		if _, err := lmem.WriteAt(b, off); err != nil {
-			return fmt.Errorf("write %s lines: %w", maps.name, err)
+			return fmt.Errorf("write %s: %w", name, err)
 		}
 		written += len(t.lines)
 	}
-	rep.Writes[maps.name+"_lines"] += written
-	want.trees = nil // kept between applies: where the trees are, not their lines
+	rep.Writes[name] += written
 	return nil
 }
+
+// errBadEntry is the error of a table entry that no layout writes.
+var errBadEntry = errors.New("not an entry the compiler writes")
 
 // linesBytes views lines as bytes (host order, as the kernel reads them).
 func linesBytes(l []v4Line) []byte {
@@ -242,14 +258,17 @@ func readRange4(maps range4Maps, gen uint32) (*range4State, error) {
 			return nil, fmt.Errorf("read %s lines: %w", maps.name, err)
 		}
 	}
+	leaf := vecLeaves(st.usedVecs)
 	for i, e := range st.direct {
 		depth := int(e >> r4DepthShift)
 		if depth == 0 {
-			st.usedVecs[e&0xFFFF] = true
+			if err := leaf(uint16(e)); err != nil || e>>16 != 0 {
+				return nil, fmt.Errorf("%s range table of generation %d, /16 %d: entry %#x: %w", maps.name, gen, i, e, cmp.Or(err, errBadEntry))
+			}
 			continue
 		}
 		root := e & r4LineMask
-		n, err := walkTree(all, root, depth, st.usedVecs)
+		n, err := walkTree(all, root, depth, leaf)
 		if err != nil {
 			return nil, fmt.Errorf("%s range table of generation %d, /16 %d: %w", maps.name, gen, i, err)
 		}
@@ -259,11 +278,12 @@ func readRange4(maps range4Maps, gen uint32) (*range4State, error) {
 	return st, nil
 }
 
-// walkTree checks a tree laid out by encodeTree, notes the vector ids of
-// its leaves, and returns its number of lines.
-func walkTree(all []v4Line, root uint32, depth int, used map[uint32]bool) (uint32, error) {
-	if depth > r4MaxDepth {
-		return 0, fmt.Errorf("tree of depth %d (at most %d)", depth, r4MaxDepth)
+// walkTree checks a tree laid out by encodeTree, hands each leaf id to
+// leaf (which refuses what cannot be there), and returns its number of
+// lines.
+func walkTree(all []v4Line, root uint32, depth int, leaf func(id uint16) error) (uint32, error) {
+	if depth < 1 || depth > r4MaxDepth {
+		return 0, fmt.Errorf("tree of depth %d (1 to %d)", depth, r4MaxDepth)
 	}
 	first, count := uint64(root), uint64(1) // this level's lines
 	total := uint64(0)
@@ -276,7 +296,9 @@ func walkTree(all []v4Line, root uint32, depth int, used map[uint32]bool) (uint3
 		if level == depth {
 			for _, l := range lvl {
 				for x := 0; x <= int(l.N) && x < r4Fanout; x++ {
-					used[uint32(l.Ids[x])] = true
+					if err := leaf(l.Ids[x]); err != nil {
+						return 0, err
+					}
 				}
 			}
 			return uint32(total), nil
@@ -290,5 +312,18 @@ func walkTree(all []v4Line, root uint32, depth int, used map[uint32]bool) (uint3
 			n += uint64(l.N) + 1
 		}
 		first, count = next, n
+	}
+}
+
+// vecLeaves is a walkTree leaf check for trees whose leaves are vector
+// ids: it notes them in used. A vector id past the limit is damage, which
+// would otherwise index past the ids in place.
+func vecLeaves(used map[uint32]bool) func(uint16) error {
+	return func(id uint16) error {
+		if int(id) >= MaxVectors {
+			return fmt.Errorf("vector id %d (at most %d)", id, MaxVectors-1)
+		}
+		used[uint32(id)] = true
+		return nil
 	}
 }

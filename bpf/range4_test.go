@@ -88,7 +88,7 @@ func TestRange4MatchesLongestPrefix(t *testing.T) {
 			if d == 0 {
 				continue
 			}
-			n, err := walkTree(all, roots[i], d, used)
+			n, err := walkTree(all, roots[i], d, vecLeaves(used))
 			if err != nil || int(n) != treeLines(len(rt.partsOf(i))) {
 				t.Fatalf("seed %d: /16 %d: walk gives %d lines, %v", seed, i, n, err)
 			}
@@ -137,16 +137,21 @@ func TestWalkTreeRefusesDamage(t *testing.T) {
 	if err != nil || depth != 2 {
 		t.Fatalf("depth %d, %v", depth, err)
 	}
-	if _, err := walkTree(lines[:len(lines)-1], 0, depth, map[uint32]bool{}); err == nil {
+	if _, err := walkTree(lines[:len(lines)-1], 0, depth, vecLeaves(map[uint32]bool{})); err == nil {
 		t.Error("a tree cut short read back without an error")
 	}
 	bad := append([]v4Line(nil), lines...)
 	bad[0].Ids[0] = 7 // the leaves do not start after the root
-	if _, err := walkTree(bad, 0, depth, map[uint32]bool{}); err == nil {
+	if _, err := walkTree(bad, 0, depth, vecLeaves(map[uint32]bool{})); err == nil {
 		t.Error("a root pointing into its own level read back without an error")
 	}
-	if _, err := walkTree(lines, 0, r4MaxDepth+1, map[uint32]bool{}); err == nil {
+	if _, err := walkTree(lines, 0, r4MaxDepth+1, vecLeaves(map[uint32]bool{})); err == nil {
 		t.Error("a tree deeper than the kernel walks read back without an error")
+	}
+	bad = append([]v4Line(nil), lines...)
+	bad[len(bad)-1].Ids[1] = uint16(MaxVectors) // a vector id place would index past its ids with
+	if _, err := walkTree(bad, 0, depth, vecLeaves(map[uint32]bool{})); err == nil {
+		t.Error("a leaf with a vector id past the limit read back without an error")
 	}
 	if _, _, err := encodeTree(ps, r4LineMask); err == nil {
 		t.Error("a tree beyond the lines an entry can point at was laid out")

@@ -130,8 +130,8 @@ type State struct {
 	Rules      int        `json:"rules"`
 	RuleSets   []string   `json:"ruleSets"`
 	// Tables says how each address field is looked up: "lpm" (kernel LPM
-	// trie), "range" (IPv4 big-set table) or "h48" (IPv6 big-set table);
-	// fields no rule matches on are left out.
+	// trie) or "range" (big-set range table); fields no rule matches on
+	// are left out.
 	Tables map[string]string `json:"tables,omitempty"`
 	// SourceBuckets is the size of the per-source rate-limit buckets' LRU.
 	SourceBuckets int `json:"sourceBuckets"`
@@ -176,8 +176,8 @@ func (fw *Firewall) State() (*State, error) {
 		used, big uint32
 		bigName   string
 	}{
-		{"src4", fieldSrc, fieldSrc4Range, "range"}, {"src6", fieldSrc, fieldSrc6H48, "h48"},
-		{"dst4", fieldDst, fieldDst4Range, "range"}, {"dst6", fieldDst, fieldDst6H48, "h48"},
+		{"src4", fieldSrc, fieldSrc4Range, "range"}, {"src6", fieldSrc, fieldSrc6Range, "range"},
+		{"dst4", fieldDst, fieldDst4Range, "range"}, {"dst6", fieldDst, fieldDst6Range, "range"},
 	} {
 		switch {
 		case info.Fields&f.big != 0:

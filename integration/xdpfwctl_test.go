@@ -208,7 +208,7 @@ type state struct {
 	Digest     string   `json:"digest"`
 	Rules      int      `json:"rules"`
 	RuleSets   []string `json:"ruleSets"`
-	// Tables: how each address field is looked up (lpm, range, h48).
+	// Tables: how each address field is looked up (lpm, range).
 	Tables map[string]string `json:"tables"`
 }
 
