@@ -177,6 +177,9 @@ func load(opts Options, dir string) (*Firewall, error) {
 	if opts.patchSpec != nil {
 		opts.patchSpec(spec)
 	}
+	if err := checkPinnedLayout(spec, dir); err != nil {
+		return nil, err
+	}
 	fw := &Firewall{iface: iface, dir: dir, spec: spec}
 	err = spec.LoadAndAssign(&fw.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: dir},
@@ -198,6 +201,26 @@ func load(opts Options, dir string) (*Firewall, error) {
 		return nil, fmt.Errorf("load XDP program and maps for %s: %w", iface, err)
 	}
 	return fw, nil
+}
+
+// checkPinnedLayout refuses, as ErrIncompatible (so Open migrates), a pin
+// directory written by a version with other maps: one that holds a firewall
+// (gen_sel) but lacks a pinned map of this version. Loading there would run
+// this program on the old generation's field bits with new, empty tables
+// until the next apply (a big-set table changed layout, for one).
+func checkPinnedLayout(spec *ebpf.CollectionSpec, dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "gen_sel")); err != nil {
+		return nil // nothing pinned yet (or a fresh staging directory)
+	}
+	for name, m := range spec.Maps {
+		if m.Pinning != ebpf.PinByName {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, name)); errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("pinned maps in %s lack %s (an older layout): %w", dir, name, ErrIncompatible)
+		}
+	}
+	return nil
 }
 
 // ErrLoad is the error (errors.Is) of a data plane that did not load in

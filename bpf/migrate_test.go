@@ -37,7 +37,37 @@ func pinOlderLayout(t *testing.T, dir string) {
 // link update, and takes the old pins' place. The interface stays attached
 // throughout.
 func TestOpenMigratesAnOlderLayoutWithoutDetaching(t *testing.T) {
-	opts := vethOptions(t, "xfwmig")
+	testMigration(t, "xfwmig", pinOlderLayout)
+}
+
+// pinOlderTables makes a pinned firewall look like one of a version with
+// other big-set tables: a map this version has is not pinned (the old
+// version had none by that name), and one it does not know is.
+func pinOlderTables(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, "src4_direct")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(filepath.Join(dir, "src4_t24")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenMigratesWhenAMapIsMissing: maps this version needs that the
+// pinned firewall lacks (a table whose layout changed, under a new name)
+// are a reason to migrate, not to run the old generation's field bits
+// against new, empty tables; the old version's own pins go.
+func TestOpenMigratesWhenAMapIsMissing(t *testing.T) {
+	testMigration(t, "xfwmis", pinOlderTables)
+}
+
+func testMigration(t *testing.T, ifname string, makeOlder func(t *testing.T, dir string)) {
+	opts := vethOptions(t, ifname)
 
 	old, err := Open(opts)
 	if err != nil {
@@ -56,7 +86,7 @@ func TestOpenMigratesAnOlderLayoutWithoutDetaching(t *testing.T) {
 	}
 	old.Close()
 	t.Cleanup(func() { _ = Detach(opts) })
-	pinOlderLayout(t, old.dir)
+	makeOlder(t, old.dir)
 
 	fw, err := Open(opts)
 	if err != nil {
@@ -70,7 +100,7 @@ func TestOpenMigratesAnOlderLayoutWithoutDetaching(t *testing.T) {
 	if !after.Attached || after.ProgramID == before.ProgramID || after.Digest != before.Digest || after.Generation < 0 {
 		t.Fatalf("after the migration: %+v; before: %+v (want attached, a new program, the same rule sets)", after, before)
 	}
-	if l, _ := netlink.LinkByName("xfwmig0"); l == nil || l.Attrs().Xdp == nil || l.Attrs().Xdp.ProgId != after.ProgramID {
+	if l, _ := netlink.LinkByName(ifname + "0"); l == nil || l.Attrs().Xdp == nil || l.Attrs().Xdp.ProgId != after.ProgramID {
 		t.Fatalf("the interface does not run the new program %d", after.ProgramID)
 	}
 	// The new maps are in place, with the rules and the policy.
@@ -94,6 +124,12 @@ func TestOpenMigratesAnOlderLayoutWithoutDetaching(t *testing.T) {
 		if strings.Contains(e.Name(), "migrating") {
 			t.Fatalf("staging directory %s left behind", e.Name())
 		}
+	}
+	if _, err := os.Stat(filepath.Join(fw.dir, "src4_t24")); !os.IsNotExist(err) {
+		t.Fatalf("a pin this version does not have is left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(fw.dir, "src4_direct")); err != nil {
+		t.Fatalf("this version's src4_direct is not pinned: %v", err)
 	}
 	// And it is an ordinary firewall again: the next apply is a swap.
 	if rep := mustApply(t, fw, mustDecode(t, swapB)); rep.TotalWrites() == 0 {
