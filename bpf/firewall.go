@@ -67,6 +67,11 @@ type Options struct {
 	// when Open creates it (0: DefaultSourceBuckets). A pinned map keeps
 	// the size it was created with; see Firewall.SourceBuckets.
 	SourceBuckets int
+	// SourceSketchLines sizes the sketch every per-source limited packet
+	// is counted in (64 bytes a line) when Open creates it (0:
+	// DefaultSourceSketchLines). A pinned sketch keeps its size; see
+	// ratelimit.go.
+	SourceSketchLines int
 
 	// testClock loads the program with its test clock (fw_clock_ns in
 	// place of the kernel's), for the rate limiter's tests.
@@ -164,6 +169,10 @@ func load(opts Options, dir string) (*Firewall, error) {
 		spec.Maps["rl_source"].MaxEntries = m.MaxEntries()
 		m.Close()
 	}
+	newSeed, err := prepareSketch(spec, opts.SourceSketchLines, dir)
+	if err != nil {
+		return nil, err
+	}
 	if opts.testClock {
 		if err := spec.Variables["fw_test_clock"].Set(uint32(1)); err != nil {
 			return nil, fmt.Errorf("set test clock: %w", err)
@@ -199,6 +208,10 @@ func load(opts Options, dir string) (*Firewall, error) {
 			err = loadError{err}
 		}
 		return nil, fmt.Errorf("load XDP program and maps for %s: %w", iface, err)
+	}
+	if err := fw.storeSketchSeed(newSeed); err != nil {
+		fw.Close()
+		return nil, err
 	}
 	return fw, nil
 }

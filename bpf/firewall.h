@@ -56,6 +56,15 @@ enum fw_limits {
 	FW_SAMPLE_DEFAULT_RATE = 1000,
 	/* Source buckets (rl_source entries) when none is configured. */
 	FW_DEFAULT_SOURCE_BUCKETS = 65536,
+	/* Lines of the per-source sketch (rl_sketch) when none is configured:
+	 * 256 KiB, 8 counters a line (see DefaultSourceSketchLines). */
+	FW_DEFAULT_SKETCH_LINES = 4096,
+	/* Counters of a sketch line (one cache line of __u64), and the rows
+	 * of the count-min sketch: a source takes one counter of each row,
+	 * row i choosing among counters 4i to 4i + 3 of its line. */
+	FW_SKETCH_WAYS = 8,
+	FW_SKETCH_ROWS = 2,
+	FW_SKETCH_CHOICES = 4,
 	/* fw_sample.slot of a drop no rule decided (parse error, non-IP). */
 	FW_NO_SLOT = 0xFFFFFFFF,
 };
@@ -268,6 +277,25 @@ struct fw_bucket {
 struct fw_source_key {
 	__u64 id;
 	__u8 addr[16];
+};
+
+/* rl_sketch[1 + i]: line i of the per-source sketch (see maps.h and
+ * ratelimit.h). Each counter is a leaky bucket kept as a theoretical arrival
+ * time in ticks (as fw_bucket's), shared by every source and limit that
+ * hashes to it; only ever raised, with compare-and-swap. 64 bytes: one cache
+ * line, so a source's counters cost one memory read. rl_sketch[0] holds the
+ * hash seed in tat[0], written by user space when it creates the map (the
+ * program takes the seed from fw_sketch_seed and never reads entry 0). */
+struct fw_sketch_line {
+	__u64 tat[FW_SKETCH_WAYS];
+};
+
+/* rl_src_stats[slot]: per-CPU counts of a per-source limit's sketch, by
+ * the rule's counter slot. The rest of the rule's packets (rule_stats) were
+ * passed on the sketch alone, with no bucket. */
+struct fw_rl_src_stat {
+	__u64 checked; /* packets that took the bucket path (rl_source) */
+	__u64 created; /* buckets created: sources admitted as heavy */
 };
 
 /* gen_info[gen]: what a generation holds. */

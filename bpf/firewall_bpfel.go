@@ -114,6 +114,10 @@ const (
 	firewallFwLimitsFW_SOURCE_RING_BYTES      firewallFwLimits = 65536
 	firewallFwLimitsFW_SAMPLE_DEFAULT_RATE    firewallFwLimits = 1000
 	firewallFwLimitsFW_DEFAULT_SOURCE_BUCKETS firewallFwLimits = 65536
+	firewallFwLimitsFW_DEFAULT_SKETCH_LINES   firewallFwLimits = 4096
+	firewallFwLimitsFW_SKETCH_WAYS            firewallFwLimits = 8
+	firewallFwLimitsFW_SKETCH_ROWS            firewallFwLimits = 2
+	firewallFwLimitsFW_SKETCH_CHOICES         firewallFwLimits = 4
 	firewallFwLimitsFW_NO_SLOT                firewallFwLimits = 4294967295
 )
 
@@ -161,6 +165,12 @@ const (
 	firewallFwRange6FW_R6ONE_BIT       firewallFwRange6 = 63
 	firewallFwRange6FW_R6DIRECT_VALUES firewallFwRange6 = 4096
 )
+
+type firewallFwRlSrcStat struct {
+	_       structs.HostLayout
+	Checked uint64
+	Created uint64
+}
 
 type firewallFwRule struct {
 	_      structs.HostLayout
@@ -247,6 +257,11 @@ type firewallFwSettings struct {
 	NonIpAction      uint32
 }
 
+type firewallFwSketchLine struct {
+	_   structs.HostLayout
+	Tat [8]uint64
+}
+
 type firewallFwSourceKey struct {
 	_    structs.HostLayout
 	Id   uint64
@@ -295,52 +310,56 @@ type firewallFwV4Line struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	firewallMapActionStats  = "action_stats"
-	firewallMapBitvecs      = "bitvecs"
-	firewallMapDocs         = "docs"
-	firewallMapDport        = "dport"
-	firewallMapDst4         = "dst4"
-	firewallMapDst4Direct   = "dst4_direct"
-	firewallMapDst4Lines    = "dst4_lines"
-	firewallMapDst6         = "dst6"
-	firewallMapDst6Cut48    = "dst6_cut48"
-	firewallMapDst6Direct   = "dst6_direct"
-	firewallMapDst6H32      = "dst6_h32"
-	firewallMapDst6Lines    = "dst6_lines"
-	firewallMapDst6Long     = "dst6_long"
-	firewallMapGenInfo      = "gen_info"
-	firewallMapGenSel       = "gen_sel"
-	firewallMapIcmptype     = "icmptype"
-	firewallMapProto        = "proto"
-	firewallMapRlRule       = "rl_rule"
-	firewallMapRlSource     = "rl_source"
-	firewallMapRuleLimited  = "rule_limited"
-	firewallMapRuleNames    = "rule_names"
-	firewallMapRuleStats    = "rule_stats"
-	firewallMapRules        = "rules"
-	firewallMapSampleReader = "sample_reader"
-	firewallMapSampleStats  = "sample_stats"
-	firewallMapSampleWin    = "sample_win"
-	firewallMapSamples      = "samples"
-	firewallMapSampling     = "sampling"
-	firewallMapSettings     = "settings"
-	firewallMapSport        = "sport"
-	firewallMapSrc4         = "src4"
-	firewallMapSrc4Direct   = "src4_direct"
-	firewallMapSrc4Lines    = "src4_lines"
-	firewallMapSrc6         = "src6"
-	firewallMapSrc6Cut48    = "src6_cut48"
-	firewallMapSrc6Direct   = "src6_direct"
-	firewallMapSrc6H32      = "src6_h32"
-	firewallMapSrc6Lines    = "src6_lines"
-	firewallMapSrc6Long     = "src6_long"
-	firewallMapSrcSamples   = "src_samples"
-	firewallMapTcpflags     = "tcpflags"
-	firewallProgXdpfwFilter = "xdpfw_filter"
-	firewallVarFwBtfAnchor  = "fw_btf_anchor"
-	firewallVarFwClockNs    = "fw_clock_ns"
-	firewallVarFwNoSampling = "fw_no_sampling"
-	firewallVarFwTestClock  = "fw_test_clock"
+	firewallMapActionStats   = "action_stats"
+	firewallMapBitvecs       = "bitvecs"
+	firewallMapDocs          = "docs"
+	firewallMapDport         = "dport"
+	firewallMapDst4          = "dst4"
+	firewallMapDst4Direct    = "dst4_direct"
+	firewallMapDst4Lines     = "dst4_lines"
+	firewallMapDst6          = "dst6"
+	firewallMapDst6Cut48     = "dst6_cut48"
+	firewallMapDst6Direct    = "dst6_direct"
+	firewallMapDst6H32       = "dst6_h32"
+	firewallMapDst6Lines     = "dst6_lines"
+	firewallMapDst6Long      = "dst6_long"
+	firewallMapGenInfo       = "gen_info"
+	firewallMapGenSel        = "gen_sel"
+	firewallMapIcmptype      = "icmptype"
+	firewallMapProto         = "proto"
+	firewallMapRlRule        = "rl_rule"
+	firewallMapRlSketch      = "rl_sketch"
+	firewallMapRlSource      = "rl_source"
+	firewallMapRlSrcStats    = "rl_src_stats"
+	firewallMapRuleLimited   = "rule_limited"
+	firewallMapRuleNames     = "rule_names"
+	firewallMapRuleStats     = "rule_stats"
+	firewallMapRules         = "rules"
+	firewallMapSampleReader  = "sample_reader"
+	firewallMapSampleStats   = "sample_stats"
+	firewallMapSampleWin     = "sample_win"
+	firewallMapSamples       = "samples"
+	firewallMapSampling      = "sampling"
+	firewallMapSettings      = "settings"
+	firewallMapSport         = "sport"
+	firewallMapSrc4          = "src4"
+	firewallMapSrc4Direct    = "src4_direct"
+	firewallMapSrc4Lines     = "src4_lines"
+	firewallMapSrc6          = "src6"
+	firewallMapSrc6Cut48     = "src6_cut48"
+	firewallMapSrc6Direct    = "src6_direct"
+	firewallMapSrc6H32       = "src6_h32"
+	firewallMapSrc6Lines     = "src6_lines"
+	firewallMapSrc6Long      = "src6_long"
+	firewallMapSrcSamples    = "src_samples"
+	firewallMapTcpflags      = "tcpflags"
+	firewallProgXdpfwFilter  = "xdpfw_filter"
+	firewallVarFwBtfAnchor   = "fw_btf_anchor"
+	firewallVarFwClockNs     = "fw_clock_ns"
+	firewallVarFwNoSampling  = "fw_no_sampling"
+	firewallVarFwSketchLines = "fw_sketch_lines"
+	firewallVarFwSketchSeed  = "fw_sketch_seed"
+	firewallVarFwTestClock   = "fw_test_clock"
 )
 
 // loadFirewall returns the embedded CollectionSpec for firewall.
@@ -410,7 +429,9 @@ type firewallMapSpecs struct {
 	Icmptype     *ebpf.MapSpec `ebpf:"icmptype"`
 	Proto        *ebpf.MapSpec `ebpf:"proto"`
 	RlRule       *ebpf.MapSpec `ebpf:"rl_rule"`
+	RlSketch     *ebpf.MapSpec `ebpf:"rl_sketch"`
 	RlSource     *ebpf.MapSpec `ebpf:"rl_source"`
+	RlSrcStats   *ebpf.MapSpec `ebpf:"rl_src_stats"`
 	RuleLimited  *ebpf.MapSpec `ebpf:"rule_limited"`
 	RuleNames    *ebpf.MapSpec `ebpf:"rule_names"`
 	RuleStats    *ebpf.MapSpec `ebpf:"rule_stats"`
@@ -439,10 +460,12 @@ type firewallMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type firewallVariableSpecs struct {
-	FwBtfAnchor  *ebpf.VariableSpec `ebpf:"fw_btf_anchor"`
-	FwClockNs    *ebpf.VariableSpec `ebpf:"fw_clock_ns"`
-	FwNoSampling *ebpf.VariableSpec `ebpf:"fw_no_sampling"`
-	FwTestClock  *ebpf.VariableSpec `ebpf:"fw_test_clock"`
+	FwBtfAnchor   *ebpf.VariableSpec `ebpf:"fw_btf_anchor"`
+	FwClockNs     *ebpf.VariableSpec `ebpf:"fw_clock_ns"`
+	FwNoSampling  *ebpf.VariableSpec `ebpf:"fw_no_sampling"`
+	FwSketchLines *ebpf.VariableSpec `ebpf:"fw_sketch_lines"`
+	FwSketchSeed  *ebpf.VariableSpec `ebpf:"fw_sketch_seed"`
+	FwTestClock   *ebpf.VariableSpec `ebpf:"fw_test_clock"`
 }
 
 // firewallObjects contains all objects after they have been loaded into the kernel.
@@ -483,7 +506,9 @@ type firewallMaps struct {
 	Icmptype     *ebpf.Map `ebpf:"icmptype"`
 	Proto        *ebpf.Map `ebpf:"proto"`
 	RlRule       *ebpf.Map `ebpf:"rl_rule"`
+	RlSketch     *ebpf.Map `ebpf:"rl_sketch"`
 	RlSource     *ebpf.Map `ebpf:"rl_source"`
+	RlSrcStats   *ebpf.Map `ebpf:"rl_src_stats"`
 	RuleLimited  *ebpf.Map `ebpf:"rule_limited"`
 	RuleNames    *ebpf.Map `ebpf:"rule_names"`
 	RuleStats    *ebpf.Map `ebpf:"rule_stats"`
@@ -528,7 +553,9 @@ func (m *firewallMaps) Close() error {
 		m.Icmptype,
 		m.Proto,
 		m.RlRule,
+		m.RlSketch,
 		m.RlSource,
+		m.RlSrcStats,
 		m.RuleLimited,
 		m.RuleNames,
 		m.RuleStats,
@@ -558,10 +585,12 @@ func (m *firewallMaps) Close() error {
 //
 // It can be passed to loadFirewallObjects or ebpf.CollectionSpec.LoadAndAssign.
 type firewallVariables struct {
-	FwBtfAnchor  *ebpf.Variable `ebpf:"fw_btf_anchor"`
-	FwClockNs    *ebpf.Variable `ebpf:"fw_clock_ns"`
-	FwNoSampling *ebpf.Variable `ebpf:"fw_no_sampling"`
-	FwTestClock  *ebpf.Variable `ebpf:"fw_test_clock"`
+	FwBtfAnchor   *ebpf.Variable `ebpf:"fw_btf_anchor"`
+	FwClockNs     *ebpf.Variable `ebpf:"fw_clock_ns"`
+	FwNoSampling  *ebpf.Variable `ebpf:"fw_no_sampling"`
+	FwSketchLines *ebpf.Variable `ebpf:"fw_sketch_lines"`
+	FwSketchSeed  *ebpf.Variable `ebpf:"fw_sketch_seed"`
+	FwTestClock   *ebpf.Variable `ebpf:"fw_test_clock"`
 }
 
 // firewallPrograms contains all programs after they have been loaded into the kernel.

@@ -306,9 +306,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rl_rule SEC(".maps");
 
-/* rl_source: the token buckets of per-source limits. An LRU: a flood of
- * spoofed sources evicts the least recently seen buckets instead of
- * failing. Its size is set by user space when it creates the map. */
+/* rl_source: the token buckets of per-source limits, key struct
+ * fw_source_key (the limit's id and the masked source), value struct
+ * fw_bucket. Only sources the sketch (rl_sketch) finds near their limit get
+ * one (ratelimit.h): a spoofed flood of new sources passes on the sketch and
+ * creates none. An LRU, so that even a flood the sketch is too small for
+ * evicts the least recently seen buckets instead of failing. Its size is
+ * set by user space when it creates the map. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, FW_DEFAULT_SOURCE_BUCKETS);
@@ -316,6 +320,34 @@ struct {
 	__type(value, struct fw_bucket);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rl_source SEC(".maps");
+
+/* rl_sketch[1 + i]: struct fw_sketch_line, line i of the count-min sketch
+ * of leaky buckets that every per-source packet is counted in (a hash of
+ * its fw_source_key picks the line, and one counter of each row in it);
+ * rl_sketch[0].tat[0]: the hash seed, for user space. Shared by all CPUs
+ * (compare-and-swap), so a source spread over CPUs is counted whole.
+ * Mmapable: the kernel then puts the values on a page boundary, so each
+ * 64-byte line is one cache line. Its size (lines + 1) is set by user space
+ * when it creates the map, like rl_source's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FW_DEFAULT_SKETCH_LINES + 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fw_sketch_line);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_sketch SEC(".maps");
+
+/* rl_src_stats[slot]: per-CPU struct fw_rl_src_stat of a per-source limit
+ * rule, by its counter slot: how many of its packets needed a bucket and how
+ * many buckets it created. Counted on the bucket path only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FW_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fw_rl_src_stat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rl_src_stats SEC(".maps");
 
 /* sampling[0]: struct fw_sampling. */
 struct {

@@ -33,6 +33,19 @@ type RuleStats struct {
 	// passed or went on to the next rule. (A value, not a pointer, so
 	// RuleStats compare with ==.)
 	Limited Counter `json:"limited,omitzero"`
+	// Sources counts, for a per-source rate limit, what its sketch did.
+	Sources SourceLimitStats `json:"sources,omitzero"`
+}
+
+// SourceLimitStats are a per-source limit's sketch counts (README: "Per-source
+// limits under a flood"). Of the packets the rule matched, BucketPackets
+// were of sources at their limit and took their bucket; the rest passed on
+// the sketch alone. BucketsCreated is how many sources were given a bucket.
+// Under a flood, BucketPackets near the rule's packets means the sketch is
+// too small for it (Options.SourceSketchLines).
+type SourceLimitStats struct {
+	BucketPackets  uint64 `json:"bucketPackets"`
+	BucketsCreated uint64 `json:"bucketsCreated"`
 }
 
 // Action counter names, in firewall.h's enum fw_stat order.
@@ -97,10 +110,46 @@ func (fw *Firewall) Stats() (*Stats, error) {
 				return nil, fmt.Errorf("read rule_limited[%d]: %w", r.Slot, err)
 			}
 			rs.Limited = l
+			if r.Limit.Per == uint8(firewallFwLimitPerFW_PER_SOURCE) {
+				if rs.Sources, err = fw.sourceLimitStats(r.Slot); err != nil {
+					return nil, err
+				}
+			}
 		}
 		st.Rules = append(st.Rules, rs)
 	}
 	return st, nil
+}
+
+// sourceLimitStats sums rl_src_stats[slot] over CPUs: zero from a pinned
+// firewall of a version without the map.
+func (fw *Firewall) sourceLimitStats(slot uint32) (SourceLimitStats, error) {
+	m := fw.pinnedMap(&fw.objs.RlSrcStats, "rl_src_stats")
+	if m == nil {
+		return SourceLimitStats{}, nil
+	}
+	var per []firewallFwRlSrcStat
+	if err := m.Lookup(slot, &per); err != nil {
+		return SourceLimitStats{}, fmt.Errorf("read rl_src_stats[%d]: %w", slot, err)
+	}
+	var st SourceLimitStats
+	for _, p := range per {
+		st.BucketPackets += p.Checked
+		st.BucketsCreated += p.Created
+	}
+	return st, nil
+}
+
+// pinnedMap returns *m, or opens the pinned map name into it (OpenPinned
+// opens only the maps every version has; Close closes this one too). Nil
+// when it is not pinned.
+func (fw *Firewall) pinnedMap(m **ebpf.Map, name string) *ebpf.Map {
+	if *m == nil {
+		if pinned, err := ebpf.LoadPinnedMap(filepath.Join(fw.dir, name), &ebpf.LoadPinOptions{ReadOnly: true}); err == nil {
+			*m = pinned
+		}
+	}
+	return *m
 }
 
 func sumCounter(m *ebpf.Map, key uint32) (Counter, error) {
@@ -135,13 +184,17 @@ type State struct {
 	Tables map[string]string `json:"tables,omitempty"`
 	// SourceBuckets is the size of the per-source rate-limit buckets' LRU.
 	SourceBuckets int `json:"sourceBuckets"`
+	// SourceSketchLines is the size of the sketch per-source limits count
+	// packets in (64 bytes a line); 0 from a version without one.
+	SourceSketchLines int `json:"sourceSketchLines,omitempty"`
 	// Sampling is the drop sampling and its readers.
 	Sampling *SamplingStatus `json:"sampling,omitempty"`
 }
 
 // State reads the firewall's state from the pinned objects.
 func (fw *Firewall) State() (*State, error) {
-	s := &State{Interface: fw.iface, PinDir: fw.dir, Generation: -1, SourceBuckets: fw.SourceBuckets()}
+	s := &State{Interface: fw.iface, PinDir: fw.dir, Generation: -1, SourceBuckets: fw.SourceBuckets(),
+		SourceSketchLines: fw.SourceSketchLines()}
 	sampling, err := fw.Sampling()
 	if err != nil {
 		return nil, err
