@@ -2,9 +2,7 @@ package bpf
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -123,9 +121,11 @@ type Compiled struct {
 	Digest [32]byte
 	// RuleSets names the compiled sets in evaluation order.
 	RuleSets []string
-	// doc is the JSON of what was compiled (an appliedDoc), kept with the
-	// generation (see AppliedRuleSets).
+	// doc is what was compiled (an appliedDoc and the sets' members, see
+	// encodeDoc), kept with the generation (see AppliedRuleSets).
 	doc []byte
+	// inc is what Update needs.
+	inc *incState
 
 	// Src4Range and Dst4Range, when set, hold the field's IPv4 prefixes as
 	// a range table (built from Src4/Dst4), which the kernel uses instead
@@ -270,14 +270,33 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		}
 	}
 
-	src4, src6, err := compilePrefixes(in, fields, false)
+	// Every set's members, parsed once: for the tables and, as keys, for
+	// the stored document and incremental updates.
+	inc := &incState{in: in, opts: opts, iface: iface, byRef: map[setRef]int{}, lineage: nextLineage()}
+	parsed := make(map[setRef][]netip.Prefix)
+	for i := range ordered {
+		rs := &ordered[i]
+		for _, name := range sortedSetNames(rs.Sets) {
+			ps, err := rs.SetPrefixes(name)
+			if err != nil {
+				return nil, fmt.Errorf("rule set %s: set %s: %w", rs.Name, name, err)
+			}
+			ref := setRef{rs.Name, name}
+			parsed[ref] = ps
+			inc.byRef[ref] = len(inc.members)
+			inc.members = append(inc.members, membersOf(i, name, ps))
+		}
+	}
+
+	src4, src6, srcState, err := compilePrefixes(in, fields, false, parsed)
 	if err != nil {
 		return nil, err
 	}
-	dst4, dst6, err := compilePrefixes(in, fields, true)
+	dst4, dst6, dstState, err := compilePrefixes(in, fields, true, parsed)
 	if err != nil {
 		return nil, err
 	}
+	inc.fields = [2]*fieldState{srcState, dstState}
 	c.SrcPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.sports })
 	c.DstPort = compilePorts(in, fields, func(f *ruleFields) [][2]uint16 { return f.dports })
 	c.Proto = compileBytes(in, fields, protoSlots, -1, func(f *ruleFields, b int) (bool, bool) {
@@ -290,24 +309,19 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 		return f.icmpType < 0, f.icmpType == b
 	})
 
-	threshold := opts.BigSetThreshold
-	if threshold == 0 {
-		threshold = DefaultBigSetThreshold
-	}
 	// Big fields get their tables; the others (and only they) keep maps
 	// for the LPM tries.
-	big := func(t prefixTable) bool { return threshold > 0 && len(t.prefixes) > threshold }
-	if big(src4) {
+	if opts.big(len(src4.prefixes)) {
 		c.Src4Range, c.Fields = buildRange4(src4), c.Fields|fieldSrc4Range
 	} else {
 		c.Src4 = src4.asMap()
 	}
-	if big(dst4) {
+	if opts.big(len(dst4.prefixes)) {
 		c.Dst4Range, c.Fields = buildRange4(dst4), c.Fields|fieldDst4Range
 	} else {
 		c.Dst4 = dst4.asMap()
 	}
-	if big(src6) {
+	if opts.big(len(src6.prefixes)) {
 		c.Src6Range, c.Fields = buildRange6(src6), c.Fields|fieldSrc6Range
 		if len(c.Src6Range.dense) > 0 {
 			c.Fields |= fieldSrc6Dense
@@ -315,7 +329,7 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	} else {
 		c.Src6 = src6.asMap()
 	}
-	if big(dst6) {
+	if opts.big(len(dst6.prefixes)) {
 		c.Dst6Range, c.Fields = buildRange6(dst6), c.Fields|fieldDst6Range
 		if len(c.Dst6Range.dense) > 0 {
 			c.Fields |= fieldDst6Dense
@@ -329,14 +343,22 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 	}
 	c.Vecs = in.vecs
 
-	// The canonical JSON of what was compiled is both the digest's input
-	// and what the generation stores (see AppliedRuleSets).
-	c.doc, err = json.Marshal(appliedDoc{Interface: iface, Options: opts, RuleSets: ordered})
-	if err != nil {
-		return nil, fmt.Errorf("encode compiled rule sets: %w", err)
+	inc.header = appliedDoc{Interface: iface, Options: opts, RuleSets: withoutMembers(ordered)}
+	c.inc = inc
+	if err := c.encode(); err != nil {
+		return nil, err
 	}
-	c.Digest = sha256.Sum256(c.doc)
 	return c, nil
+}
+
+// big says whether a field of n prefixes (of one family) uses a range
+// table.
+func (o CompileOptions) big(n int) bool {
+	threshold := o.BigSetThreshold
+	if threshold == 0 {
+		threshold = DefaultBigSetThreshold
+	}
+	return threshold > 0 && n > threshold
 }
 
 // orderSets validates, filters by interface and sorts the rule sets.
@@ -454,25 +476,24 @@ func (t prefixTable) asMap() map[netip.Prefix]VecID {
 // so that one longest-prefix lookup returns every rule an address
 // satisfies. Both always hold a /0 entry: the rules that match any address.
 // It works on sorted slices, not maps: at a million prefixes, map inserts
-// and lookups cost seconds.
-func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 prefixTable, err error) {
+// and lookups cost seconds. members holds every set's parsed prefixes.
+//
+// It also returns the field's state for incremental updates: which
+// sources (the rules without an address match, one rule's literal
+// prefixes, one set) list each prefix.
+func compilePrefixes(in *interner, fields []ruleFields, dst bool, members map[setRef][]netip.Prefix) (v4, v6 prefixTable, fs *fieldState, err error) {
 	var wild Bitvec
 	size := 2
 	for _, f := range fields {
 		size += len(f.src) + len(f.dst)
 		for _, s := range append(f.srcSets, f.dstSets...) {
-			if ps, ok := f.ruleSet.Sets[s]; ok {
-				size += len(ps.Prefixes)
-			}
+			size += len(members[setRef{f.ruleSet.Name, s}])
 		}
 	}
+	fs = newFieldState()
 	entries := make([]prefixEntry, 0, size)
-	type setKey struct {
-		rs   *proto.RuleSet
-		name string
-	}
-	setRules := make(map[setKey]*Bitvec)
-	var setOrder []setKey
+	setRules := make(map[setRef]*Bitvec)
+	var setOrder []setRef
 	for i := range fields {
 		f := &fields[i]
 		lits, sets := f.src, f.srcSets
@@ -483,14 +504,16 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 prefix
 			wild.set(i)
 			continue
 		}
-		var one Bitvec
-		one.set(i)
-		id := in.intern(&one)
-		for _, p := range lits {
-			entries = append(entries, prefixEntry{p, id})
+		if len(lits) > 0 {
+			var one Bitvec
+			one.set(i)
+			src := fs.addSource(in.intern(&one))
+			for _, p := range lits {
+				entries = append(entries, prefixEntry{p, src})
+			}
 		}
 		for _, s := range sets {
-			k := setKey{f.ruleSet, s}
+			k := setRef{f.ruleSet.Name, s}
 			if setRules[k] == nil {
 				setRules[k] = new(Bitvec)
 				setOrder = append(setOrder, k)
@@ -499,30 +522,42 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 prefix
 		}
 	}
 	for _, k := range setOrder {
-		members, err := k.rs.SetPrefixes(k.name)
-		if err != nil {
-			return v4, v6, fmt.Errorf("rule set %s: set %s: %w", k.rs.Name, k.name, err)
+		ps, ok := members[k]
+		if !ok {
+			return v4, v6, nil, fmt.Errorf("rule set %s: unknown set %q", k.ruleSet, k.set)
 		}
-		id := in.intern(setRules[k])
-		for _, p := range members {
-			entries = append(entries, prefixEntry{p, id})
+		src := fs.addSource(in.intern(setRules[k]))
+		fs.bySet[k] = src
+		for _, p := range ps {
+			entries = append(entries, prefixEntry{p, src})
 		}
 	}
-	wildID := in.intern(&wild)
+	fs.sources[wildSource] = in.intern(&wild)
 	entries = append(entries,
-		prefixEntry{netip.PrefixFrom(netip.IPv4Unspecified(), 0), wildID},
-		prefixEntry{netip.PrefixFrom(netip.IPv6Unspecified(), 0), wildID})
+		prefixEntry{netip.PrefixFrom(netip.IPv4Unspecified(), 0), wildSource},
+		prefixEntry{netip.PrefixFrom(netip.IPv6Unspecified(), 0), wildSource})
 	sortEntries(entries)
 
-	// A prefix listed by several rules or sets: one entry, their union.
-	merged := entries[:0]
-	for _, e := range entries {
-		if n := len(merged); n > 0 && merged[n-1].p == e.p {
-			merged[n-1].id = in.union(merged[n-1].id, e.id)
-			continue
-		}
-		merged = append(merged, e)
+	// A prefix listed by several sources: one entry, with the combination
+	// of its sources, whose vector is their union.
+	type merged struct {
+		p     netip.Prefix
+		combo uint32
 	}
+	var list []merged
+	var srcs []int32
+	flush := func(p netip.Prefix) {
+		slices.Sort(srcs)
+		list = append(list, merged{p, fs.combos.of(slices.Compact(srcs))})
+		srcs = srcs[:0]
+	}
+	for i, e := range entries {
+		if i > 0 && entries[i-1].p != e.p {
+			flush(entries[i-1].p)
+		}
+		srcs = append(srcs, e.src)
+	}
+	flush(entries[len(entries)-1].p)
 
 	// Sorted by address then length, every prefix comes after the prefixes
 	// that contain it: a stack of the enclosing prefixes gives each one's
@@ -532,29 +567,33 @@ func compilePrefixes(in *interner, fields []ruleFields, dst bool) (v4, v6 prefix
 		id VecID
 	}
 	var stack []frame
-	prefixes := make([]netip.Prefix, len(merged))
-	ids := make([]VecID, len(merged))
-	for i, e := range merged {
+	prefixes := make([]netip.Prefix, len(list))
+	ids := make([]VecID, len(list))
+	combos := make([]uint32, len(list))
+	for i, e := range list {
 		for len(stack) > 0 && !(stack[len(stack)-1].p.Bits() <= e.p.Bits() && stack[len(stack)-1].p.Contains(e.p.Addr())) {
 			stack = stack[:len(stack)-1]
 		}
-		id := e.id
+		id := fs.own(in, e.combo)
 		if len(stack) > 0 {
 			id = in.union(stack[len(stack)-1].id, id)
 		}
 		stack = append(stack, frame{e.p, id})
-		prefixes[i], ids[i] = e.p, id
+		prefixes[i], ids[i], combos[i] = e.p, id, e.combo
 	}
 	n4 := 0
 	for n4 < len(prefixes) && prefixes[n4].Addr().Is4() {
 		n4++
 	}
-	return prefixTable{prefixes[:n4], ids[:n4]}, prefixTable{prefixes[n4:], ids[n4:]}, nil
+	v4, v6 = prefixTable{prefixes[:n4], ids[:n4]}, prefixTable{prefixes[n4:], ids[n4:]}
+	fs.v4 = newTable4(v4, combos[:n4])
+	fs.v6 = newTable6(v6, combos[n4:])
+	return v4, v6, fs, nil
 }
 
 type prefixEntry struct {
-	p  netip.Prefix
-	id VecID
+	p   netip.Prefix
+	src int32
 }
 
 // sortPrefixes orders prefixes v4 first, then by address, then shorter

@@ -44,10 +44,11 @@ type part struct {
 
 // range4 is the range table of one field, in compiler vector ids.
 type range4 struct {
-	// parts[first[i]:first[i+1]] are the parts of /16 i, the first
-	// starting at 0. One part: the /16 has one vector, and no tree.
-	parts []part
-	first []int32 // r4Directs + 1
+	// slash16[i] are the parts of /16 i, the first starting at 0. One
+	// part: the /16 has one vector, and no tree. Each is its own slice,
+	// so that an incremental update replaces the /16s it changes and
+	// shares the others with the table it started from.
+	slash16 [][]part
 }
 
 // interval is a run of addresses, from start to the next interval's start,
@@ -126,30 +127,31 @@ func buildRange4(t prefixTable) *range4 {
 // range4FromIntervals cuts the intervals of the address space at every
 // /16.
 func range4FromIntervals(iv []interval) *range4 {
-	r := &range4{parts: make([]part, 0, len(iv)+r4Directs), first: make([]int32, r4Directs+1)}
+	all := make([]part, 0, len(iv)+r4Directs)
+	r := &range4{slash16: make([][]part, r4Directs)}
 	k := 0 // iv[k] holds the current /16's first address
 	for i := 0; i < r4Directs; i++ {
 		lo := uint64(i) << 16
 		for k+1 < len(iv) && iv[k+1].start <= lo {
 			k++
 		}
-		r.first[i] = int32(len(r.parts))
-		r.parts = append(r.parts, part{0, iv[k].id})
+		first := len(all)
+		all = append(all, part{0, iv[k].id})
 		j := k + 1
 		for j < len(iv) && iv[j].start <= lo|0xFFFF {
-			r.parts = append(r.parts, part{uint16(iv[j].start), iv[j].id})
+			all = append(all, part{uint16(iv[j].start), iv[j].id})
 			j++
 		}
 		if j > k+1 {
 			k = j - 1 // the next /16 starts inside the last interval seen
 		}
+		r.slash16[i] = all[first:len(all):len(all)]
 	}
-	r.first[r4Directs] = int32(len(r.parts))
 	return r
 }
 
 // partsOf returns the parts of /16 i.
-func (r *range4) partsOf(i int) []part { return r.parts[r.first[i]:r.first[i+1]] }
+func (r *range4) partsOf(i int) []part { return r.slash16[i] }
 
 // lookup is the Go model of the table's lookup, for the compiler's tests.
 func (r *range4) lookup(a netip.Addr) VecID {
