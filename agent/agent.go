@@ -123,6 +123,10 @@ type managedIface struct {
 	rules     int
 	appliedAt time.Time
 	writes    int
+	// base is what was compiled for the rule sets last applied (the
+	// cache's appliedDocs), to update with the next change's set deltas;
+	// nil until a whole compile.
+	base *bpf.Compiled
 	// dropped tallies sampled drops by rule and source for telemetry.
 	dropped dropTally
 }

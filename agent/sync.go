@@ -421,21 +421,17 @@ func (a *Agent) reconcile() {
 	c.input, c.retry = fp, false
 	t := &c.timing
 	start := time.Now()
-	refs, sets, serr := a.desiredRuleSets()
-	var stored map[string]proto.RuleSet
+	refs, stored, serr := a.desiredRuleSets()
+	var byName map[string]proto.RuleSet
 	var deltas []setDelta
 	incremental := false
 	if serr == nil {
-		// What an incremental apply would be given (not used yet: every
-		// apply compiles the whole of every rule set).
-		stored = make(map[string]proto.RuleSet, len(refs))
-		next := make([]proto.RuleSet, len(refs))
-		for i, ref := range refs {
-			next[i] = c.docs[a.keys.RuleSetVersion(ref.Name, ref.Version)].rs
-			stored[ref.Name] = next[i]
+		byName = make(map[string]proto.RuleSet, len(refs))
+		for _, rs := range stored {
+			byName[rs.Name] = rs
 		}
 		var err error
-		deltas, incremental, err = setDeltas(c.appliedDocs, next, func(h string) ([]string, bool) {
+		deltas, incremental, err = setDeltas(c.appliedDocs, stored, func(h string) ([]string, bool) {
 			p, ok := c.chunks[h]
 			return p, ok
 		})
@@ -445,7 +441,7 @@ func (a *Agent) reconcile() {
 	}
 	since(&t.decode, start)
 	if serr == nil {
-		serr = a.applyAll(sets)
+		serr, incremental = a.applyAll(refs, stored, deltas, incremental)
 	}
 	switch {
 	case serr != nil && c.desired == nil:
@@ -462,7 +458,7 @@ func (a *Agent) reconcile() {
 			zap.String("document", serr.Document), zap.Int64("version", serr.Version),
 			zap.Int64("revision", c.rev), zap.String("reason", serr.Message))
 	default:
-		c.applied, c.lastError, c.inSync, c.appliedDocs = refs, nil, true, stored
+		c.applied, c.lastError, c.inSync, c.appliedDocs = refs, nil, true, byName
 		a.pruneChunks() // the previous version's chunks
 	}
 	a.metrics.revision.Set(float64(c.rev))
@@ -500,7 +496,9 @@ func refStrings(refs []proto.RuleSetRef) []string {
 	return out
 }
 
-// desiredRuleSets decodes the desired state and every version it names.
+// desiredRuleSets decodes the desired state and every version it names,
+// each validated, as stored: big sets still chunk references (see
+// resolveRuleSets).
 func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.StatusError) {
 	c := &a.cache
 	desiredKey := a.keys.HostDesired(a.cfg.Host)
@@ -522,27 +520,14 @@ func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.S
 		}
 		// The document was decoded when it arrived and each chunk's
 		// prefixes checked when it was fetched: validating the document
-		// with its chunk references and resolving them costs the chunk
-		// list, not a parse of every prefix of a big set.
+		// with its chunk references costs the chunk list, not a parse of
+		// every prefix of a big set.
 		rs, err := doc.rs, doc.err
 		if err == nil {
 			err = rs.ValidateWith(proto.ValidateOptions{AllowChunks: true})
 		}
 		if err == nil && rs.Name != ref.Name {
 			err = fmt.Errorf("document is named %q, not %q", rs.Name, ref.Name)
-		}
-		if err == nil {
-			rs.Sets = maps.Clone(rs.Sets) // ResolveChunks replaces sets; the cached document keeps its references
-			err = rs.ResolveChunks(func(h string) ([]string, error) {
-				p, ok := c.chunks[h]
-				if !ok {
-					if cerr := c.chunkErrs[h]; cerr != nil {
-						return nil, fmt.Errorf("%s refused: %w", a.keys.Chunk(h), cerr)
-					}
-					return nil, fmt.Errorf("chunk %s not found", a.keys.Chunk(h))
-				}
-				return p, nil
-			})
 		}
 		if err != nil {
 			return nil, nil, &proto.StatusError{Document: key, Version: ref.Version, Message: err.Error()}
@@ -552,29 +537,103 @@ func (a *Agent) desiredRuleSets() ([]proto.RuleSetRef, []proto.RuleSet, *proto.S
 	return d.RuleSets, sets, nil
 }
 
+// resolveRuleSets replaces the chunk references of stored documents (as
+// desiredRuleSets returns them) with the chunks' prefixes: what a whole
+// compile needs.
+func (a *Agent) resolveRuleSets(refs []proto.RuleSetRef, stored []proto.RuleSet) ([]proto.RuleSet, *proto.StatusError) {
+	c := &a.cache
+	sets := make([]proto.RuleSet, len(stored))
+	for i, rs := range stored {
+		rs.Sets = maps.Clone(rs.Sets) // ResolveChunks replaces sets; the cached document keeps its references
+		err := rs.ResolveChunks(func(h string) ([]string, error) {
+			p, ok := c.chunks[h]
+			if !ok {
+				if cerr := c.chunkErrs[h]; cerr != nil {
+					return nil, fmt.Errorf("%s refused: %w", a.keys.Chunk(h), cerr)
+				}
+				return nil, fmt.Errorf("chunk %s not found", a.keys.Chunk(h))
+			}
+			return p, nil
+		})
+		if err != nil {
+			return nil, &proto.StatusError{Document: a.keys.RuleSetVersion(refs[i].Name, refs[i].Version),
+				Version: refs[i].Version, Message: err.Error()}
+		}
+		sets[i] = rs
+	}
+	return sets, nil
+}
+
 // applyAll compiles the rule sets for every interface first, so that a
 // compile error changes nothing anywhere, then applies them interface by
 // interface (each apply is atomic). An interface whose active digest is
 // already the compiled one is left alone.
-func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
+//
+// When the rule sets differ from those last applied only in set members
+// (incremental, with deltas), each interface's last compiled value is
+// updated with the deltas instead: no chunk is resolved and no set
+// compiled whole. Whatever the update cannot take falls back to a whole
+// compile. It returns whether the update was used.
+func (a *Agent) applyAll(refs []proto.RuleSetRef, stored []proto.RuleSet, deltas []setDelta, incremental bool) (*proto.StatusError, bool) {
 	desiredKey := a.keys.HostDesired(a.cfg.Host)
 	t := &a.cache.timing
 	compiled := make([]*bpf.Compiled, len(a.ifaces))
-	for i, m := range a.ifaces {
+	updated := incremental && len(a.ifaces) > 0
+	if updated {
 		start := time.Now()
-		c, err := bpf.Compile(sets, m.cfg.Name)
-		since(&t.compile, start)
-		if err != nil {
-			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("compile for %s: %v", m.cfg.Name, err)}
+		bd := bpfDeltas(deltas)
+		for i, m := range a.ifaces {
+			if m.base == nil {
+				updated = false
+				break
+			}
+			u, err := m.base.Update(bd)
+			if err == nil {
+				err = checkSetSizes(u, stored, deltas)
+			}
+			if errors.Is(err, bpf.ErrNeedsCompile) {
+				a.log.Info("compiling whole: the change does not fit an update", zap.String("iface", m.cfg.Name), zap.Error(err))
+				updated = false
+				break
+			}
+			if err != nil {
+				since(&t.compile, start)
+				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("compile for %s: %v", m.cfg.Name, err)}, false
+			}
+			compiled[i] = u
 		}
-		compiled[i] = c
+		since(&t.compile, start)
+	}
+	if !updated {
+		start := time.Now()
+		sets, serr := a.resolveRuleSets(refs, stored)
+		since(&t.decode, start)
+		if serr != nil {
+			return serr, false
+		}
+		for i, m := range a.ifaces {
+			start := time.Now()
+			c, err := bpf.Compile(sets, m.cfg.Name)
+			since(&t.compile, start)
+			if err != nil {
+				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("compile for %s: %v", m.cfg.Name, err)}, false
+			}
+			compiled[i] = c
+		}
+	}
+	// Until every interface has applied, no interface's compiled value
+	// matches what the agent counts as applied: an update must start from
+	// a whole compile again.
+	for _, m := range a.ifaces {
+		m.base = nil
 	}
 	start := time.Now()
+	defer since(&t.write, start)
 	for i, m := range a.ifaces {
 		if m.digest == hex.EncodeToString(compiled[i].Digest[:]) {
 			if err := a.attach(m); err != nil {
 				a.cache.retry = true
-				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
+				return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}, false
 			}
 			m.writes = 0
 			continue
@@ -583,18 +642,50 @@ func (a *Agent) applyAll(sets []proto.RuleSet) *proto.StatusError {
 		rep, err := m.fw.Apply(compiled[i])
 		if err != nil {
 			a.cache.retry = true
-			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("apply to %s: %v", m.cfg.Name, err)}
+			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("apply to %s: %v", m.cfg.Name, err)}, false
 		}
 		m.writes = rep.TotalWrites()
 		m.digest, m.rules, m.appliedAt = hex.EncodeToString(rep.Digest[:]), rep.Rules, time.Now().UTC()
 		a.metrics.mapWrites.Add(float64(m.writes))
 		if err := a.attach(m); err != nil {
 			a.cache.retry = true
-			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}
+			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("attach to %s: %v", m.cfg.Name, err)}, false
 		}
 	}
-	since(&t.write, start)
-	a.cache.release = bigTables(compiled)
+	for i, m := range a.ifaces {
+		m.base = compiled[i]
+	}
+	// A whole compile of big tables leaves much garbage; an update little.
+	a.cache.release = !updated && bigTables(compiled)
+	return nil, updated
+}
+
+// bpfDeltas converts set deltas for Compiled.Update.
+func bpfDeltas(deltas []setDelta) []bpf.SetDelta {
+	out := make([]bpf.SetDelta, len(deltas))
+	for i, d := range deltas {
+		out[i] = bpf.SetDelta{RuleSet: d.ruleSet, Set: d.set, Added: d.added, Removed: d.removed}
+	}
+	return out
+}
+
+// checkSetSizes checks that each changed chunked set holds, after the
+// update, as many prefixes as its document says. Deltas come from the
+// chunks that changed: if chunks repeated a prefix, removing one copy
+// would remove it from the update but not from the set, and only a whole
+// compile sees the set as its chunks list it.
+func checkSetSizes(u *bpf.Compiled, stored []proto.RuleSet, deltas []setDelta) error {
+	for _, d := range deltas {
+		for _, rs := range stored {
+			set, ok := rs.Sets[d.set]
+			if rs.Name != d.ruleSet || !ok || len(set.Chunks) == 0 {
+				continue
+			}
+			if n, ok := u.SetSize(d.ruleSet, d.set); ok && n != set.Count {
+				return fmt.Errorf("%w: set %s/%s holds %d distinct prefixes, its document says %d", bpf.ErrNeedsCompile, d.ruleSet, d.set, n, set.Count)
+			}
+		}
+	}
 	return nil
 }
 

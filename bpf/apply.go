@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -18,6 +19,9 @@ type ApplyReport struct {
 	Generation int
 	// Writes counts map entries written or deleted, per map.
 	Writes map[string]int
+	// Incremental is set when the apply placed only what the updates
+	// since the generation was last written changed.
+	Incremental bool
 	// DocBytes is the size of the stored copy of the applied rule sets
 	// (rewritten whole on every apply; not a policy entry, not in Writes).
 	DocBytes int
@@ -53,6 +57,45 @@ type genState struct {
 	// src6r and dst6r are the field's IPv6 range tables, nil when the
 	// field uses the LPM trie for IPv6.
 	src6r, dst6r *range6State
+	// from names the Compiled written (zero: unknown, read back).
+	from compiledFrom
+}
+
+// compiledFrom names a Compiled: its compile and how many updates since.
+type compiledFrom struct{ lineage, epoch uint64 }
+
+// errPlaceWhole says an apply must place every table whole.
+var errPlaceWhole = errors.New("the apply must place every table whole")
+
+// changesSince returns what the updates of c since from changed in the
+// IPv4 range tables (each field's /16s, sorted), or nil when a generation
+// written from from must be rewritten whole: another compile, or more
+// updates ago than c remembers.
+func changesSince(c *Compiled, from compiledFrom) *tableChanges {
+	if c.inc == nil || from.lineage != c.inc.lineage || from.epoch > c.inc.epoch {
+		return nil
+	}
+	u := &tableChanges{epoch: c.inc.epoch}
+	seen := 0
+	for _, ch := range c.inc.changes {
+		if ch.epoch <= from.epoch {
+			continue
+		}
+		seen++
+		for f := range 2 {
+			u.slash16[f] = append(u.slash16[f], ch.slash16[f]...)
+			u.all4[f] = u.all4[f] || ch.all4[f]
+			u.v6[f] = u.v6[f] || ch.v6[f]
+		}
+	}
+	if uint64(seen) != c.inc.epoch-from.epoch {
+		return nil
+	}
+	for f := range 2 {
+		slices.Sort(u.slash16[f])
+		u.slash16[f] = slices.Compact(u.slash16[f])
+	}
+	return u
 }
 
 // Apply makes c the active rule set: it writes c into the inactive
@@ -100,9 +143,21 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 		return nil, err
 	}
 
-	want, err := place(c, cur, slots)
+	// A generation written from an earlier update of the same compile
+	// needs only what the updates since changed; place says when it
+	// cannot keep the rest (out of vector ids).
+	changed := changesSince(c, cur.from)
+	want, err := place(c, cur, slots, changed)
+	if errors.Is(err, errPlaceWhole) {
+		changed = nil
+		want, err = place(c, cur, slots, nil)
+	}
 	if err != nil {
 		return nil, err
+	}
+	rep.Incremental = changed != nil
+	if c.inc != nil {
+		want.from = compiledFrom{c.inc.lineage, c.inc.epoch}
 	}
 	want.info.Seq = max(infos[0].Seq, infos[1].Seq) + 1
 	want.info.AppliedUnixNs = uint64(time.Now().UnixNano())
@@ -306,7 +361,12 @@ func readLPM6(m *ebpf.Map, gen uint32) (map[netip.Prefix]uint32, error) {
 // generation, reusing an id wherever the generation already holds the same
 // vector, so an unchanged rule set rewrites nothing and a small change
 // writes few entries.
-func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
+//
+// With changed set, the IPv4 range tables are placed only where they
+// changed, and the rest of cur's must stay valid: no vector id cur's
+// tables use may get new content (errPlaceWhole when that cannot be
+// avoided).
+func place(c *Compiled, cur *genState, slots []uint32, changed *tableChanges) (*genState, error) {
 	used := make([]bool, MaxVectors)
 	used[0] = true
 	mark := func(ids ...[]uint32) {
@@ -366,6 +426,9 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		for next < uint32(MaxVectors) && (taken[next] || used[next]) {
 			next++
 		}
+		if next >= uint32(MaxVectors) && changed != nil {
+			return nil, errPlaceWhole
+		}
 		if next >= uint32(MaxVectors) {
 			// Fall back to any id not taken by the new content.
 			next = 1
@@ -420,15 +483,21 @@ func place(c *Compiled, cur *genState, slots []uint32) (*genState, error) {
 		want.rules[i] = fr
 	}
 	var err error
+	place4 := func(f int, r *range4, cur *range4State) (*range4State, error) {
+		if changed != nil && !changed.all4[f] && cur != nil && cur.direct != nil {
+			return placeRange4Changed(r, cur, kid, changed.slash16[f])
+		}
+		return placeRange4(r, cur, kid)
+	}
 	if c.Src4Range != nil {
 		want.src4 = map[netip.Prefix]uint32{} // IPv4 sources go to the table
-		if want.src4r, err = placeRange4(c.Src4Range, cur.src4r, kid); err != nil {
+		if want.src4r, err = place4(0, c.Src4Range, cur.src4r); err != nil {
 			return nil, err
 		}
 	}
 	if c.Dst4Range != nil {
 		want.dst4 = map[netip.Prefix]uint32{}
-		if want.dst4r, err = placeRange4(c.Dst4Range, cur.dst4r, kid); err != nil {
+		if want.dst4r, err = place4(1, c.Dst4Range, cur.dst4r); err != nil {
 			return nil, err
 		}
 	}

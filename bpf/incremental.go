@@ -770,3 +770,15 @@ func (c *Compiled) rebuild6(f int, ch *tableChanges) {
 	}
 	ch.v6[f] = true
 }
+
+// SetSize returns the number of distinct prefixes of a compiled set.
+func (c *Compiled) SetSize(ruleSet, set string) (int, bool) {
+	if c.inc == nil {
+		return 0, false
+	}
+	i, ok := c.inc.byRef[setRef{ruleSet, set}]
+	if !ok {
+		return 0, false
+	}
+	return c.inc.members[i].count(), true
+}

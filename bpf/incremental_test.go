@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"github.com/xdpfw/xdpfw/bpf/reference"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -226,5 +227,71 @@ func TestUpdateRefusesWhatDoesNotFit(t *testing.T) {
 	u, err := c.Update([]SetDelta{{RuleSet: "other", Set: "b", Added: []netip.Prefix{p("198.18.9.0/24")}}})
 	if err != nil || u.Digest != c.Digest {
 		t.Fatalf("update of another rule set: %v (digest changed %v)", err, err == nil && u.Digest != c.Digest)
+	}
+}
+
+// TestUpdatesAppliedInTheKernel: a chain of updates applied one after
+// another is enforced exactly as the reference classifier says, each apply
+// after the first two placing only what changed (Incremental), with a
+// whole compile now and then (a new lineage: a whole placement again).
+func TestUpdatesAppliedInTheKernel(t *testing.T) {
+	fw := openTestFirewall(t)
+	for _, threshold := range []int{1, 6} {
+		g := newRuleGen(uint64(500 + threshold))
+		withRandomPrefixes(g, 200)
+		sets := g.ruleSets(2, 8)
+		for i := range sets {
+			sets[i].Rules = append([]proto.Rule{
+				{ID: "by-src", Action: proto.ActionDrop, Src: []string{"set:s0"}},
+				{ID: "by-dst", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, Dst: []string{"set:s1"}}},
+				sets[i].Rules...)
+		}
+		opts := CompileOptions{BigSetThreshold: threshold}
+		c, err := CompileWith(sets, fw.Interface(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+		incremental := 0
+		for step := range 30 {
+			next := cloneSets(sets)
+			d := randomDelta(g, next)
+			u, err := c.Update([]SetDelta{d})
+			if err != nil {
+				t.Fatalf("step %d: update %s: %v", step, d, err)
+			}
+			if step == 20 {
+				if u, err = CompileWith(next, fw.Interface(), opts); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := fw.Apply(u)
+			if err != nil {
+				t.Fatalf("step %d: apply: %v", step, err)
+			}
+			if rep.Incremental {
+				incremental++
+			}
+			if want := step >= 1 && step != 20 && step != 21; rep.Incremental != want && u.Src4Range != nil {
+				t.Errorf("threshold %d step %d: incremental apply %v, want %v", threshold, step, rep.Incremental, want)
+			}
+			ref, err := reference.New(next, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for range 300 {
+				p := g.packet()
+				r := ref.Classify(p)
+				if got := run(t, fw, frameFor(p).Bytes()); (got == xdpDrop) != r.Drop {
+					t.Fatalf("threshold %d step %d (%s) packet %+v: verdict %d, reference %+v", threshold, step, d, p, got, r)
+				}
+			}
+			sets, c = next, u
+		}
+		if incremental == 0 {
+			t.Errorf("threshold %d: no apply was incremental", threshold)
+		}
 	}
 }

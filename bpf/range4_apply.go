@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -74,38 +75,72 @@ func layoutRange4(r *range4, cur *range4State, kid []uint32, fresh bool) (*range
 	}
 	var kps []part
 	for i := range r4Directs {
-		ps := r.partsOf(i)
-		if len(ps) == 1 {
-			id := kid[ps[0].id]
-			w.direct[i] = id
-			w.usedVecs[id] = true
-			continue
-		}
-		kps = kps[:0]
-		for _, p := range ps {
-			id := kid[p.id]
-			w.usedVecs[id] = true
-			kps = append(kps, part{p.start, VecID(id)})
-		}
-		need := uint32(treeLines(len(kps)))
-		var start uint32
-		if reuse && cur.direct[i]>>r4DepthShift != 0 && cur.runs[i] >= need {
-			start, w.runs[i] = cur.direct[i]&r4LineMask, cur.runs[i]
-		} else {
-			start, w.runs[i] = w.top, need
-			w.top += need
-		}
-		lines, depth, err := encodeTree(kps, start)
-		if err != nil {
+		var err error
+		if kps, err = w.placeSlash16(r, cur, kid, i, reuse, kps); err != nil {
 			return nil, err
 		}
-		w.direct[i] = uint32(depth)<<r4DepthShift | start
-		w.trees = append(w.trees, lineRun{start, lines})
 	}
 	if fresh {
 		// Room to grow: changes append trees until the next fresh layout.
 		w.capacity = w.top + w.top/4 + 1024
 		w.fresh = true
+	}
+	return w, nil
+}
+
+// placeSlash16 places /16 i's parts: its id in the direct table, or its
+// tree in w's lines (where cur keeps one for i if it fits there and reuse
+// is set, else at w.top). kps is scratch space, returned for reuse.
+func (w *range4State) placeSlash16(r *range4, cur *range4State, kid []uint32, i int, reuse bool, kps []part) ([]part, error) {
+	ps := r.partsOf(i)
+	if len(ps) == 1 {
+		id := kid[ps[0].id]
+		w.direct[i], w.runs[i] = id, 0
+		w.usedVecs[id] = true
+		return kps, nil
+	}
+	kps = kps[:0]
+	for _, p := range ps {
+		id := kid[p.id]
+		w.usedVecs[id] = true
+		kps = append(kps, part{p.start, VecID(id)})
+	}
+	need := uint32(treeLines(len(kps)))
+	var start uint32
+	if reuse && cur.direct[i]>>r4DepthShift != 0 && cur.runs[i] >= need {
+		start, w.runs[i] = cur.direct[i]&r4LineMask, cur.runs[i]
+	} else {
+		start, w.runs[i] = w.top, need
+		w.top += need
+	}
+	lines, depth, err := encodeTree(kps, start)
+	if err != nil {
+		return kps, err
+	}
+	w.direct[i] = uint32(depth)<<r4DepthShift | start
+	w.trees = append(w.trees, lineRun{start, lines})
+	return kps, nil
+}
+
+// placeRange4Changed is placeRange4 for a table that differs from what
+// the generation holds (cur) only in the /16s of changed: it places those
+// and keeps the rest of cur as it is, so an apply rewrites only them.
+// cur's other /16s must point at vector ids whose content the apply keeps
+// (place sees to it); usedVecs grows to a superset of the ids in use
+// until the next whole placement. When the lines run out, every tree is
+// laid out afresh.
+func placeRange4Changed(r *range4, cur *range4State, kid []uint32, changed []int) (*range4State, error) {
+	w := &range4State{direct: slices.Clone(cur.direct), runs: slices.Clone(cur.runs),
+		capacity: cur.capacity, top: cur.top, usedVecs: cur.usedVecs}
+	var kps []part
+	for _, i := range changed {
+		var err error
+		if kps, err = w.placeSlash16(r, cur, kid, i, true, kps); err != nil {
+			return nil, err
+		}
+	}
+	if w.top > w.capacity {
+		return layoutRange4(r, cur, kid, true)
 	}
 	return w, nil
 }

@@ -1,0 +1,68 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/proto"
+)
+
+// Changes to the members of a big chunked set are applied as updates of
+// what was compiled before (no chunk resolved, no set compiled whole), and
+// every one leaves the interface with exactly what a whole compile of the
+// same rule set gives (its digest names the tables' content); a change of
+// a rule compiles whole again.
+func TestAgentAppliesSetChangesAsUpdates(t *testing.T) {
+	f := newFixture(t)
+	base := make([]string, 0, 20000)
+	for i := range 20000 {
+		base = append(base, fmt.Sprintf("10.%d.%d.0/24", i>>8, i&255))
+	}
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{"22"}, Src: []string{"set:big"}}}}
+	versions := [][]string{
+		base,
+		append(slices.Clone(base), "198.18.7.0/24"),                  // one added
+		slices.Concat(base[:5], base[6:], []string{"198.18.7.0/24"}), // one removed
+		append(slices.Clone(base), "198.18.0.0/15", "198.18.7.0/24"), // one back, one shorter than /16
+		base, // both gone
+	}
+	st := store.New(f.cli, f.keys)
+	core, logs := observer.New(zapcore.InfoLevel)
+	_, stop := f.startWith("", func(a *Agent) { a.log = zap.New(core) })
+	defer stop()
+	for i, members := range versions {
+		rs.Sets = map[string]proto.PrefixSet{"big": {Prefixes: members}}
+		if i == len(versions)-1 {
+			rs.Rules[0].DstPorts = []proto.PortSpec{"22", "2222"} // a rule change: whole
+		}
+		if _, _, err := st.PutRuleSet(context.Background(), rs, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+		ref := proto.RuleSetRef{Name: "edge", Version: int64(i + 1)}
+		f.desire(ref)
+		status := f.waitStatus(ref.String()+" applied", applied(ref))
+		whole, err := bpf.Compile([]proto.RuleSet{rs}, "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := status.Interfaces[0].Digest, hex.EncodeToString(whole.Digest[:]); got != want {
+			t.Fatalf("%s: interface digest %s, a whole compile gives %s", ref, got, want)
+		}
+		entries := logs.FilterMessage("applied desired state").All()
+		fields := entries[len(entries)-1].ContextMap()
+		want := i > 0 && i < len(versions)-1
+		if fields["incremental"] != want {
+			t.Errorf("%s: incremental %v, want %v", ref, fields["incremental"], want)
+		}
+	}
+}
