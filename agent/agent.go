@@ -91,6 +91,7 @@ type Agent struct {
 type firewall interface {
 	State() (*bpf.State, error)
 	Apply(*bpf.Compiled) (*bpf.ApplyReport, error)
+	PrepareStandby(*bpf.Compiled) (*bpf.ApplyReport, error)
 	Attach(bpf.AttachMode) (bpf.AttachMode, error)
 	Stats() (*bpf.Stats, error)
 	SetPolicy(dropParseErrors, dropNonIP bool) error

@@ -48,10 +48,7 @@ func TestAgentReportsApplyPhases(t *testing.T) {
 	f.desire(proto.RuleSetRef{Name: "edge", Version: 2})
 	f.waitStatus("edge@2 applied", applied(proto.RuleSetRef{Name: "edge", Version: 2}))
 
-	entries := logs.FilterMessage("applied desired state").All()
-	if len(entries) != 2 {
-		t.Fatalf("%d applies logged, want 2", len(entries))
-	}
+	entries := waitLogged(t, logs, "applied desired state", 2)
 	for i, e := range entries {
 		fields := e.ContextMap()
 		var sum time.Duration

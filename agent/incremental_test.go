@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -58,11 +59,27 @@ func TestAgentAppliesSetChangesAsUpdates(t *testing.T) {
 		if got, want := status.Interfaces[0].Digest, hex.EncodeToString(whole.Digest[:]); got != want {
 			t.Fatalf("%s: interface digest %s, a whole compile gives %s", ref, got, want)
 		}
-		entries := logs.FilterMessage("applied desired state").All()
-		fields := entries[len(entries)-1].ContextMap()
+		entries := waitLogged(t, logs, "applied desired state", i+1)
+		fields := entries[i].ContextMap()
 		want := i > 0 && i < len(versions)-1
 		if fields["incremental"] != want {
 			t.Errorf("%s: incremental %v, want %v", ref, fields["incremental"], want)
 		}
 	}
+}
+
+// waitLogged waits for n entries of a log message and returns them: the
+// apply's log line comes after its status (and after the standby write of
+// a whole compile).
+func waitLogged(t *testing.T, logs *observer.ObservedLogs, msg string, n int) []observer.LoggedEntry {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for logs.FilterMessage(msg).Len() < n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	entries := logs.FilterMessage(msg).All()
+	if len(entries) != n {
+		t.Fatalf("%d entries %q logged, want %d", len(entries), msg, n)
+	}
+	return entries
 }

@@ -35,6 +35,8 @@ func (f *nullFirewall) Apply(c *bpf.Compiled) (*bpf.ApplyReport, error) {
 	return &bpf.ApplyReport{Rules: len(c.Rules), Digest: c.Digest, Writes: map[string]int{}}, nil
 }
 
+func (f *nullFirewall) PrepareStandby(*bpf.Compiled) (*bpf.ApplyReport, error) { return nil, nil }
+
 func (f *nullFirewall) Attach(bpf.AttachMode) (bpf.AttachMode, error) { return "none", nil }
 func (f *nullFirewall) Stats() (*bpf.Stats, error) {
 	return &bpf.Stats{Actions: map[string]bpf.Counter{}}, nil

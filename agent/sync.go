@@ -60,8 +60,10 @@ type syncCache struct {
 	// watch response and by a retry, added to by each phase, reported by
 	// reconcile.
 	timing applyTiming
-	// release is set by an apply of big prefix tables: reconcile gives
-	// its memory back once the status is out (releaseMemory).
+	// release is set by a whole compile of big prefix tables: reconcile
+	// writes the standby generations (bpf.Firewall.PrepareStandby, so
+	// that the next update is written incrementally) and gives the
+	// compile's memory back once the status is out (releaseMemory).
 	release bool
 }
 
@@ -470,6 +472,16 @@ func (a *Agent) reconcile() {
 		// After the status: a rollout waits for it, not for this.
 		c.release = false
 		start := time.Now()
+		for _, m := range a.ifaces {
+			if m.base == nil || m.fw == nil {
+				continue
+			}
+			if _, err := m.fw.PrepareStandby(m.base); err != nil {
+				// Not an error for the change: the next update is
+				// written whole, which is slower, not wrong.
+				a.log.Warn("prepare standby generation", zap.String("iface", m.cfg.Name), zap.Error(err))
+			}
+		}
 		releaseMemory()
 		since(&t.release, start)
 	}

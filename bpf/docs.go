@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -97,7 +98,7 @@ type memberSection struct {
 // document. Each set that members lists must be empty in d (no prefixes,
 // chunks or file): members carry its prefixes. The keys must be in key
 // order without duplicates, with the bits past the prefix length zero.
-func encodeDoc(d appliedDoc, members []setMembers) ([]byte, error) {
+func encodeDoc(d appliedDoc, members []setMembers) ([]byte, [32]byte, error) {
 	order := make([]*setMembers, len(members))
 	for i := range members {
 		order[i] = &members[i]
@@ -112,37 +113,37 @@ func encodeDoc(d appliedDoc, members []setMembers) ([]byte, error) {
 	records := 0
 	for i, m := range order {
 		if m.ruleSet < 0 || m.ruleSet >= len(d.RuleSets) {
-			return nil, fmt.Errorf("encode docs: members of set %s: rule set %d of %d", m.set, m.ruleSet, len(d.RuleSets))
+			return nil, [32]byte{}, fmt.Errorf("encode docs: members of set %s: rule set %d of %d", m.set, m.ruleSet, len(d.RuleSets))
 		}
 		rs := d.RuleSets[m.ruleSet].Name
 		set, ok := d.RuleSets[m.ruleSet].Sets[m.set]
 		switch {
 		case !ok:
-			return nil, fmt.Errorf("encode docs: members of set %s: rule set %s has no such set", m.set, rs)
+			return nil, [32]byte{}, fmt.Errorf("encode docs: members of set %s: rule set %s has no such set", m.set, rs)
 		case len(set.Prefixes) > 0 || len(set.Chunks) > 0 || set.File != "" || set.Count != 0:
-			return nil, fmt.Errorf("encode docs: set %s of rule set %s has both members and prefixes, chunks or a file", m.set, rs)
+			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s has both members and prefixes, chunks or a file", m.set, rs)
 		case i > 0 && order[i-1].ruleSet == m.ruleSet && order[i-1].set == m.set:
-			return nil, fmt.Errorf("encode docs: set %s of rule set %s: members listed twice", m.set, rs)
+			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: members listed twice", m.set, rs)
 		}
 		sections[i] = memberSection{RuleSet: m.ruleSet, Set: m.set, V4: len(m.v4), V6: len(m.v6)}
 		records += docRecord4*len(m.v4) + docRecord6*len(m.v6)
 	}
 	js, err := json.Marshal(docHeader{Doc: d, Members: sections})
 	if err != nil {
-		return nil, fmt.Errorf("encode docs: %w", err)
+		return nil, [32]byte{}, fmt.Errorf("encode docs: %w", err)
 	}
 	var gz bytes.Buffer
 	zw := docGzip.Get().(*gzip.Writer)
 	defer docGzip.Put(zw)
 	zw.Reset(&gz)
 	if _, err := zw.Write(js); err != nil {
-		return nil, fmt.Errorf("encode docs: compress header: %w", err)
+		return nil, [32]byte{}, fmt.Errorf("encode docs: compress header: %w", err)
 	}
 	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("encode docs: compress header: %w", err)
+		return nil, [32]byte{}, fmt.Errorf("encode docs: compress header: %w", err)
 	}
 	if uint64(gz.Len()) > math.MaxUint32 {
-		return nil, fmt.Errorf("encode docs: compressed header of %d bytes", gz.Len())
+		return nil, [32]byte{}, fmt.Errorf("encode docs: compressed header of %d bytes", gz.Len())
 	}
 
 	out := make([]byte, docFixedHeader+gz.Len()+records)
@@ -153,17 +154,25 @@ func encodeDoc(d appliedDoc, members []setMembers) ([]byte, error) {
 	for _, m := range order {
 		n := docRecord4 * len(m.v4)
 		if i, err := putKeys4(out[o:o+n], m.v4); err != nil {
-			return nil, fmt.Errorf("encode docs: set %s of rule set %s: IPv4 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
+			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: IPv4 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
 		}
 		o += n
 		n = docRecord6 * len(m.v6)
 		if i, err := putKeys6(out[o:o+n], m.v6); err != nil {
-			return nil, fmt.Errorf("encode docs: set %s of rule set %s: IPv6 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
+			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: IPv6 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
 		}
 		o += n
 	}
 	binary.LittleEndian.PutUint32(out[20:], docChecksum(out))
-	return out, nil
+	// The digest is of the JSON and the records, not of the gzip'd
+	// header: compressed bytes may change with the Go release, and a
+	// digest that changed would rewrite every host's maps.
+	h := sha256.New()
+	h.Write(js)
+	h.Write(out[docFixedHeader+gz.Len():])
+	var digest [32]byte
+	h.Sum(digest[:0])
+	return out, digest, nil
 }
 
 // docChecksum is the checksum of a version-2 document: of all its bytes
@@ -442,17 +451,6 @@ func gunzipDoc(gz []byte) ([]byte, error) {
 // reusing the generation's docs map when it is big enough.
 func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
 	data := c.doc
-	// TODO(lead): remove when compile.go emits v2.
-	if len(data) > 0 && data[0] == '{' {
-		var d appliedDoc
-		if err := json.Unmarshal(data, &d); err != nil {
-			return fmt.Errorf("docs of generation %d: decode JSON: %w", gen, err)
-		}
-		var err error
-		if data, err = encodeDoc(d, nil); err != nil {
-			return fmt.Errorf("docs of generation %d: %w", gen, err)
-		}
-	}
 	if len(data) < docFixedHeader || string(data[:8]) != docMagic || binary.LittleEndian.Uint64(data[8:]) != uint64(len(data)) {
 		return fmt.Errorf("docs of generation %d: %d bytes that are not a version 2 document", gen, len(data))
 	}

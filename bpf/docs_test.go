@@ -109,7 +109,7 @@ func docFixture(t testing.TB) (in appliedDoc, members []setMembers, want applied
 
 func mustEncodeDoc(t testing.TB, d appliedDoc, members []setMembers) []byte {
 	t.Helper()
-	b, err := encodeDoc(d, members)
+	b, _, err := encodeDoc(d, members)
 	if err != nil {
 		t.Fatalf("encode: %v", err)
 	}
@@ -302,7 +302,7 @@ func TestEncodeDocRefusesBadMembers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if _, err := encodeDoc(d, c.m); err == nil || !strings.Contains(err.Error(), c.want) {
+			if _, _, err := encodeDoc(d, c.m); err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v, want one saying %q", err, c.want)
 			}
 		})

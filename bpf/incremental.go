@@ -782,3 +782,11 @@ func (c *Compiled) SetSize(ruleSet, set string) (int, bool) {
 	}
 	return c.inc.members[i].count(), true
 }
+
+// encode sets the stored document (see encodeDoc) and the digest from the
+// state.
+func (c *Compiled) encode() error {
+	var err error
+	c.doc, c.Digest, err = encodeDoc(c.inc.header, c.inc.members)
+	return err
+}
