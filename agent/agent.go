@@ -170,7 +170,7 @@ func New(cfg Config, log *zap.Logger, opts ...Option) (*Agent, error) {
 		openFW = bpf.Open
 	}
 	return newAgent(cfg, log, func(ic InterfaceConfig, pinPath string) (firewall, error) {
-		fw, err := openFW(bpf.Options{PinPath: pinPath, Interface: ic.Name, SourceBuckets: ic.SourceBuckets})
+		fw, err := openFW(bpf.Options{PinPath: pinPath, Interface: ic.Name, SourceBuckets: ic.SourceBuckets, SourceSketchLines: ic.SourceSketchLines})
 		if err != nil {
 			return nil, err // not a nil *bpf.Firewall in a non-nil interface
 		}

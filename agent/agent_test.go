@@ -395,11 +395,11 @@ func TestAgentServesMetrics(t *testing.T) {
 	})
 }
 
-// An interface's sampling and bucket map size come from the agent's
-// configuration; rate-limit rules are served with their over-limit count.
+// An interface's sampling, bucket map and sketch sizes come from the
+// agent's configuration; rate-limit rules are served with their over-limit count.
 func TestAgentConfiguresSamplingAndServesRateLimits(t *testing.T) {
 	f := newFixture(t)
-	f.iface = InterfaceConfig{Name: "lo", SourceBuckets: 1024, Sampling: &bpf.SamplingConfig{Every: 10, MaxPerSecond: 50}}
+	f.iface = InterfaceConfig{Name: "lo", SourceBuckets: 1024, SourceSketchLines: 512, Sampling: &bpf.SamplingConfig{Every: 10, MaxPerSecond: 50}}
 	f.put(f.keys.RuleSetVersion("edge", 1), `{"apiVersion":"xdpfw/v1","kind":"RuleSet","name":"edge","mode":"deny","rules":[
  {"id":"dns","action":"rate-limit","protocol":"udp","dstPorts":["53"],"rateLimit":{"pps":100,"per":"source/24"}}]}`)
 	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
@@ -416,8 +416,9 @@ func TestAgentConfiguresSamplingAndServesRateLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Every != 10 || st.MaxPerSecond != 50 || st.Off || fw.SourceBuckets() != 1024 {
-		t.Fatalf("sampling %+v, %d source buckets; want 1 in 10, 50/s and 1024", st, fw.SourceBuckets())
+	if st.Every != 10 || st.MaxPerSecond != 50 || st.Off || fw.SourceBuckets() != 1024 || fw.SourceSketchLines() != 512 {
+		t.Fatalf("sampling %+v, %d source buckets, %d sketch lines; want 1 in 10, 50/s, 1024 and 512",
+			st, fw.SourceBuckets(), fw.SourceSketchLines())
 	}
 	waitMetrics(t, addr,
 		`xdpfw_rule_limited_packets_total{interface="lo",rule="dns",ruleset="edge"} 0`,

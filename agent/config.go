@@ -66,6 +66,10 @@ type InterfaceConfig struct {
 	// SourceBuckets sizes the per-source rate-limit buckets (an LRU) when
 	// the interface's maps are created; default bpf.DefaultSourceBuckets.
 	SourceBuckets int `json:"sourceBuckets,omitempty"`
+	// SourceSketchLines sizes the sketch per-source limits count every
+	// packet in (64-byte lines) when the interface's maps are created;
+	// default bpf.DefaultSourceSketchLines (256 KiB).
+	SourceSketchLines int `json:"sourceSketchLines,omitempty"`
 	// Sampling configures drop sampling (1 in N, a cap per second); unset
 	// keeps what the interface has (by default every drop, 1,000 a second
 	// at most, sent only while a reader is there).
@@ -173,6 +177,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.Interfaces[i].Mode = m
 		if ifc.SourceBuckets < 0 || ifc.SourceBuckets > bpf.MaxSourceBuckets {
 			errs = append(errs, fmt.Errorf("interface %s: sourceBuckets %d is out of range 0..%d", ifc.Name, ifc.SourceBuckets, bpf.MaxSourceBuckets))
+		}
+		if ifc.SourceSketchLines < 0 || ifc.SourceSketchLines > bpf.MaxSourceSketchLines {
+			errs = append(errs, fmt.Errorf("interface %s: sourceSketchLines %d is out of range 0..%d", ifc.Name, ifc.SourceSketchLines, bpf.MaxSourceSketchLines))
 		}
 	}
 	if c.PinPath == "" {

@@ -58,6 +58,7 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	parseErrors := fs.String("parse-errors", "pass", "what to do with frames the parser cannot read: pass or drop")
 	nonIP := fs.String("non-ip", "pass", "what to do with non-IP frames (ARP, LLDP): pass or drop")
 	sourceBuckets := fs.Int("source-buckets", bpf.DefaultSourceBuckets, "per-source rate-limit buckets (LRU) of the interface, fixed when its maps are first created")
+	sketchLines := fs.Int("source-sketch-lines", bpf.DefaultSourceSketchLines, "lines (64 bytes each) of the sketch per-source limits count every packet in, fixed when the interface's maps are first created")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -65,7 +66,7 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts.SourceBuckets = *sourceBuckets
+	opts.SourceBuckets, opts.SourceSketchLines = *sourceBuckets, *sketchLines
 	if *file == "" {
 		return usageError("-f is required")
 	}
@@ -116,6 +117,10 @@ func runLocalApply(args []string, stdout, stderr io.Writer) error {
 	if flagSet(fs, "source-buckets") && fw.SourceBuckets() != *sourceBuckets {
 		fmt.Fprintf(stderr, "%s: keeping the pinned %d source buckets (--source-buckets %d takes effect after `xdpfwctl local detach`)\n",
 			opts.Interface, fw.SourceBuckets(), *sourceBuckets)
+	}
+	if flagSet(fs, "source-sketch-lines") && fw.SourceSketchLines() != *sketchLines {
+		fmt.Fprintf(stderr, "%s: keeping the pinned sketch of %d lines (--source-sketch-lines %d takes effect after `xdpfwctl local detach`)\n",
+			opts.Interface, fw.SourceSketchLines(), *sketchLines)
 	}
 	return nil
 }
