@@ -470,7 +470,7 @@ func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
 		}
 	}
 	defer m.Close()
-	mem, err := m.Memory()
+	mem, err := fw.memoryOf(fw.objs.Docs, gen, m)
 	if err != nil {
 		return fmt.Errorf("map docs: %w", err)
 	}

@@ -114,6 +114,9 @@ type Firewall struct {
 	cache [2]*genState
 	// slotNames mirrors rule_names (counter slot -> rule identity).
 	slotNames map[uint32]string
+	// mapped keeps the memory mappings of the inner maps applies write
+	// (see memoryOf).
+	mapped map[innerSlot]mappedInner
 }
 
 // Open loads the firewall of an interface, creating and pinning its maps or
@@ -313,6 +316,7 @@ func (fw *Firewall) Program() *ebpf.Program { return fw.objs.XdpfwFilter }
 // Close releases this process's handles; the pinned objects stay, and so
 // does the attached program: filtering goes on.
 func (fw *Firewall) Close() error {
+	fw.mapped = nil // unmapped when collected
 	err := fw.objs.Close()
 	if fw.lock != nil {
 		fw.lock.Close()

@@ -50,3 +50,42 @@ func (fw *Firewall) newInner(outer *ebpf.Map, gen uint32, spec *ebpf.MapSpec, en
 	}
 	return m, nil
 }
+
+// innerSlot is a generation's slot of an outer map.
+type innerSlot struct {
+	outer *ebpf.Map
+	gen   uint32
+}
+
+// mappedInner is the memory mapping of the inner map in a slot.
+type mappedInner struct {
+	id  ebpf.MapID
+	mem *ebpf.Memory
+}
+
+// memoryOf returns the memory mapping of m, the inner map in a
+// generation's slot of outer, kept between applies: a fresh mapping costs
+// a page fault for every page an apply touches (about 6 ms for the 5 MB
+// document of a million IPv4 prefixes, more than the rest of a one-prefix
+// apply). A mapping outlives the map's descriptor; it is dropped when the
+// slot holds another map, and unmapped when collected.
+func (fw *Firewall) memoryOf(outer *ebpf.Map, gen uint32, m *ebpf.Map) (*ebpf.Memory, error) {
+	info, err := m.Info()
+	if err != nil {
+		return nil, fmt.Errorf("inner map of %s[%d]: %w", outer, gen, err)
+	}
+	id, _ := info.ID()
+	slot := innerSlot{outer, gen}
+	if c, ok := fw.mapped[slot]; ok && c.id == id {
+		return c.mem, nil
+	}
+	mem, err := m.Memory()
+	if err != nil {
+		return nil, err
+	}
+	if fw.mapped == nil {
+		fw.mapped = make(map[innerSlot]mappedInner)
+	}
+	fw.mapped[slot] = mappedInner{id, mem}
+	return mem, nil
+}

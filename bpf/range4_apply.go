@@ -169,7 +169,7 @@ func (fw *Firewall) writeRange4(gen uint32, maps range4Maps, cur, want *range4St
 		}
 	}
 	defer direct.Close()
-	mem, err := direct.Memory()
+	mem, err := fw.memoryOf(maps.direct, gen, direct)
 	if err != nil {
 		return fmt.Errorf("map %s direct: %w", maps.name, err)
 	}
@@ -225,7 +225,7 @@ func (fw *Firewall) writeLines(gen uint32, outer *ebpf.Map, name string, fresh b
 	if lines.MaxEntries() != capacity {
 		return fmt.Errorf("%s of generation %d: %d entries, the placement assumed %d", name, gen, lines.MaxEntries(), capacity)
 	}
-	lmem, err := lines.Memory()
+	lmem, err := fw.memoryOf(outer, gen, lines)
 	if err != nil {
 		return fmt.Errorf("map %s: %w", name, err)
 	}

@@ -342,7 +342,7 @@ func (fw *Firewall) writeDirect(gen uint32, maps range6Maps, want *range6State, 
 	if m.MaxEntries() != size {
 		return fmt.Errorf("%s of generation %d: %d entries, the placement assumed %d", maps.dName, gen, m.MaxEntries(), size)
 	}
-	mem, err := m.Memory()
+	mem, err := fw.memoryOf(maps.direct, gen, m)
 	if err != nil {
 		return fmt.Errorf("map %s: %w", maps.dName, err)
 	}
