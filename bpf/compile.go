@@ -122,8 +122,8 @@ type Compiled struct {
 	// RuleSets names the compiled sets in evaluation order.
 	RuleSets []string
 	// doc is what was compiled (an appliedDoc and the sets' members, see
-	// encodeDoc), kept with the generation (see AppliedRuleSets).
-	doc []byte
+	// encodeDocParts), kept with the generation (see AppliedRuleSets).
+	doc docParts
 	// inc is what Update needs.
 	inc *incState
 
@@ -284,7 +284,11 @@ func CompileWith(sets []proto.RuleSet, iface string, opts CompileOptions) (*Comp
 			ref := setRef{rs.Name, name}
 			parsed[ref] = ps
 			inc.byRef[ref] = len(inc.members)
-			inc.members = append(inc.members, membersOf(i, name, ps))
+			m, err := membersOf(i, name, ps)
+			if err != nil {
+				return nil, fmt.Errorf("rule set %s: %w", rs.Name, err)
+			}
+			inc.members = append(inc.members, m)
 		}
 	}
 

@@ -94,11 +94,53 @@ type memberSection struct {
 	V6      int    `json:"v6"`
 }
 
-// encodeDoc encodes d and the members of its prefix sets as a version-2
-// document. Each set that members lists must be empty in d (no prefixes,
-// chunks or file): members carry its prefixes. The keys must be in key
-// order without duplicates, with the bits past the prefix length zero.
+// docParts is an encoded document in pieces: head (the fixed header and
+// the compressed JSON), then the records of every block of members, in
+// order. The blocks' records are shared with the compiler's blocks, so an
+// update re-encodes only what changed; writeDocs writes the pieces one
+// after the other.
+type docParts struct {
+	head []byte
+	recs [][]byte
+	size int
+}
+
+// bytes joins the pieces.
+func (p docParts) bytes() []byte {
+	out := make([]byte, 0, p.size)
+	out = append(out, p.head...)
+	for _, r := range p.recs {
+		out = append(out, r...)
+	}
+	return out
+}
+
+// encodeDoc is encodeDocParts, joined.
 func encodeDoc(d appliedDoc, members []setMembers) ([]byte, [32]byte, error) {
+	p, sum, err := encodeDocParts(d, members)
+	if err != nil {
+		return nil, sum, err
+	}
+	return p.bytes(), sum, nil
+}
+
+// encodeDocParts encodes d and the members of its prefix sets as a
+// version-2 document. Each set that members lists must be empty in d (no
+// prefixes, chunks or file): members carry its prefixes. The keys must be
+// in key order without duplicates, with the bits past the prefix length
+// zero (checked when a block is made; a block without records is encoded
+// and checked here).
+//
+// The digest is sha256 of the JSON and of each block's digest in order,
+// not of the gzip'd header (compressed bytes may change with the Go
+// release, and a changed digest would rewrite every host's maps) nor of
+// the records themselves (a million members would cost 3 ms of hashing a
+// change; the blocks are cut where their keys say, so the same members
+// always give the same blocks).
+func encodeDocParts(d appliedDoc, members []setMembers) (docParts, [32]byte, error) {
+	fail := func(format string, a ...any) (docParts, [32]byte, error) {
+		return docParts{}, [32]byte{}, fmt.Errorf("encode docs: "+format, a...)
+	}
 	order := make([]*setMembers, len(members))
 	for i := range members {
 		order[i] = &members[i]
@@ -111,68 +153,96 @@ func encodeDoc(d appliedDoc, members []setMembers) ([]byte, [32]byte, error) {
 	})
 	sections := make([]memberSection, len(order))
 	records := 0
+	var recs [][]byte
+	var sums [][32]byte
 	for i, m := range order {
 		if m.ruleSet < 0 || m.ruleSet >= len(d.RuleSets) {
-			return nil, [32]byte{}, fmt.Errorf("encode docs: members of set %s: rule set %d of %d", m.set, m.ruleSet, len(d.RuleSets))
+			return fail("members of set %s: rule set %d of %d", m.set, m.ruleSet, len(d.RuleSets))
 		}
 		rs := d.RuleSets[m.ruleSet].Name
 		set, ok := d.RuleSets[m.ruleSet].Sets[m.set]
 		switch {
 		case !ok:
-			return nil, [32]byte{}, fmt.Errorf("encode docs: members of set %s: rule set %s has no such set", m.set, rs)
+			return fail("members of set %s: rule set %s has no such set", m.set, rs)
 		case len(set.Prefixes) > 0 || len(set.Chunks) > 0 || set.File != "" || set.Count != 0:
-			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s has both members and prefixes, chunks or a file", m.set, rs)
+			return fail("set %s of rule set %s has both members and prefixes, chunks or a file", m.set, rs)
 		case i > 0 && order[i-1].ruleSet == m.ruleSet && order[i-1].set == m.set:
-			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: members listed twice", m.set, rs)
+			return fail("set %s of rule set %s: members listed twice", m.set, rs)
 		}
-		sections[i] = memberSection{RuleSet: m.ruleSet, Set: m.set, V4: len(m.v4), V6: len(m.v6)}
-		records += docRecord4*len(m.v4) + docRecord6*len(m.v6)
+		n4, err := appendBlocks(codec4, m.v4, &recs, &sums)
+		if err != nil {
+			return fail("set %s of rule set %s: IPv4 %w", m.set, rs, err)
+		}
+		n6, err := appendBlocks(codec6, m.v6, &recs, &sums)
+		if err != nil {
+			return fail("set %s of rule set %s: IPv6 %w", m.set, rs, err)
+		}
+		sections[i] = memberSection{RuleSet: m.ruleSet, Set: m.set, V4: n4, V6: n6}
+		records += docRecord4*n4 + docRecord6*n6
 	}
 	js, err := json.Marshal(docHeader{Doc: d, Members: sections})
 	if err != nil {
-		return nil, [32]byte{}, fmt.Errorf("encode docs: %w", err)
+		return fail("%w", err)
 	}
 	var gz bytes.Buffer
 	zw := docGzip.Get().(*gzip.Writer)
 	defer docGzip.Put(zw)
 	zw.Reset(&gz)
 	if _, err := zw.Write(js); err != nil {
-		return nil, [32]byte{}, fmt.Errorf("encode docs: compress header: %w", err)
+		return fail("compress header: %w", err)
 	}
 	if err := zw.Close(); err != nil {
-		return nil, [32]byte{}, fmt.Errorf("encode docs: compress header: %w", err)
+		return fail("compress header: %w", err)
 	}
 	if uint64(gz.Len()) > math.MaxUint32 {
-		return nil, [32]byte{}, fmt.Errorf("encode docs: compressed header of %d bytes", gz.Len())
+		return fail("compressed header of %d bytes", gz.Len())
 	}
 
-	out := make([]byte, docFixedHeader+gz.Len()+records)
-	copy(out, docMagic)
-	binary.LittleEndian.PutUint64(out[8:], uint64(len(out)))
-	binary.LittleEndian.PutUint32(out[16:], uint32(gz.Len()))
-	o := docFixedHeader + copy(out[docFixedHeader:], gz.Bytes())
-	for _, m := range order {
-		n := docRecord4 * len(m.v4)
-		if i, err := putKeys4(out[o:o+n], m.v4); err != nil {
-			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: IPv4 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
-		}
-		o += n
-		n = docRecord6 * len(m.v6)
-		if i, err := putKeys6(out[o:o+n], m.v6); err != nil {
-			return nil, [32]byte{}, fmt.Errorf("encode docs: set %s of rule set %s: IPv6 member %d: %w", m.set, d.RuleSets[m.ruleSet].Name, i, err)
-		}
-		o += n
+	p := docParts{head: make([]byte, docFixedHeader+gz.Len()), recs: recs}
+	p.size = len(p.head) + records
+	copy(p.head, docMagic)
+	binary.LittleEndian.PutUint64(p.head[8:], uint64(p.size))
+	binary.LittleEndian.PutUint32(p.head[16:], uint32(gz.Len()))
+	copy(p.head[docFixedHeader:], gz.Bytes())
+	crc := crc32.Update(crc32.Checksum(p.head[8:20], docCRCTable), docCRCTable, p.head[docFixedHeader:])
+	for _, r := range recs {
+		crc = crc32.Update(crc, docCRCTable, r)
 	}
-	binary.LittleEndian.PutUint32(out[20:], docChecksum(out))
-	// The digest is of the JSON and the records, not of the gzip'd
-	// header: compressed bytes may change with the Go release, and a
-	// digest that changed would rewrite every host's maps.
+	binary.LittleEndian.PutUint32(p.head[20:], crc)
+
 	h := sha256.New()
 	h.Write(js)
-	h.Write(out[docFixedHeader+gz.Len():])
+	for _, s := range sums {
+		h.Write(s[:])
+	}
 	var digest [32]byte
 	h.Sum(digest[:0])
-	return out, digest, nil
+	return p, digest, nil
+}
+
+// appendBlocks adds a set's blocks' records and digests to recs and sums
+// (encoding those that have none) and returns the number of keys; each
+// block must start after the one before ends.
+func appendBlocks[K any](c keyCodec[K], blocks []memberBlock[K], recs *[][]byte, sums *[][32]byte) (int, error) {
+	n := 0
+	for j, b := range blocks {
+		if b.rec == nil {
+			var err error
+			if b, err = c.newBlock(b.keys); err != nil {
+				return 0, fmt.Errorf("block %d: %w", j, err)
+			}
+		}
+		if len(b.keys) == 0 || len(b.rec) != c.size*len(b.keys) {
+			return 0, fmt.Errorf("block %d: %d keys in %d bytes", j, len(b.keys), len(b.rec))
+		}
+		if j > 0 && c.compare(b.keys[0], blocks[j-1].keys[len(blocks[j-1].keys)-1]) <= 0 {
+			return 0, fmt.Errorf("member %d: %w", n, errKeyOrder)
+		}
+		*recs = append(*recs, b.rec)
+		*sums = append(*sums, b.sum)
+		n += len(b.keys)
+	}
+	return n, nil
 }
 
 // docChecksum is the checksum of a version-2 document: of all its bytes
@@ -450,11 +520,11 @@ func gunzipDoc(gz []byte) ([]byte, error) {
 // writeDocs stores the encoded document c.doc with generation gen,
 // reusing the generation's docs map when it is big enough.
 func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
-	data := c.doc
-	if len(data) < docFixedHeader || string(data[:8]) != docMagic || binary.LittleEndian.Uint64(data[8:]) != uint64(len(data)) {
-		return fmt.Errorf("docs of generation %d: %d bytes that are not a version 2 document", gen, len(data))
+	p := c.doc
+	if len(p.head) < docFixedHeader || string(p.head[:8]) != docMagic || binary.LittleEndian.Uint64(p.head[8:]) != uint64(p.size) {
+		return fmt.Errorf("docs of generation %d: %d bytes that are not a version 2 document", gen, p.size)
 	}
-	pages := uint32((len(data) + pageSize - 1) / pageSize)
+	pages := uint32((p.size + pageSize - 1) / pageSize)
 
 	m, err := innerMap(fw.objs.Docs, gen)
 	if err != nil {
@@ -474,10 +544,17 @@ func (fw *Firewall) writeDocs(gen uint32, c *Compiled, rep *ApplyReport) error {
 	if err != nil {
 		return fmt.Errorf("map docs: %w", err)
 	}
-	if _, err := mem.WriteAt(data, 0); err != nil {
-		return fmt.Errorf("write docs: %w", err)
+	off := int64(0)
+	for _, piece := range append([][]byte{p.head}, p.recs...) {
+		if _, err := mem.WriteAt(piece, off); err != nil {
+			return fmt.Errorf("write docs: %w", err)
+		}
+		off += int64(len(piece))
 	}
-	rep.DocBytes = len(data)
+	if off != int64(p.size) {
+		return fmt.Errorf("docs of generation %d: %d bytes written, the header says %d", gen, off, p.size)
+	}
+	rep.DocBytes = p.size
 	return nil
 }
 

@@ -99,9 +99,9 @@ func docFixture(t testing.TB) (in appliedDoc, members []setMembers, want applied
 		}
 	}
 	members = []setMembers{
-		{ruleSet: 1, set: "mixed", v4: mixed4, v6: mixed6},
-		{ruleSet: 0, set: "big4", v4: big4},
-		{ruleSet: 1, set: "big6", v6: big6},
+		{ruleSet: 1, set: "mixed", v4: blocks4(t, mixed4), v6: blocks6(t, mixed6)},
+		{ruleSet: 0, set: "big4", v4: blocks4(t, big4)},
+		{ruleSet: 1, set: "big6", v6: blocks6(t, big6)},
 		{ruleSet: 0, set: "empty"},
 	}
 	return build(true), members, build(false)
@@ -289,16 +289,16 @@ func TestEncodeDocRefusesBadMembers(t *testing.T) {
 	}{
 		{"unknown rule set", []setMembers{{ruleSet: 1, set: "a"}}, "rule set 1 of 1"},
 		{"unknown set", []setMembers{{set: "nope"}}, "no such set"},
-		{"set with prefixes", []setMembers{{set: "lit", v4: []key4{k4("10.0.0.0/8")}}}, "both members"},
+		{"set with prefixes", []setMembers{{set: "lit", v4: []memberBlock[key4]{{keys: []key4{k4("10.0.0.0/8")}}}}}, "both members"},
 		{"listed twice", []setMembers{{set: "a"}, {set: "a"}}, "listed twice"},
-		{"IPv4 unsorted", []setMembers{{set: "a", v4: []key4{k4("10.0.1.0/24"), k4("10.0.0.0/24")}}}, "out of order"},
-		{"IPv4 duplicate", []setMembers{{set: "a", v4: []key4{k4("10.0.0.0/24"), k4("10.0.0.0/24")}}}, "duplicate"},
-		{"IPv4 unmasked", []setMembers{{set: "a", v4: []key4{0x0a000001<<8 | 24}}}, "past the prefix length"},
-		{"IPv4 length 33", []setMembers{{set: "a", v4: []key4{0x0a000000<<8 | 33}}}, "out of range"},
-		{"IPv4 key past 40 bits", []setMembers{{set: "a", v4: []key4{1<<40 | 8}}}, "out of range"},
-		{"IPv6 unsorted", []setMembers{{set: "a", v6: []key6{k6("2001:db8:1::/48"), k6("2001:db8::/48")}}}, "out of order"},
-		{"IPv6 unmasked", []setMembers{{set: "a", v6: []key6{{hi: 1, bits: 48}}}}, "past the prefix length"},
-		{"IPv6 length 129", []setMembers{{set: "a", v6: []key6{{bits: 129}}}}, "out of range"},
+		{"IPv4 unsorted", []setMembers{{set: "a", v4: []memberBlock[key4]{{keys: []key4{k4("10.0.1.0/24"), k4("10.0.0.0/24")}}}}}, "out of order"},
+		{"IPv4 duplicate", []setMembers{{set: "a", v4: []memberBlock[key4]{{keys: []key4{k4("10.0.0.0/24"), k4("10.0.0.0/24")}}}}}, "duplicate"},
+		{"IPv4 unmasked", []setMembers{{set: "a", v4: []memberBlock[key4]{{keys: []key4{0x0a000001<<8 | 24}}}}}, "past the prefix length"},
+		{"IPv4 length 33", []setMembers{{set: "a", v4: []memberBlock[key4]{{keys: []key4{0x0a000000<<8 | 33}}}}}, "out of range"},
+		{"IPv4 key past 40 bits", []setMembers{{set: "a", v4: []memberBlock[key4]{{keys: []key4{1<<40 | 8}}}}}, "out of range"},
+		{"IPv6 unsorted", []setMembers{{set: "a", v6: []memberBlock[key6]{{keys: []key6{k6("2001:db8:1::/48"), k6("2001:db8::/48")}}}}}, "out of order"},
+		{"IPv6 unmasked", []setMembers{{set: "a", v6: []memberBlock[key6]{{keys: []key6{{hi: 1, bits: 48}}}}}}, "past the prefix length"},
+		{"IPv6 length 129", []setMembers{{set: "a", v6: []memberBlock[key6]{{keys: []key6{{bits: 129}}}}}}, "out of range"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,7 +352,7 @@ func TestAppliedRuleSetsReadsTheStoredDocument(t *testing.T) {
 	in, members, want := docFixture(t)
 	b := mustEncodeDoc(t, in, members)
 	rep := &ApplyReport{}
-	if err := fw.writeDocs(gen, &Compiled{doc: b}, rep); err != nil {
+	if err := fw.writeDocs(gen, &Compiled{doc: docParts{head: b, size: len(b)}}, rep); err != nil {
 		t.Fatalf("write docs: %v", err)
 	}
 	if rep.DocBytes != len(b) {
@@ -395,4 +395,22 @@ func TestKey6AfterIsCompareKey6(t *testing.T) {
 			}
 		}
 	}
+}
+
+func blocks4(t testing.TB, keys []key4) []memberBlock[key4] {
+	t.Helper()
+	b, err := codec4.blocks(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func blocks6(t testing.TB, keys []key6) []memberBlock[key6] {
+	t.Helper()
+	b, err := codec6.blocks(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -243,23 +243,30 @@ func nextLineage() uint64 { return lineages.Add(1) }
 
 // membersOf turns a set's parsed prefixes (sorted, as SetPrefixes returns
 // them) into keys.
-func membersOf(ruleSet int, name string, ps []netip.Prefix) setMembers {
+func membersOf(ruleSet int, name string, ps []netip.Prefix) (setMembers, error) {
 	m := setMembers{ruleSet: ruleSet, set: name}
 	n4 := 0
 	for n4 < len(ps) && ps[n4].Addr().Is4() {
 		n4++
 	}
-	m.v4 = make([]key4, n4)
+	v4 := make([]key4, n4)
 	for i, p := range ps[:n4] {
-		m.v4[i] = prefixKey4(p)
+		v4[i] = prefixKey4(p)
+	}
+	var err error
+	if m.v4, err = codec4.blocks(v4); err != nil {
+		return m, fmt.Errorf("set %s: %w", name, err)
 	}
 	if n4 < len(ps) {
-		m.v6 = make([]key6, len(ps)-n4)
+		v6 := make([]key6, len(ps)-n4)
 		for i, p := range ps[n4:] {
-			m.v6[i] = prefixKey6(p)
+			v6[i] = prefixKey6(p)
+		}
+		if m.v6, err = codec6.blocks(v6); err != nil {
+			return m, fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	return m
+	return m, nil
 }
 
 // withoutMembers copies rule sets with every set emptied: the members are
@@ -341,10 +348,10 @@ func (c *Compiled) Update(deltas []SetDelta) (*Compiled, error) {
 			return nil, fmt.Errorf("%w: %s: %v", ErrNeedsCompile, d, err)
 		}
 		m := inc.members[mi]
-		if m.v4, err = mergeKeys(m.v4, add4, rm4, cmpKey4); err != nil {
+		if m.v4, err = codec4.merge(m.v4, add4, rm4); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrNeedsCompile, d, err)
 		}
-		if m.v6, err = mergeKeys(m.v6, add6, rm6, compareKey6); err != nil {
+		if m.v6, err = codec6.merge(m.v6, add6, rm6); err != nil {
 			return nil, fmt.Errorf("%w: %s: %v", ErrNeedsCompile, d, err)
 		}
 		if m.count() > proto.MaxPrefixesPerSet {
@@ -790,6 +797,6 @@ func (c *Compiled) SetSize(ruleSet, set string) (int, bool) {
 // state.
 func (c *Compiled) encode() error {
 	var err error
-	c.doc, c.Digest, err = encodeDoc(c.inc.header, c.inc.members)
+	c.doc, c.Digest, err = encodeDocParts(c.inc.header, c.inc.members)
 	return err
 }

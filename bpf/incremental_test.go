@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/xdpfw/xdpfw/bpf/reference"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -304,5 +305,80 @@ func TestUpdatesAppliedInTheKernel(t *testing.T) {
 		if incremental == 0 {
 			t.Errorf("threshold %d: no apply was incremental", threshold)
 		}
+	}
+}
+
+// TestMergeBlocksMatchesMergeKeys: changes to keys kept in blocks give
+// the keys a merge of one slice gives, in the very blocks (keys and
+// digests) that cutting the result whole gives: the digest of a set does
+// not depend on how it was reached.
+func TestMergeBlocksMatchesMergeKeys(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	for round := range 100 {
+		n := r.IntN(5 * memberBlockAverage)
+		keys := make([]key4, 0, n)
+		for len(keys) < n {
+			keys = append(keys, key4(r.Uint32N(1<<24))<<16|32)
+		}
+		slices.Sort(keys)
+		keys = slices.Compact(keys)
+		blocks, err := codec4.blocks(slices.Clone(keys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := map[key4]bool{}
+		for _, k := range keys {
+			in[k] = true
+		}
+		var add, rm []key4
+		changed := map[key4]bool{}
+		for range r.IntN([]int{3, 100, 3 * memberBlockAverage}[round%3]) {
+			k := key4(r.Uint32N(1<<24))<<16 | 32
+			if r.IntN(2) == 0 && len(keys) > 0 {
+				k = keys[r.IntN(len(keys))]
+			}
+			if changed[k] {
+				continue // each key changes once
+			}
+			changed[k] = true
+			if in[k] {
+				rm = append(rm, k)
+			} else {
+				add = append(add, k)
+			}
+		}
+		slices.Sort(add)
+		slices.Sort(rm)
+		want, err := mergeKeys(keys, add, rm, cmpKey4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := codec4.merge(blocks, add, rm)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		whole, err := codec4.blocks(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(whole) {
+			t.Fatalf("round %d: %d blocks, cutting whole gives %d", round, len(got), len(whole))
+		}
+		for i := range got {
+			if !slices.Equal(got[i].keys, whole[i].keys) || got[i].sum != whole[i].sum || !slices.Equal(got[i].rec, whole[i].rec) {
+				t.Fatalf("round %d: block %d differs from cutting whole", round, i)
+			}
+		}
+	}
+	// A key added twice or removed that is not there is an error.
+	blocks, err := codec4.blocks([]key4{1<<16 | 32, 2<<16 | 32, 3<<16 | 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := codec4.merge(blocks, []key4{2<<16 | 32}, nil); err == nil {
+		t.Error("adding a member: no error")
+	}
+	if _, err := codec4.merge(blocks, nil, []key4{4<<16 | 32}); err == nil {
+		t.Error("removing a non-member: no error")
 	}
 }
