@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -82,4 +83,28 @@ func waitLogged(t *testing.T, logs *observer.ObservedLogs, msg string, n int) []
 		t.Fatalf("%d entries %q logged, want %d", len(entries), msg, n)
 	}
 	return entries
+}
+
+// A chunked set whose chunks repeat a prefix cannot be updated from chunk
+// deltas (removing one copy would remove the prefix): the distinct count
+// after the update differs from the document's, and the change compiles
+// whole.
+func TestCheckSetSizesSendsRepeatsToAWholeCompile(t *testing.T) {
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: []string{"198.18.0.0/24", "198.18.1.0/24"}}},
+		Rules: []proto.Rule{{ID: "b", Action: proto.ActionDrop, Src: []string{"set:big"}}}}
+	c, err := bpf.Compile([]proto.RuleSet{rs}, "lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := rs
+	stored.Sets = map[string]proto.PrefixSet{"big": {Chunks: []string{"a", "b"}, Count: 2}}
+	deltas := []setDelta{{ruleSet: "edge", set: "big"}}
+	if err := checkSetSizes(c, []proto.RuleSet{stored}, deltas); err != nil {
+		t.Fatalf("matching count: %v", err)
+	}
+	stored.Sets = map[string]proto.PrefixSet{"big": {Chunks: []string{"a", "b"}, Count: 3}}
+	if err := checkSetSizes(c, []proto.RuleSet{stored}, deltas); !errors.Is(err, bpf.ErrNeedsCompile) {
+		t.Fatalf("a repeated prefix: %v, want ErrNeedsCompile", err)
+	}
 }
