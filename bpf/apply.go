@@ -171,10 +171,12 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 	changed := changesSince(c, cur.from)
 	want, err := place(c, cur, slots, changed)
 	if errors.Is(err, errPlaceWhole) {
+		// Returned before anything of cur was taken over: try whole.
 		changed = nil
 		want, err = place(c, cur, slots, nil)
 	}
 	if err != nil {
+		fw.cache[target] = nil // place may have taken over cur's arrays
 		return nil, err
 	}
 	rep.Incremental = changed != nil

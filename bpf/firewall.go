@@ -117,6 +117,8 @@ type Firewall struct {
 	// mapped keeps the memory mappings of the inner maps applies write
 	// (see memoryOf).
 	mapped map[innerSlot]mappedInner
+	// directScratch is where writeRange4 reads a direct table to compare.
+	directScratch []uint32
 }
 
 // Open loads the firewall of an interface, creating and pinning its maps or

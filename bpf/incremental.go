@@ -149,13 +149,13 @@ type entry4 struct {
 type table4 struct {
 	// short are the prefixes shorter than /16 (with the /0), sorted.
 	short []entry4
-	// slash16[i] are the prefixes of /16 and longer in /16 i, sorted.
-	slash16 [][]entry4
+	// slash16 holds the prefixes of /16 and longer of each /16, sorted.
+	slash16 *paged16[entry4]
 	n       int
 }
 
 func newTable4(t prefixTable, combos []uint32) table4 {
-	tb := table4{slash16: make([][]entry4, r4Directs), n: len(t.prefixes)}
+	tb := table4{slash16: &paged16[entry4]{}, n: len(t.prefixes)}
 	all := make([]entry4, len(t.prefixes))
 	i := 0
 	for i < len(t.prefixes) && t.prefixes[i].Bits() < 16 {
@@ -182,7 +182,7 @@ func newTable4(t prefixTable, combos []uint32) table4 {
 		for end < len(all) && int(all[end].key>>24) == b {
 			end++
 		}
-		tb.slash16[b] = all[j:end:end]
+		tb.slash16.set(b, all[j:end:end])
 		j = end
 	}
 	tb.short = short
@@ -487,20 +487,26 @@ func (fs *fieldState) update4(src int32, add, rm []key4) ([]key4, error) {
 		return nil, nil
 	}
 	t := &fs.v4
-	t.slash16 = slices.Clone(t.slash16)
+	t.slash16 = t.slash16.fork()
 	t.short = slices.Clone(t.short)
-	copied := map[int]bool{}
+	copied := map[int]*[]entry4{} // the /16s changed, copied
 	slot := func(k key4) *[]entry4 {
 		if k&0xff < 16 {
 			return &t.short
 		}
 		b := int(k >> 24)
-		if !copied[b] {
-			t.slash16[b] = slices.Clone(t.slash16[b])
-			copied[b] = true
+		if s, ok := copied[b]; ok {
+			return s
 		}
-		return &t.slash16[b]
+		s := slices.Clone(t.slash16.get(b))
+		copied[b] = &s
+		return &s
 	}
+	defer func() {
+		for b, s := range copied {
+			t.slash16.set(b, *s)
+		}
+	}()
 	for _, k := range rm {
 		s := slot(k)
 		i, found := searchEntry4(*s, k)
@@ -644,9 +650,10 @@ func (c *Compiled) rebuild4(f int, changed []key4, ch *tableChanges) {
 	slices.Sort(list)
 	bases := t.basesOf(list)
 	for i, b := range list {
-		if len(t.slash16[b]) > 0 {
-			t.slash16[b] = slices.Clone(t.slash16[b])
-			fs.finals4(inc.in, t.slash16[b], bases[i])
+		if es := t.slash16.get(b); len(es) > 0 {
+			es = slices.Clone(es)
+			fs.finals4(inc.in, es, bases[i])
+			t.slash16.set(b, es)
 		}
 	}
 
@@ -656,20 +663,20 @@ func (c *Compiled) rebuild4(f int, changed []key4, ch *tableChanges) {
 	}
 	switch {
 	case inc.opts.big(t.n) && *rng != nil:
-		r := &range4{slash16: slices.Clone((*rng).slash16)}
+		r := &range4{slash16: (*rng).slash16.fork()}
 		for i, b := range list {
-			r.slash16[b] = parts16(t.slash16[b], bases[i], b)
+			r.slash16.set(b, parts16(t.slash16.get(b), bases[i], b))
 		}
 		*rng = r
 		ch.slash16[f] = append(ch.slash16[f], list...)
 	case inc.opts.big(t.n):
-		r := &range4{slash16: make([][]part, r4Directs)}
+		r := &range4{slash16: &paged16[part]{}}
 		all := make([]int, r4Directs)
 		for b := range all {
 			all[b] = b
 		}
 		for b, base := range t.basesOf(all) {
-			r.slash16[b] = parts16(t.slash16[b], base, b)
+			r.slash16.set(b, parts16(t.slash16.get(b), base, b))
 		}
 		*rng, *trie, c.Fields = r, nil, c.Fields|bit
 		ch.all4[f] = true
@@ -678,8 +685,8 @@ func (c *Compiled) rebuild4(f int, changed []key4, ch *tableChanges) {
 		for _, e := range t.short {
 			m[key4Prefix(e.key)] = e.final
 		}
-		for _, s := range t.slash16 {
-			for _, e := range s {
+		for b := range r4Directs {
+			for _, e := range t.slash16.get(b) {
 				m[key4Prefix(e.key)] = e.final
 			}
 		}

@@ -44,11 +44,11 @@ type part struct {
 
 // range4 is the range table of one field, in compiler vector ids.
 type range4 struct {
-	// slash16[i] are the parts of /16 i, the first starting at 0. One
-	// part: the /16 has one vector, and no tree. Each is its own slice,
-	// so that an incremental update replaces the /16s it changes and
-	// shares the others with the table it started from.
-	slash16 [][]part
+	// slash16 holds the parts of each /16, the first starting at 0. One
+	// part: the /16 has one vector, and no tree. An incremental update
+	// replaces the /16s it changes and shares the others with the table
+	// it started from.
+	slash16 *paged16[part]
 }
 
 // interval is a run of addresses, from start to the next interval's start,
@@ -128,7 +128,7 @@ func buildRange4(t prefixTable) *range4 {
 // /16.
 func range4FromIntervals(iv []interval) *range4 {
 	all := make([]part, 0, len(iv)+r4Directs)
-	r := &range4{slash16: make([][]part, r4Directs)}
+	r := &range4{slash16: &paged16[part]{}}
 	k := 0 // iv[k] holds the current /16's first address
 	for i := 0; i < r4Directs; i++ {
 		lo := uint64(i) << 16
@@ -145,13 +145,13 @@ func range4FromIntervals(iv []interval) *range4 {
 		if j > k+1 {
 			k = j - 1 // the next /16 starts inside the last interval seen
 		}
-		r.slash16[i] = all[first:len(all):len(all)]
+		r.slash16.set(i, all[first:len(all):len(all)])
 	}
 	return r
 }
 
 // partsOf returns the parts of /16 i.
-func (r *range4) partsOf(i int) []part { return r.slash16[i] }
+func (r *range4) partsOf(i int) []part { return r.slash16.get(i) }
 
 // lookup is the Go model of the table's lookup, for the compiler's tests.
 func (r *range4) lookup(a netip.Addr) VecID {

@@ -5,7 +5,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"slices"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -130,7 +129,10 @@ func (w *range4State) placeSlash16(r *range4, cur *range4State, kid []uint32, i 
 // until the next whole placement. When the lines run out, every tree is
 // laid out afresh.
 func placeRange4Changed(r *range4, cur *range4State, kid []uint32, changed []int) (*range4State, error) {
-	w := &range4State{direct: slices.Clone(cur.direct), runs: slices.Clone(cur.runs),
+	// cur is the inactive generation's state, replaced by w once written
+	// (and read back from the kernel if the write fails): w takes over
+	// its arrays and changes them in place.
+	w := &range4State{direct: cur.direct, runs: cur.runs,
 		capacity: cur.capacity, top: cur.top, usedVecs: cur.usedVecs}
 	var kps []part
 	for _, i := range changed {
@@ -175,7 +177,10 @@ func (fw *Firewall) writeRange4(gen uint32, maps range4Maps, cur, want *range4St
 	}
 	// Compare with what the map holds and write the runs of entries
 	// that differ straight into it.
-	have := make([]uint32, r4Directs)
+	if fw.directScratch == nil {
+		fw.directScratch = make([]uint32, r4Directs)
+	}
+	have := fw.directScratch
 	if _, err := mem.ReadAt(u32Bytes(have), 0); err != nil {
 		return fmt.Errorf("read %s direct: %w", maps.name, err)
 	}
