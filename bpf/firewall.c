@@ -79,10 +79,11 @@ int xdpfw_filter(struct xdp_md *ctx)
 	/* Every verdict leaves through here and is counted once. */
 	count(&action_stats, OUTCOME_STAT(out), bytes);
 	if (OUTCOME_XDP(out) == XDP_DROP) {
-		fw_sample_drop(ctx, &pkt, OUTCOME_SLOT(out), OUTCOME_STAT(out), 0);
+		if (sample_readers())
+			fw_sample_drop(ctx, &pkt, OUTCOME_SLOT(out), OUTCOME_STAT(out), 0);
 		return XDP_DROP;
 	}
-	if (OUTCOME_WOULD_SLOT(out) != FW_NO_SLOT)
+	if (OUTCOME_WOULD_SLOT(out) != FW_NO_SLOT && sample_readers())
 		fw_sample_drop(ctx, &pkt, OUTCOME_WOULD_SLOT(out), OUTCOME_WOULD_STAT(out), 1);
 	return XDP_PASS;
 }

@@ -73,18 +73,6 @@ static __always_inline __u32 range4_lookup(void *directs, void *lines_of, __u32 
 	return walk(lines, e & FW_R4_LINE_MASK, depth, a & 0xFFFF);
 }
 
-/* Global functions: the verifier checks each once, on its own, instead of
- * once per path through the classifier. */
-FW_STAGE __u32 fw_range4_src(__u32 gen, __u32 addr)
-{
-	return range4_lookup(&src4_direct, &src4_lines, gen, addr);
-}
-
-FW_STAGE __u32 fw_range4_dst(__u32 gen, __u32 addr)
-{
-	return range4_lookup(&dst4_direct, &dst4_lines, gen, addr);
-}
-
 /* The id of an IPv6 address (first and last 8 bytes, host order) in an LPM
  * trie of fw_lpm6_key. */
 static __always_inline __u32 lpm6_id(void *trie, __u32 gen, __u64 hi, __u64 lo)
@@ -202,10 +190,13 @@ FW_STAGE __u32 fw_range6_dst(__u32 gen, __u64 hi, __u64 lo, __u32 dense)
 	return range6_lookup(&m, gen, hi, lo, dense);
 }
 
-/* fw_addr_id: the vector id of a packet's source (dst = 0) or destination
- * address, or FW_NO_ID when its table has no entry (a damaged map: the
- * compiler always writes a catch-all). */
-FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst)
+/* The vector id of a packet's source (dst = 0) or destination address, or
+ * FW_NO_ID when its table has no entry (a damaged map: the compiler always
+ * writes a catch-all). dst is a constant in each caller, so that every map
+ * lookup below has one map: a call site that sees two maps cannot have the
+ * lookup inlined or called directly, and gets the generic helper's indirect
+ * call (a retpoline on this machine class). */
+static __always_inline __u32 addr_id(struct packet *pkt, __u32 gen, __u32 fields, const int dst)
 {
 	if (!pkt)
 		return FW_NO_ID;
@@ -215,7 +206,8 @@ FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst
 	if (pkt->family == 4) {
 		if (fields & (dst ? FW_FIELD_DST4_RANGE : FW_FIELD_SRC4_RANGE)) {
 			__u32 a = (__u32)b[0] << 24 | (__u32)b[1] << 16 | (__u32)b[2] << 8 | b[3];
-			return dst ? fw_range4_dst(gen, a) : fw_range4_src(gen, a);
+			return dst ? range4_lookup(&dst4_direct, &dst4_lines, gen, a)
+				   : range4_lookup(&src4_direct, &src4_lines, gen, a);
 		}
 		struct fw_lpm4_key k = {.prefixlen = 8 + 32, .gen = gen};
 		__builtin_memcpy(k.addr, b, 4);
@@ -235,6 +227,17 @@ FW_STAGE __u32 fw_addr_id(struct packet *pkt, __u32 gen, __u32 fields, __u32 dst
 	__builtin_memcpy(k.addr, b, 16);
 	id = bpf_map_lookup_elem(dst ? (void *)&dst6 : (void *)&src6, &k);
 	return id ? *id : FW_NO_ID;
+}
+
+/* fw_src_id, fw_dst_id: addr_id as stages, one per direction (above). */
+FW_STAGE __u32 fw_src_id(struct packet *pkt, __u32 gen, __u32 fields)
+{
+	return addr_id(pkt, gen, fields, 0);
+}
+
+FW_STAGE __u32 fw_dst_id(struct packet *pkt, __u32 gen, __u32 fields)
+{
+	return addr_id(pkt, gen, fields, 1);
 }
 
 /* The vector id at index idx of an array field table (ports, protocol,

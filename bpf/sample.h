@@ -112,6 +112,19 @@ static __always_inline void send_source(struct packet *pkt, __u32 slot, __u32 st
 	count_sample(FW_CONSUMER_SOURCES, FW_SAMPLE_SENT);
 }
 
+/* Whether any consumer has a reader: the one check every drop pays, made
+ * in the caller so that a drop with no reader (the usual case, and every
+ * packet of a flood) does not pay for the stage's call either. */
+static __always_inline int sample_readers(void)
+{
+	__u32 frames = FW_CONSUMER_FRAMES, sources = FW_CONSUMER_SOURCES;
+	if (fw_no_sampling)
+		return 0;
+	struct fw_sample_reader *rf = bpf_map_lookup_elem(&sample_reader, &frames);
+	struct fw_sample_reader *rs = bpf_map_lookup_elem(&sample_reader, &sources);
+	return rf && rs && (rf->until_ns || rs->until_ns);
+}
+
 /* fw_sample_drop sends a dropped (or would-be dropped) frame to each consumer
  * that has a reader and whose sampling lets this one through. Returns 0. */
 FW_STAGE int fw_sample_drop(struct xdp_md *ctx, struct packet *pkt, __u32 slot, __u32 stat, __u32 would)
@@ -121,7 +134,7 @@ FW_STAGE int fw_sample_drop(struct xdp_md *ctx, struct packet *pkt, __u32 slot, 
 		return 0;
 	struct fw_sample_reader *rf = bpf_map_lookup_elem(&sample_reader, &frames);
 	struct fw_sample_reader *rs = bpf_map_lookup_elem(&sample_reader, &sources);
-	/* The one check every drop pays: is anyone reading? */
+	/* The caller checked (sample_readers); a reader may have gone since. */
 	if (!rf || !rs || (!rf->until_ns && !rs->until_ns))
 		return 0;
 	struct fw_sampling *cfg = bpf_map_lookup_elem(&sampling, &zero);

@@ -57,9 +57,11 @@ func newSuite(t testing.TB, p *Pair, f Family, o SuiteOptions) *Suite {
 }
 
 // TestFloodHarness is the benchmark in miniature (one short round of every
-// configuration with 10 prefixes, both families): the pair, trafgen, the
-// attach and the counting work, xdpfw drops what the veth counts, and the
-// check that nothing reaches the IP stack does catch packets that do.
+// configuration with 10 prefixes, both families, and the rate-limit pair):
+// the pair, trafgen, the attach and the counting work, xdpfw drops what the
+// veth counts, the per-source limit passes the spoofed sources on to the
+// drop rule on its sketch, and the check that nothing reaches the IP stack
+// does catch packets that do.
 func TestFloodHarness(t *testing.T) {
 	if testing.Short() {
 		t.Skip("floods a veth pair: needs root, trafgen and nft; not run with -short")
@@ -73,7 +75,7 @@ func TestFloodHarness(t *testing.T) {
 	}
 	for _, f := range []Family{IPv4, IPv6} {
 		s := newSuite(t, p, f, SuiteOptions{
-			Counts: []int{10}, TrieCounts: []int{10}, NftCounts: []int{10}, XDPFilter: true, Seed: 1, Logf: t.Logf,
+			Counts: []int{10}, TrieCounts: []int{10}, NftCounts: []int{10}, XDPFilter: true, RateLimit: true, Seed: 1, Logf: t.Logf,
 		})
 		samples, _, err := s.Run(p, set, 1)
 		if err != nil {
@@ -96,12 +98,44 @@ func TestFloodHarness(t *testing.T) {
 		for _, r := range st.Rules {
 			rules += r.Packets
 		}
-		xdpfw := samples[len(samples)-1][0] // xdpfw comes last
+		measured := func(kind string) Sample {
+			for i, c := range s.Configs {
+				if c.Kind == kind {
+					return samples[i][0]
+				}
+			}
+			t.Fatalf("%v: no %s configuration", f, kind)
+			return Sample{}
+		}
+		xdpfw := measured("xdpfw")
 		// Measure checked the window's counts agree; here: the counters
 		// behind xdpfwctl saw at least what the veth counted while
 		// measuring, as drops by the rules.
 		if drops := st.Actions["drop-rule"].Packets; drops < xdpfw.Packets || rules < xdpfw.Packets {
 			t.Errorf("%v: xdpfw counted %d drops (%d by its rules), the receiving veth %d packets", f, drops, rules, xdpfw.Packets)
+		}
+		// The per-source limit saw every packet, found every source within
+		// it (each sends a packet or so), passed them on to the drop rule,
+		// and did so on its sketch: few, if any, took a bucket.
+		limited := measured(KindLimit)
+		st, err = s.Limit.FW.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Rules) != 2 {
+			t.Fatalf("%v: the rate-limit rule set has %d rules, want 2", f, len(st.Rules))
+		}
+		lim, rest := st.Rules[0], st.Rules[1]
+		t.Logf("%v per-source limit: %d packets, %d over the limit, %d took a bucket (%d buckets created); the drop rule after it: %d",
+			f, lim.Packets, lim.Limited.Packets, lim.Sources.BucketPackets, lim.Sources.BucketsCreated, rest.Packets)
+		if lim.Packets < limited.Packets || rest.Packets < limited.Packets {
+			t.Errorf("%v: the limit matched %d packets and the drop rule after it %d, the receiving veth counted %d", f, lim.Packets, rest.Packets, limited.Packets)
+		}
+		if lim.Limited.Packets != 0 {
+			t.Errorf("%v: %d packets of spoofed sources over a limit of %d pps per source", f, lim.Limited.Packets, LimitPPS)
+		}
+		if lim.Sources.BucketPackets > lim.Packets/10 {
+			t.Errorf("%v: %d of %d packets took a bucket: the sketch did not hold the flood", f, lim.Sources.BucketPackets, lim.Packets)
 		}
 	}
 
@@ -195,7 +229,7 @@ func BenchmarkFlood(b *testing.B) {
 	for _, f := range families {
 		b.Run(f.String(), func(b *testing.B) {
 			s := newSuite(b, p, f, SuiteOptions{
-				Counts: counts, TrieCounts: counts, NftCounts: counts, XDPFilter: true, Seed: 1,
+				Counts: counts, TrieCounts: counts, NftCounts: counts, XDPFilter: true, RateLimit: true, Seed: 1,
 				// Progress on stdout: a benchmark's log keeps 10 lines.
 				Logf: func(format string, args ...any) { fmt.Printf(format+"\n", args...) },
 			})

@@ -1,6 +1,7 @@
 package flood
 
 import (
+	"math"
 	"net/netip"
 	"testing"
 )
@@ -26,10 +27,27 @@ func TestMergedIntervals(t *testing.T) {
 			t.Errorf("MergedIntervals(%v) = %d, want %d", tc.prefixes, got, tc.want)
 		}
 	}
-	// The benchmark's IPv6 mix covers all of 2001:db8::/32 from a few
-	// thousand prefixes on (its two /33s are both drawn): nftables' merged
-	// set is then one interval, whatever the count.
-	if got := MergedIntervals(RandomPrefixes(IPv6, 10_000, 1)); got != 1 {
-		t.Errorf("IPv6 mix of 10,000 prefixes: %d intervals merged, want 1", got)
+}
+
+// TestIPv6MixIsSparse: the benchmark's IPv6 prefixes cover a small share of
+// 2001:db8::/32, so nftables' merged set keeps nearly an interval a prefix
+// (an earlier mix, /33 to /64, covered the whole /32 from a few thousand
+// prefixes on, and nftables merged it into one interval).
+func TestIPv6MixIsSparse(t *testing.T) {
+	const n = 100_000
+	ps := RandomPrefixes(IPv6, n, 1)
+	slash32 := netip.MustParsePrefix("2001:db8::/32")
+	covered := 0.0 // share of the /32, counting overlaps twice: an upper bound
+	for _, p := range ps {
+		if !slash32.Contains(p.Addr()) || p.Bits() < 40 || p.Bits() > 64 {
+			t.Fatalf("prefix %v: want /40 to /64 inside %v", p, slash32)
+		}
+		covered += math.Ldexp(1, 32-p.Bits())
+	}
+	if covered > 0.01 {
+		t.Errorf("%d IPv6 prefixes cover up to %.2f%% of %v, want at most 1%%", n, 100*covered, slash32)
+	}
+	if got := MergedIntervals(ps); got < n*98/100 {
+		t.Errorf("%d IPv6 prefixes merge into %d intervals, want at least 98%% of them", n, got)
 	}
 }

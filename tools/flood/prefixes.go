@@ -11,8 +11,14 @@ import (
 // benchmark's mix (the same as bpf's pool benchmark for IPv4):
 //
 //   - IPv4: anywhere, /16 to /32, a quarter of them /32;
-//   - IPv6: inside 2001:db8::/32, /33 to /64, a quarter of them /64, so
-//     that the flood's sources (2001:db8: and random bits) fall among them.
+//   - IPv6: inside 2001:db8::/32, where the flood's sources are (2001:db8:
+//     and random bits): a quarter /64, most /56 to /63, 1 in 256 /48 to
+//     /55 and 1 in 65,536 /40 to /47. Few short prefixes, so that even a
+//     million cover a small share of the /32 (at most 4%; see
+//     TestIPv6MixIsSparse) and an nftables interval set keeps nearly an
+//     interval a prefix (958,198 of a million): a mix with /33s covered the
+//     whole /32, nftables merged it into one interval, and its row measured
+//     nothing.
 //
 // The same seed gives the same list, so every configuration of a run, and
 // every run, holds the same prefixes.
@@ -31,9 +37,16 @@ func RandomPrefixes(f Family, n int, seed uint64) []netip.Prefix {
 			binary.BigEndian.PutUint32(a[:], r.Uint32())
 			p, _ = netip.AddrFrom4(a).Prefix(bits)
 		} else {
-			bits := 64
-			if r.IntN(4) != 0 {
-				bits = 33 + r.IntN(31)
+			var bits int
+			switch x := r.IntN(1 << 16); {
+			case x == 0:
+				bits = 40 + r.IntN(8) // /40–/47: 1 in 65,536
+			case x <= 1<<8:
+				bits = 48 + r.IntN(8) // /48–/55: 1 in 256
+			case x <= 1<<8+1<<14:
+				bits = 64 // a quarter
+			default:
+				bits = 56 + r.IntN(8)
 			}
 			var a [16]byte
 			binary.BigEndian.PutUint32(a[:4], 0x2001_0db8)

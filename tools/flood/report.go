@@ -91,6 +91,11 @@ func (r Results) rowName(c Config) string {
 	case "nftables":
 		return fmt.Sprintf("nftables interval set (netdev ingress), %s prefixes (%s merged)",
 			thousands(float64(c.N)), intervals(r.Suite.Intervals[c.N]))
+	case KindDrop:
+		return "xdpfw, plain drop rule (UDP to port 53: drop)"
+	case KindLimit:
+		return fmt.Sprintf("xdpfw, per-source rate limit (UDP to port 53: %d pps, burst %d, per source, within the limit next; then drop)",
+			LimitPPS, LimitBurst)
 	}
 	return fmt.Sprintf("xdpfw, %s prefixes", thousands(float64(c.N)))
 }
@@ -136,7 +141,25 @@ func (r Results) Table(set Settings, rounds int) string {
 		}
 	}
 	b.WriteString(r.quality())
+	b.WriteString(r.limitNote())
 	return b.String()
+}
+
+// limitNote says how the per-source limit's packets went, over the whole
+// run: on the sketch alone (the flood's sources, each far within its limit)
+// or to a bucket (the sketch found the source at its limit, or was too
+// small for the flood).
+func (r Results) limitNote() string {
+	if r.Suite.Limit == nil {
+		return ""
+	}
+	st, err := r.Suite.Limit.FW.Stats()
+	if err != nil || len(st.Rules) == 0 {
+		return fmt.Sprintf("per-source limit: its counters could not be read (%v).\n", err)
+	}
+	l := st.Rules[0]
+	return fmt.Sprintf("per-source limit: %d packets matched it, %d over the limit, %d took a bucket (%d buckets created); the rest passed on the sketch alone.\n",
+		l.Packets, l.Limited.Packets, l.Sources.BucketPackets, l.Sources.BucketsCreated)
 }
 
 // quality sums up what says the measurements are sound: where the receive
@@ -234,6 +257,13 @@ func (r Results) Targets() string {
 		} else {
 			x := trieAbove / fwAbove
 			fmt.Fprintf(&b, "%v: xdpfw@%s cost above bare is %.1f× below the trie's (target ≥10×): %s\n", fam, Label(big), x, met(x >= 10))
+		}
+	}
+	if limit, ok := r.above(KindLimit, 0); ok {
+		if drop, ok := r.above(KindDrop, 0); ok && drop > 0 {
+			x := limit / drop
+			fmt.Fprintf(&b, "%v: xdpfw per-source rate limit costs %.2f× the plain drop rule above bare (%s vs %s ns; target ≤2×): %s\n",
+				fam, x, thousands(limit), thousands(drop), met(x <= 2))
 		}
 	}
 	fw, okFW := r.Rate("xdpfw", big)

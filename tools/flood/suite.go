@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // SuiteOptions say which configurations a suite holds.
@@ -20,6 +21,9 @@ type SuiteOptions struct {
 	TrieCounts, NftCounts []int
 	// XDPFilter adds xdp-filter.
 	XDPFilter bool
+	// RateLimit adds xdpfw with a plain drop rule (DropRuleSet) and with a
+	// per-source rate limit in front of it (LimitRuleSet).
+	RateLimit bool
 	// Seed makes the prefixes.
 	Seed uint64
 	// Logf reports the setup's progress.
@@ -35,14 +39,17 @@ type Suite struct {
 	// Firewalls are xdpfw's, by prefix count; TrieMemory the kernel
 	// memory of the trie at each count; Intervals what nftables' set holds
 	// after auto-merge at each count.
-	Firewalls  map[int]*Firewall
-	TrieMemory map[int]uint64
-	Intervals  map[int]int
-	closers    []func() error
+	Firewalls map[int]*Firewall
+	// Drop and Limit are the firewalls of the RateLimit configurations.
+	Drop, Limit *Firewall
+	TrieMemory  map[int]uint64
+	Intervals   map[int]int
+	closers     []func() error
 }
 
 // NewSuite sets up a family's configurations, in the order they are listed
-// in: bare XDP_DROP, xdp-filter, the trie, nftables and xdpfw by count.
+// in: bare XDP_DROP, xdp-filter, the trie, nftables, xdpfw by count, then
+// xdpfw's plain drop rule and per-source rate limit.
 func NewSuite(p *Pair, f Family, o SuiteOptions) (s *Suite, err error) {
 	s = &Suite{Family: f, Firewalls: map[int]*Firewall{}, TrieMemory: map[int]uint64{}, Intervals: map[int]int{}}
 	defer func() {
@@ -154,6 +161,18 @@ func NewSuite(p *Pair, f Family, o SuiteOptions) (s *Suite, err error) {
 		}
 	}
 
+	// xdpfw counts its drops: every packet the veth counted must be one.
+	xdpfw := func(kind string, n int, fw *Firewall) Config {
+		c := xdp(kind, n, fw.FW.Program())
+		c.Seen = func() (uint64, error) {
+			st, err := fw.FW.Stats()
+			if err != nil {
+				return 0, err
+			}
+			return st.Actions["drop-rule"].Packets, nil
+		}
+		return c
+	}
 	for _, n := range o.Counts {
 		fw, err := NewFirewall(p, prefixes[n])
 		if err != nil {
@@ -164,20 +183,41 @@ func NewSuite(p *Pair, f Family, o SuiteOptions) (s *Suite, err error) {
 		if err := check(fw.FW.Program(), n); err != nil {
 			return s, fmt.Errorf("xdpfw with %d prefixes: %w", n, err)
 		}
-		c := xdp("xdpfw", n, fw.FW.Program())
-		c.Seen = func() (uint64, error) {
-			st, err := fw.FW.Stats()
-			if err != nil {
-				return 0, err
-			}
-			return st.Actions["drop-rule"].Packets, nil
+		s.Configs = append(s.Configs, xdpfw("xdpfw", n, fw))
+		layout := "LPM trie"
+		if fw.RangeTable {
+			layout = "range table"
 		}
-		s.Configs = append(s.Configs, c)
-		logf("%v: xdpfw with %d prefixes: compiled in %v, applied in %v, %d MB of maps", f, n,
+		logf("%v: xdpfw with %d prefixes (%s): compiled in %v, applied in %v, %d MB of maps", f, n, layout,
 			fw.Compile.Round(time.Millisecond), fw.Apply.Round(time.Millisecond), fw.Memory>>20)
+	}
+
+	if o.RateLimit {
+		for _, c := range []struct {
+			kind string
+			rs   proto.RuleSet
+			fw   **Firewall
+		}{{KindDrop, DropRuleSet(), &s.Drop}, {KindLimit, LimitRuleSet(), &s.Limit}} {
+			fw, err := NewFirewallOf(p, c.rs)
+			if err != nil {
+				return s, fmt.Errorf("xdpfw %s: %w", c.kind, err)
+			}
+			s.closers = append(s.closers, fw.Close)
+			*c.fw = fw
+			if err := check(fw.FW.Program(), 0); err != nil {
+				return s, fmt.Errorf("xdpfw %s: %w", c.kind, err)
+			}
+			s.Configs = append(s.Configs, xdpfw(c.kind, 0, fw))
+		}
 	}
 	return s, nil
 }
+
+// The kinds of the RateLimit configurations.
+const (
+	KindDrop  = "xdpfw-drop"
+	KindLimit = "xdpfw-limit"
+)
 
 // Close unloads everything the suite set up, last first.
 func (s *Suite) Close() error {

@@ -46,8 +46,9 @@ func macBytes(mac []byte) string {
 //   - IPv4: a 60-byte frame (64 on the wire with the FCS); the whole source
 //     address is random, and the header checksum is recomputed per packet.
 //   - IPv6: 62 bytes, the smallest UDP frame (no payload); the source is
-//     2001:db8: and 96 random bits, the range the benchmark's IPv6
-//     prefixes cover, so every lookup walks the table.
+//     2001:db8: and 96 random bits, the /32 the benchmark's IPv6 prefixes
+//     are spread over, so every lookup walks the table to the /48 or /64
+//     the source falls in.
 func TrafgenConfig(f Family, cpu int) string {
 	var b strings.Builder
 	// Packets for this CPU only: trafgen forks one process per CPU up to

@@ -26,6 +26,9 @@ type Firewall struct {
 	// maps, with both generations holding the set.
 	Compile, Apply time.Duration
 	Memory         uint64
+	// RangeTable says the source prefixes are in a range table (above
+	// bpf's threshold), not in the LPM trie.
+	RangeTable bool
 }
 
 // RuleSet is the benchmark's rule document: one set, one rule that drops
@@ -46,11 +49,53 @@ func RuleSet(prefixes []netip.Prefix) proto.RuleSet {
 	}
 }
 
+// The rate limit of LimitRuleSet: what a DNS server might set per source.
+// A spoofed flood's sources each send a packet or so, far within it.
+const (
+	LimitPPS   = 100
+	LimitBurst = 200
+)
+
+// DropRuleSet is the plain drop rule the per-source limit is compared with:
+// one rule on the flood's protocol and port (UDP to 53), drop.
+func DropRuleSet() proto.RuleSet {
+	return proto.RuleSet{
+		APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "flood", Mode: proto.ModeDeny,
+		Rules: []proto.Rule{
+			{ID: "dns", Action: proto.ActionDrop, Protocol: proto.ProtoUDP, DstPorts: []proto.PortSpec{"53"}},
+		},
+	}
+}
+
+// LimitRuleSet is the same rule as a per-source rate limit whose packets
+// within the limit go on to the next rule, and a rule that drops the rest:
+// every packet of the flood (a new source each, within its limit) is
+// counted in the limit's sketch, goes on, and is dropped by the second rule.
+func LimitRuleSet() proto.RuleSet {
+	return proto.RuleSet{
+		APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "flood", Mode: proto.ModeDeny,
+		Rules: []proto.Rule{
+			{ID: "dns", Action: proto.ActionRateLimit, Protocol: proto.ProtoUDP, DstPorts: []proto.PortSpec{"53"},
+				RateLimit: &proto.RateLimit{PPS: LimitPPS, Burst: LimitBurst, Per: proto.PerSource, WithinLimit: proto.WithinNext}},
+			{ID: "rest", Action: proto.ActionDrop},
+		},
+	}
+}
+
 // NewFirewall opens a firewall on the receiving veth in a fresh pin path
-// and applies the rule set twice, so both generations hold it as they do
-// on a host after its second update. It does not attach (see
-// Pair.AttachNative).
-func NewFirewall(p *Pair, prefixes []netip.Prefix) (fw *Firewall, err error) {
+// and applies the rule set of a prefix set (RuleSet) twice, so both
+// generations hold it as they do on a host after its second update. It
+// does not attach (see Pair.AttachNative).
+func NewFirewall(p *Pair, prefixes []netip.Prefix) (*Firewall, error) {
+	fw, err := NewFirewallOf(p, RuleSet(prefixes))
+	if err != nil {
+		return nil, fmt.Errorf("a set of %d prefixes: %w", len(prefixes), err)
+	}
+	return fw, nil
+}
+
+// NewFirewallOf is NewFirewall with any rule set.
+func NewFirewallOf(p *Pair, rs proto.RuleSet) (fw *Firewall, err error) {
 	dir, err := os.MkdirTemp("/sys/fs/bpf", "xdpfw-flood-")
 	if err != nil {
 		return nil, fmt.Errorf("make a pin path (needs root and a bpffs at /sys/fs/bpf): %w", err)
@@ -73,18 +118,19 @@ func NewFirewall(p *Pair, prefixes []netip.Prefix) (fw *Firewall, err error) {
 		return fw, fmt.Errorf("open xdpfw on %s: %w", ReceiverIface, err)
 	}
 	start := time.Now()
-	c, err := bpf.Compile([]proto.RuleSet{RuleSet(prefixes)}, ReceiverIface)
+	c, err := bpf.Compile([]proto.RuleSet{rs}, ReceiverIface)
 	if err != nil {
-		return fw, fmt.Errorf("compile a set of %d prefixes: %w", len(prefixes), err)
+		return fw, fmt.Errorf("compile: %w", err)
 	}
 	fw.Compile = time.Since(start)
+	fw.RangeTable = c.Src4Range != nil || c.Src6Range != nil
 	start = time.Now()
 	if _, err := fw.FW.Apply(c); err != nil {
-		return fw, fmt.Errorf("apply a set of %d prefixes: %w", len(prefixes), err)
+		return fw, fmt.Errorf("apply: %w", err)
 	}
 	fw.Apply = time.Since(start)
 	if _, err := fw.FW.Apply(c); err != nil {
-		return fw, fmt.Errorf("apply a set of %d prefixes again: %w", len(prefixes), err)
+		return fw, fmt.Errorf("apply again: %w", err)
 	}
 	if fw.Memory, err = firewallMemory(fw.FW); err != nil {
 		return fw, err
