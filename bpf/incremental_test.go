@@ -179,10 +179,11 @@ func TestUpdateMatchesCompile(t *testing.T) {
 				}
 			}
 			// The one updated from is unchanged.
-			if step%5 != 0 {
-			} else if before, err := CompileWith(sets, "", opts); err != nil {
-				t.Fatal(err)
-			} else {
+			if step%5 == 0 {
+				before, err := CompileWith(sets, "", opts)
+				if err != nil {
+					t.Fatal(err)
+				}
 				sameTables(t, what+", the original", c, before)
 			}
 			sets = next
