@@ -90,7 +90,10 @@ type Agent struct {
 // of agents in one process with a firewall that writes no map.
 type firewall interface {
 	State() (*bpf.State, error)
-	Apply(*bpf.Compiled) (*bpf.ApplyReport, error)
+	// Enforce applies and returns once packets see the change; Settle
+	// waits out the kernel's grace period after it (bpf.Firewall.Enforce).
+	Enforce(*bpf.Compiled) (*bpf.ApplyReport, error)
+	Settle() error
 	PrepareStandby(*bpf.Compiled) (*bpf.ApplyReport, error)
 	Attach(bpf.AttachMode) (bpf.AttachMode, error)
 	Stats() (*bpf.Stats, error)

@@ -18,7 +18,7 @@ import (
 // applyPhases are the phases an apply reports, in the log line "applied
 // desired state" (as durations under these keys) and in
 // xdpfw_agent_apply_phase_duration_seconds (under the label phase).
-var applyPhases = []string{"fetch", "decode", "compile", "write", "release"}
+var applyPhases = []string{"fetch", "decode", "compile", "write", "settle", "release"}
 
 // Each apply reports how long its phases took: a first apply of a chunked
 // set and a one-prefix change of it, which fetches one document and a new

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
 	"github.com/xdpfw/xdpfw/controlplane/store"
 	"github.com/xdpfw/xdpfw/proto"
 )
@@ -106,5 +108,68 @@ func TestCheckSetSizesSendsRepeatsToAWholeCompile(t *testing.T) {
 	stored.Sets = map[string]proto.PrefixSet{"big": {Chunks: []string{"a", "b"}, Count: 3}}
 	if err := checkSetSizes(c, []proto.RuleSet{stored}, deltas); !errors.Is(err, bpf.ErrNeedsCompile) {
 		t.Fatalf("a repeated prefix: %v, want ErrNeedsCompile", err)
+	}
+}
+
+// A new version of a rule set the host enforces is decoded when the watch
+// brings it, so that its rollout reads no document from etcd; versions of
+// rule sets the host does not enforce are left alone, and a version
+// deleted before its rollout is not applied from what was decoded.
+func TestAgentDecodesTheNextVersionAhead(t *testing.T) {
+	f := newFixture(t)
+	addr := strings.TrimPrefix(etcdtest.FreeURLs(t, 1)[0], "http://")
+	_, stop := f.startWithMetrics(addr)
+	defer stop()
+	st := store.New(f.cli, f.keys)
+	edge := func(port string) proto.RuleSet {
+		return proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+			Rules: []proto.Rule{{ID: "r", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{proto.PortSpec(port)}}}}
+	}
+	put := func(rs proto.RuleSet, prev int64) {
+		t.Helper()
+		if _, _, err := st.PutRuleSet(context.Background(), rs, prev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v1 := proto.RuleSetRef{Name: "edge", Version: 1}
+	put(edge("22"), 0)
+	f.desire(v1)
+	f.waitStatus("edge@1 applied", applied(v1))
+	var reads float64
+	waitMetricsFunc(t, addr, func(body string) string {
+		if reads = metricValue(body, "xdpfw_agent_document_reads_total"); reads < 1 {
+			return "xdpfw_agent_document_reads_total >= 1"
+		}
+		return ""
+	})
+
+	other := edge("80")
+	other.Name = "other"
+	put(other, 0)
+	put(edge("23"), 1)
+	waitMetrics(t, addr, "xdpfw_agent_documents_ahead_total 1")
+	v2 := proto.RuleSetRef{Name: "edge", Version: 2}
+	f.desire(v2)
+	f.waitStatus("edge@2 applied", applied(v2))
+	if got := f.applied(); got[0] != "edge:23" {
+		t.Fatalf("maps enforce %v after edge@2, want edge:23", got)
+	}
+	waitMetrics(t, addr, fmt.Sprintf("xdpfw_agent_document_reads_total %v", reads),
+		"xdpfw_agent_documents_ahead_total 1")
+
+	// Version 3 is written, then deleted before its rollout.
+	put(edge("24"), 2)
+	waitMetrics(t, addr, "xdpfw_agent_documents_ahead_total 2")
+	key := f.keys.RuleSetVersion("edge", 3)
+	if _, err := f.cli.Delete(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	rev := f.desire(proto.RuleSetRef{Name: "edge", Version: 3})
+	got := f.waitStatus("edge@3 refused", func(st proto.HostStatus) bool { return st.Revision >= rev && st.LastError != nil })
+	if got.LastError.Document != key || !strings.Contains(got.LastError.Message, "not found") {
+		t.Fatalf("status error %+v, want %s not found", got.LastError, key)
+	}
+	if got := f.applied(); got[0] != "edge:23" {
+		t.Fatalf("maps enforce %v after the deleted edge@3, want edge:23 still", got)
 	}
 }

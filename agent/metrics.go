@@ -24,6 +24,10 @@ type metrics struct {
 	// interface's XDP program is loaded, and how many attempts failed.
 	dataPlaneReady prometheus.Gauge
 	loadErrors     prometheus.Counter
+	// docReads and docsAhead count rule-set versions read from etcd for
+	// an apply, and those decoded from the watch before a rollout named
+	// them (which the apply then does not read).
+	docReads, docsAhead prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -37,6 +41,7 @@ func newMetrics() *metrics {
 			Name: "xdpfw_agent_apply_phase_duration_seconds",
 			Help: "Time of each phase of an apply: fetch (etcd reads of the desired state, documents and chunks), " +
 				"decode (chunks to prefixes, documents to rule sets), compile (bpf.Compile), write (map writes, flip and attach), " +
+				"settle (the kernel's RCU grace period after the flip, waited for after the status), " +
 				"release (giving a big apply's memory back).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 17),
 		}, []string{"phase"}),
@@ -80,12 +85,21 @@ func newMetrics() *metrics {
 			Name: "xdpfw_agent_dataplane_load_errors_total",
 			Help: "Attempts to load an interface's XDP program and maps that failed (the verifier refused the program, the kernel lacks a feature, ...).",
 		}),
+		docReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_document_reads_total",
+			Help: "Rule-set versions read from etcd because the desired state named them and the watch had not brought them ahead.",
+		}),
+		docsAhead: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_documents_ahead_total",
+			Help: "Newer versions of enforced rule sets decoded from the watch before a rollout named them.",
+		}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.applySeconds, m.applyPhaseSeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
-		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync, m.dataPlaneReady, m.loadErrors}
+		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync, m.dataPlaneReady, m.loadErrors,
+		m.docReads, m.docsAhead}
 }
 
 // observeApply records a successful apply's phases and total.
@@ -94,7 +108,7 @@ func (m *metrics) observeApply(t *applyTiming, total time.Duration) {
 	for _, p := range []struct {
 		name string
 		d    time.Duration
-	}{{"fetch", t.fetch}, {"decode", t.decode}, {"compile", t.compile}, {"write", t.write}, {"release", t.release}} {
+	}{{"fetch", t.fetch}, {"decode", t.decode}, {"compile", t.compile}, {"write", t.write}, {"settle", t.settle}, {"release", t.release}} {
 		m.applyPhaseSeconds.WithLabelValues(p.name).Observe(p.d.Seconds())
 	}
 }

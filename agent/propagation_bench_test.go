@@ -30,12 +30,14 @@ func (f *nullFirewall) State() (*bpf.State, error) {
 	return &bpf.State{Generation: -1, Digest: f.digest}, nil
 }
 
-func (f *nullFirewall) Apply(c *bpf.Compiled) (*bpf.ApplyReport, error) {
+func (f *nullFirewall) Enforce(c *bpf.Compiled) (*bpf.ApplyReport, error) {
 	f.digest = hex.EncodeToString(c.Digest[:])
 	return &bpf.ApplyReport{Rules: len(c.Rules), Digest: c.Digest, Writes: map[string]int{}}, nil
 }
 
 func (f *nullFirewall) PrepareStandby(*bpf.Compiled) (*bpf.ApplyReport, error) { return nil, nil }
+
+func (f *nullFirewall) Settle() error { return nil }
 
 func (f *nullFirewall) Attach(bpf.AttachMode) (bpf.AttachMode, error) { return "none", nil }
 func (f *nullFirewall) Stats() (*bpf.Stats, error) {

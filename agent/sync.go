@@ -31,6 +31,12 @@ type syncCache struct {
 	desiredRev int64
 	// docs holds each referenced rule-set version by key.
 	docs map[string]cachedDoc
+	// next holds, by rule-set name, the newest version written of a rule
+	// set the desired state names at an older version: decoded when the
+	// watch brings it (the event carries the document, so this costs etcd
+	// nothing), so that a rollout of it, which usually follows, finds it
+	// decoded (see notePending and fetchReferenced).
+	next map[string]pendingDoc
 	// chunks holds the prefixes of each chunk the docs name, by hash
 	// (chunks are immutable: fetched and checked once, dropped when
 	// unreferenced).
@@ -72,16 +78,30 @@ type syncCache struct {
 // decoding (chunks to prefixes, documents to rule sets, with their
 // checks), bpf.Compile (compile), and the map writes, flip and attach
 // (write), for every interface; the firewalls enforce the change from
-// there. Then the status is handed to the reporter and the memory of a
-// big apply given back (release). The total runs from the begin to the
+// there (enforced). Then the status is handed to the reporter, the
+// kernel's grace period after each flip waited out (settle) and the
+// memory of a big apply given back (release). The total runs from the begin to the
 // end of the release.
 type applyTiming struct {
 	begun                                  time.Time
 	fetch, decode, compile, write, release time.Duration
+	// enforced is when (since begun) every interface's packets saw the
+	// change; settle is the wait for the kernel's grace period after the
+	// flips, which follows the status (bpf.Firewall.Settle).
+	enforced, settle time.Duration
+	// cpu and gcCycles at the begin: the process's CPU time (user and
+	// system, every thread) and completed GC cycles, so that an apply's
+	// log says how much of its wall time was its own work and how many
+	// collections it paid for; the rest is waiting (for etcd, for the
+	// kernel's RCU grace period, for a CPU on a shared machine).
+	cpu      time.Duration
+	gcCycles uint64
 }
 
 // begin starts the timing of a change.
-func (t *applyTiming) begin() { *t = applyTiming{begun: time.Now()} }
+func (t *applyTiming) begin() {
+	*t = applyTiming{begun: time.Now(), cpu: processCPU(), gcCycles: gcCycles()}
+}
 
 // since adds the time since start to a phase.
 func since(phase *time.Duration, start time.Time) { *phase += time.Since(start) }
@@ -95,6 +115,13 @@ type cachedDoc struct {
 	err error
 	// chunks are the hashes of the chunks its big sets are stored in.
 	chunks []string
+}
+
+// pendingDoc is a version of a rule set decoded ahead of its rollout.
+type pendingDoc struct {
+	key     string
+	version int64
+	doc     cachedDoc
 }
 
 func newCachedDoc(raw []byte, modRev int64) cachedDoc {
@@ -157,7 +184,7 @@ func (a *Agent) resync(ctx context.Context) error {
 	}
 	rev := resp.Header.Revision
 	c.rev, c.desired, c.desiredRev, c.refs = rev, nil, 0, nil
-	c.docs = map[string]cachedDoc{}
+	c.docs, c.next = map[string]cachedDoc{}, nil
 	if len(resp.Kvs) > 0 {
 		c.desired, c.desiredRev = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
 	}
@@ -274,7 +301,12 @@ func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
 			keep[key] = doc
 			continue
 		}
+		if p, ok := c.next[ref.Name]; ok && p.key == key {
+			keep[key] = p.doc
+			continue
+		}
 		start := time.Now()
+		a.metrics.docReads.Inc()
 		resp, err := a.cli.Get(ctx, key, clientv3.WithRev(rev))
 		since(&c.timing.fetch, start)
 		if err != nil {
@@ -287,7 +319,50 @@ func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
 		}
 	}
 	c.docs = keep
+	// What is referenced now is no longer ahead of its rollout.
+	for name, p := range c.next {
+		if ref, ok := c.refNamed(name); !ok || p.version <= ref.Version {
+			delete(c.next, name)
+		}
+	}
 	return nil
+}
+
+// refNamed is the desired state's reference to rule set name.
+func (c *syncCache) refNamed(name string) (proto.RuleSetRef, bool) {
+	for _, r := range c.refs {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return proto.RuleSetRef{}, false
+}
+
+// notePending keeps a newer version of a rule set this host enforces,
+// decoded, for its rollout (syncCache.next); the watch event carries it.
+func (a *Agent) notePending(ev *clientv3.Event) {
+	c := &a.cache
+	key := string(ev.Kv.Key)
+	name, v, ok := a.keys.ParseRuleSetVersion(key)
+	if !ok {
+		return
+	}
+	if ref, ok := c.refNamed(name); !ok || v <= ref.Version {
+		return
+	}
+	p, have := c.next[name]
+	switch {
+	case ev.Type == mvccpb.DELETE:
+		if have && p.key == key {
+			delete(c.next, name)
+		}
+	case !have || v >= p.version:
+		if c.next == nil {
+			c.next = map[string]pendingDoc{}
+		}
+		c.next[name] = pendingDoc{key: key, version: v, doc: newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)}
+		a.metrics.docsAhead.Inc()
+	}
 }
 
 // watch follows the host's desired-state key and every rule set's versions
@@ -363,6 +438,8 @@ func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) er
 				c.docs[key] = newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)
 				since(&c.timing.decode, start)
 			}
+		default:
+			a.notePending(ev)
 		}
 	}
 	if resp.Header.Revision > c.rev {
@@ -464,10 +541,23 @@ func (a *Agent) reconcile() {
 		a.pruneChunks() // the previous version's chunks
 	}
 	a.metrics.revision.Set(float64(c.rev))
+	t.enforced = time.Since(t.begun)
 	a.publishStatus()
 	if c.inSync && a.onApplied != nil {
 		a.onApplied(c.rev)
 	}
+	// After the status, off the change's path: the kernel's grace period
+	// after each flip (the next apply would wait for it otherwise).
+	settleStart := time.Now()
+	for _, m := range a.ifaces {
+		if m.fw == nil {
+			continue
+		}
+		if err := m.fw.Settle(); err != nil {
+			a.log.Warn("settle the last flip", zap.String("iface", m.cfg.Name), zap.Error(err))
+		}
+	}
+	since(&t.settle, settleStart)
 	if c.release {
 		// After the status: a rollout waits for it, not for this.
 		c.release = false
@@ -495,7 +585,9 @@ func (a *Agent) reconcile() {
 		a.log.Info("applied desired state", zap.Int64("revision", c.rev),
 			zap.Strings("ruleSets", refStrings(refs)), zap.Duration("took", time.Since(start)),
 			zap.Duration("fetch", t.fetch), zap.Duration("decode", t.decode), zap.Duration("compile", t.compile),
-			zap.Duration("write", t.write), zap.Duration("release", t.release), zap.Duration("total", total),
+			zap.Duration("write", t.write), zap.Duration("enforced", t.enforced), zap.Duration("settle", t.settle),
+			zap.Duration("release", t.release), zap.Duration("total", total),
+			zap.Duration("cpu", processCPU()-t.cpu), zap.Uint64("gcCycles", gcCycles()-t.gcCycles),
 			zap.Bool("incremental", incremental), zap.Int("prefixesAdded", added), zap.Int("prefixesRemoved", removed))
 	}
 }
@@ -651,12 +743,15 @@ func (a *Agent) applyAll(refs []proto.RuleSetRef, stored []proto.RuleSet, deltas
 			continue
 		}
 		a.log.Info("writing maps", zap.String("iface", m.cfg.Name), zap.Int("rules", len(compiled[i].Rules)))
-		rep, err := m.fw.Apply(compiled[i])
+		rep, err := m.fw.Enforce(compiled[i])
 		if err != nil {
 			a.cache.retry = true
 			return &proto.StatusError{Document: desiredKey, Message: fmt.Sprintf("apply to %s: %v", m.cfg.Name, err)}, false
 		}
 		m.writes = rep.TotalWrites()
+		a.log.Info("maps written", zap.String("iface", m.cfg.Name), zap.Int("writes", m.writes),
+			zap.Bool("incremental", rep.Incremental), zap.Duration("place", rep.Steps.Place),
+			zap.Duration("tables", rep.Steps.Tables), zap.Duration("docs", rep.Steps.Docs), zap.Duration("flip", rep.Steps.Flip))
 		m.digest, m.rules, m.appliedAt = hex.EncodeToString(rep.Digest[:]), rep.Rules, time.Now().UTC()
 		a.metrics.mapWrites.Add(float64(m.writes))
 		if err := a.attach(m); err != nil {

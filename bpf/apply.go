@@ -29,6 +29,16 @@ type ApplyReport struct {
 	Rules, Vectors int
 	Digest         [32]byte
 	Duration       time.Duration
+	// Steps is where Duration went.
+	Steps ApplySteps
+}
+
+// ApplySteps times the steps of an apply: reading what the generations
+// hold and placing the new content (Place), writing the policy tables
+// (Tables) and the stored rule sets (Docs), and the flip until packets see
+// it (Flip).
+type ApplySteps struct {
+	Place, Tables, Docs, Flip time.Duration
 }
 
 // TotalWrites is the number of map entries the apply wrote or deleted.
@@ -104,7 +114,58 @@ func changesSince(c *Compiled, from compiledFrom) *tableChanges {
 // rule set or the new one, never a mix. On error nothing changes for
 // packets: the active generation is untouched.
 func (fw *Firewall) Apply(c *Compiled) (*ApplyReport, error) {
+	rep, err := fw.Enforce(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := fw.settle(rep); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// Enforce is Apply without its wait at the end: it returns as soon as
+// packets see c. The kernel returns from the update that flips the
+// generation only after an RCU grace period (about 10 ms on an idle
+// machine, and more on a busy one), which guarantees no program still runs
+// on the generation it replaced; Enforce leaves that wait, and freeing the
+// counter slots of the rules c dropped, to Settle. Whatever writes a
+// generation (Apply, Enforce, PrepareStandby, Close) settles first, so
+// calling Settle is never needed for correctness: call it off the path of
+// the change (after reporting it) to keep the wait out of the next one.
+func (fw *Firewall) Enforce(c *Compiled) (*ApplyReport, error) {
+	if err := fw.Settle(); err != nil {
+		return nil, err
+	}
 	return fw.apply(c, fw.flip)
+}
+
+// Settle waits until no program runs on the generation the last flip
+// replaced, then frees the counter slots of the rules that flip dropped.
+// It returns at once when there is nothing to wait for.
+func (fw *Firewall) Settle() error {
+	return fw.settle(&ApplyReport{Writes: map[string]int{}})
+}
+
+// settle is Settle counting the slot releases in rep.
+func (fw *Firewall) settle(rep *ApplyReport) error {
+	var err error
+	if fw.settling != nil {
+		err = <-fw.settling
+		fw.settling = nil
+		if err != nil {
+			// The flip took effect (it is only waited for once gen_sel
+			// names the new generation), so this is the kernel saying
+			// something unexpected after it: report it, release anyway.
+			err = fmt.Errorf("wait for the grace period of the last flip: %w", err)
+		}
+	}
+	if fw.removed != nil {
+		plan := fw.removed
+		fw.removed = nil
+		err = errors.Join(err, fw.releaseSlots(plan, rep))
+	}
+	return err
 }
 
 // PrepareStandby writes c, which must be what the active generation holds
@@ -116,6 +177,9 @@ func (fw *Firewall) Apply(c *Compiled) (*ApplyReport, error) {
 // when c is not what is active. Call it after an Apply of a whole
 // compile, off the path of the change that was applied.
 func (fw *Firewall) PrepareStandby(c *Compiled) (*ApplyReport, error) {
+	if err := fw.Settle(); err != nil {
+		return nil, err
+	}
 	active, err := fw.ActiveGeneration()
 	if err != nil || c.inc == nil {
 		return nil, err
@@ -187,17 +251,20 @@ func (fw *Firewall) apply(c *Compiled, flip func(gen uint32) error) (*ApplyRepor
 	want.info.AppliedUnixNs = uint64(time.Now().UnixNano())
 
 	fw.cache[target] = nil // until written completely
+	rep.Steps.Place = time.Since(start)
 	if err := fw.writeGeneration(target, c, cur, want, rep); err != nil {
 		return nil, err
 	}
 	fw.cache[target] = want
 
+	flipStart := time.Now()
 	if err := flip(target); err != nil {
 		return nil, err
 	}
-	if err := fw.releaseSlots(plan, rep); err != nil {
-		return nil, err
-	}
+	rep.Steps.Flip = time.Since(flipStart)
+	// The slots of dropped rules are freed once no program can count
+	// into them any more (Settle).
+	fw.removed = plan
 	rep.Duration = time.Since(start)
 	return rep, nil
 }
@@ -226,14 +293,21 @@ func (fw *Firewall) ActiveGeneration() (uint32, error) {
 	return active.Gen, nil
 }
 
-// flip makes gen the active generation. The kernel returns from an update
-// of a map-in-map slot only after an RCU grace period (synchronize_rcu in
-// maybe_wait_bpf_programs), so when flip returns no program runs with the
-// old generation any more and it can be rewritten.
+// flip makes gen the active generation and returns as soon as packets use
+// it. The kernel makes an update of a map-in-map slot visible at once but
+// returns from it only after an RCU grace period (synchronize_rcu in
+// maybe_wait_bpf_programs), after which no program runs with the old
+// generation any more and it can be rewritten. So the update runs on its
+// own goroutine; flip waits until gen_sel names the new selector (the
+// flip is in force) and leaves the rest of the wait to Settle, through
+// fw.settling. An update that fails fails before it changes anything.
 //
 // The new selector also carries the generation's field set (from gen_info,
 // written before), which the program reads with it.
 func (fw *Firewall) flip(gen uint32) error {
+	if fw.settling != nil {
+		return errors.New("flip: the last flip has not settled") // a bug: apply settles first
+	}
 	var info firewallFwGenInfo
 	if err := fw.objs.GenInfo.Lookup(gen, &info); err != nil {
 		return fmt.Errorf("read gen_info[%d]: %w", gen, err)
@@ -244,11 +318,43 @@ func (fw *Firewall) flip(gen uint32) error {
 	if err != nil {
 		return fmt.Errorf("create generation selector: %w", err)
 	}
-	defer inner.Close()
-	if err := fw.objs.GenSel.Put(uint32(0), inner); err != nil {
-		return fmt.Errorf("flip to generation %d: %w", gen, err)
+	mi, err := inner.Info()
+	var id ebpf.MapID
+	ok := false
+	if err == nil {
+		id, ok = mi.ID()
 	}
-	return nil
+	if !ok {
+		// No ID to recognise the flip by (a kernel without map IDs
+		// cannot run this program anyway): wait for the update whole.
+		defer inner.Close()
+		if err := fw.objs.GenSel.Put(uint32(0), inner); err != nil {
+			return fmt.Errorf("flip to generation %d: %w", gen, err)
+		}
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := fw.objs.GenSel.Put(uint32(0), inner)
+		inner.Close() // gen_sel holds its own reference
+		done <- err
+	}()
+	// The update swaps the pointer as soon as it runs; poll for it.
+	for wait := time.Microsecond; ; wait = min(2*wait, time.Millisecond) {
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("flip to generation %d: %w", gen, err)
+			}
+			return nil // in force and settled
+		case <-time.After(wait):
+		}
+		var cur uint32
+		if err := fw.objs.GenSel.Lookup(uint32(0), &cur); err == nil && ebpf.MapID(cur) == id {
+			fw.settling = done
+			return nil
+		}
+	}
 }
 
 // readGeneration reads a generation's content back from the maps: what a
@@ -561,6 +667,8 @@ func remapSlice(s []VecID, kid []uint32) []uint32 {
 
 // writeGeneration writes the difference between cur and want into gen.
 func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState, rep *ApplyReport) error {
+	start := time.Now()
+	defer func() { rep.Steps.Tables = time.Since(start) - rep.Steps.Docs }()
 	// Vectors first, then the tables that point at them; the generation is
 	// inactive, so the order only matters for readability.
 	var vkeys []uint32
@@ -630,9 +738,11 @@ func (fw *Firewall) writeGeneration(gen uint32, c *Compiled, cur, want *genState
 	if err := putMany(fw.objs.Rules, rkeys, rvals, rep, "rules"); err != nil {
 		return err
 	}
+	docsStart := time.Now()
 	if err := fw.writeDocs(gen, c, rep); err != nil {
 		return err
 	}
+	rep.Steps.Docs = time.Since(docsStart)
 	// gen_info last: its seq says the generation is complete.
 	if err := fw.objs.GenInfo.Put(gen, &want.info); err != nil {
 		return fmt.Errorf("write gen_info[%d]: %w", gen, err)

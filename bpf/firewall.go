@@ -119,6 +119,13 @@ type Firewall struct {
 	mapped map[innerSlot]mappedInner
 	// directScratch is where writeRange4 reads a direct table to compare.
 	directScratch []uint32
+	// settling, when set, receives the result of the last flip's
+	// gen_sel update once the kernel has waited out its RCU grace period;
+	// until then programs may still run on the generation it replaced,
+	// which must not be written (see Enforce and settle). removed are
+	// the counter slots of the rules that flip dropped, released then.
+	settling chan error
+	removed  *slotPlan
 }
 
 // Open loads the firewall of an interface, creating and pinning its maps or
@@ -318,8 +325,11 @@ func (fw *Firewall) Program() *ebpf.Program { return fw.objs.XdpfwFilter }
 // Close releases this process's handles; the pinned objects stay, and so
 // does the attached program: filtering goes on.
 func (fw *Firewall) Close() error {
+	// Another writer may take the lock next: it must find the standby
+	// generation free of programs and the removed rules' slots released.
+	serr := fw.Settle()
 	fw.mapped = nil // unmapped when collected
-	err := fw.objs.Close()
+	err := errors.Join(serr, fw.objs.Close())
 	if fw.lock != nil {
 		fw.lock.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -298,4 +299,104 @@ func TestAppliedRuleSetsTravelWithTheGeneration(t *testing.T) {
 	if sets, _, err = fw.AppliedRuleSets(); err != nil || len(sets[0].Rules) != 2 {
 		t.Fatalf("after B: %+v, %v", sets, err)
 	}
+}
+
+// TestEnforceLeavesTheGracePeriodToSettle: Enforce returns with the new
+// generation in force (packets are classified by it at once); the counter
+// slot of a rule it dropped stays named until Settle frees it; and every
+// later write settles first, so that a second Enforce without Settle, and
+// Close, leave the maps as Apply would.
+func TestEnforceLeavesTheGracePeriodToSettle(t *testing.T) {
+	fw := openTestFirewall(t)
+	mustApply(t, fw, mustDecode(t, swapA))
+	probe := packet.UDP("203.0.113.7", "198.18.0.2", 1000, 80).Bytes()
+	run(t, fw, probe)
+
+	b, err := Compile(mustDecode(t, swapB), fw.Interface())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := fw.Enforce(b)
+	if err != nil {
+		t.Fatalf("enforce B: %v", err)
+	}
+	if gen, err := fw.ActiveGeneration(); err != nil || int(gen) != rep.Generation {
+		t.Fatalf("after Enforce the active generation is %d (%v), want %d", gen, err, rep.Generation)
+	}
+	before := snapshot(t, fw)
+	if got := run(t, fw, probe); got != xdpDrop {
+		t.Fatalf("probe right after Enforce: verdict %d, want drop", got)
+	}
+	if d := delta(before, snapshot(t, fw)); d["swap/b-hit"] != 1 {
+		t.Fatalf("probe right after Enforce moved %v, want swap/b-hit by 1", d)
+	}
+	if !slotNamed(t, fw, "swap/b-hit") {
+		t.Fatal("b-hit has no named counter slot after Enforce")
+	}
+	if !slotNamed(t, fw, "swap/a-hit") && fw.removed != nil {
+		t.Fatal("a-hit's slot was freed before Settle")
+	}
+	if err := fw.Settle(); err != nil {
+		t.Fatalf("settle: %v", err)
+	}
+	if slotNamed(t, fw, "swap/a-hit") {
+		t.Fatal("a-hit's slot still named after Settle")
+	}
+	if err := fw.Settle(); err != nil {
+		t.Fatalf("settle with nothing to wait for: %v", err)
+	}
+
+	// A then B again, without Settle: the second Enforce settles the
+	// first, so b-hit's slot was freed in between and starts from zero.
+	for _, doc := range []string{swapA, swapB} {
+		c, err := Compile(mustDecode(t, doc), fw.Interface())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fw.Enforce(c); err != nil {
+			t.Fatalf("enforce: %v", err)
+		}
+	}
+	if c := snapshot(t, fw); c["swap/b-hit"] != 0 {
+		t.Fatalf("b-hit counter after leaving and coming back through Enforce: %d, want 0", c["swap/b-hit"])
+	}
+
+	// Close settles: a-hit, dropped by the last Enforce, is free for the
+	// next writer.
+	dir := fw.dir
+	if err := fw.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	again, err := Open(Options{PinPath: filepath.Dir(dir), Interface: "lo"})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer again.Close()
+	if slotNamed(t, again, "swap/a-hit") {
+		t.Fatal("a-hit's slot still named after Enforce and Close")
+	}
+}
+
+// slotNamed reports whether a counter slot in rule_names holds identity.
+func slotNamed(t *testing.T, fw *Firewall, identity string) bool {
+	t.Helper()
+	var slot uint32
+	var n firewallFwRuleName
+	it := fw.objs.RuleNames.Iterate()
+	for it.Next(&slot, &n) {
+		var b []byte
+		for _, c := range n.Name {
+			if c == 0 {
+				break
+			}
+			b = append(b, byte(c))
+		}
+		if string(b) == identity {
+			return true
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("read rule_names: %v", err)
+	}
+	return false
 }

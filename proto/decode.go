@@ -445,22 +445,21 @@ func checkFileObject(dec *json.Decoder, path string) error {
 				return errAt(joinPath(path, "file"), "expected a non-empty path, got %s", describe(v))
 			}
 		case "chunks":
-			if tok, err := dec.Token(); err != nil {
+			// Read whole: a big set names hundreds of chunks, and
+			// Token costs microseconds per element.
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
 				return err
-			} else if d, ok := tok.(json.Delim); !ok || d != '[' {
-				return errAt(joinPath(path, "chunks"), "expected a list of chunk hashes, got %s", describe(tok))
 			}
-			for i := 0; dec.More(); i++ {
-				v, err := dec.Token()
-				if err != nil {
-					return err
-				}
+			v := decodeAny(raw)
+			hashes, ok := v.([]any)
+			if !ok {
+				return errAt(joinPath(path, "chunks"), "expected a list of chunk hashes, got %s", describe(jsonToken(v)))
+			}
+			for i, v := range hashes {
 				if s, ok := v.(string); !ok || !ValidChunkHash(s) {
-					return errAt(fmt.Sprintf("%s.chunks[%d]", path, i), "expected a sha256 in hex, got %s", describe(v))
+					return errAt(fmt.Sprintf("%s.chunks[%d]", path, i), "expected a sha256 in hex, got %s", describe(jsonToken(v)))
 				}
-			}
-			if _, err := dec.Token(); err != nil { // ']'
-				return err
 			}
 		case "count":
 			v, err := dec.Token()
@@ -550,6 +549,27 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// decodeAny decodes one JSON value (already read whole by a decoder, so
+// valid) keeping numbers as written.
+func decodeAny(raw []byte) any {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	_ = dec.Decode(&v) // valid: it was read as a value
+	return v
+}
+
+// jsonToken is the token a decoded value starts with, for describe.
+func jsonToken(v any) json.Token {
+	switch v.(type) {
+	case map[string]any:
+		return json.Delim('{')
+	case []any:
+		return json.Delim('[')
+	}
+	return v
 }
 
 func describe(tok json.Token) string {
