@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // Config is one way of dropping the flood on the receiving veth.
@@ -18,6 +20,10 @@ type Config struct {
 	// Enable puts the configuration in place on the receiving veth and
 	// returns what takes it away again.
 	Enable func() (disable func() error, err error)
+	// Prog is the XDP program of the configuration (nil: nftables), whose
+	// run-time statistics give its own time per packet when the kernel
+	// keeps them (see EnableProgramStats).
+	Prog *ebpf.Program
 	// Seen, when set, reads the configuration's own count of the packets
 	// it dropped (xdpfw's statistics): the check that the packets the veth
 	// counted did go through it.
@@ -66,6 +72,32 @@ type Sample struct {
 	// StackPackets is what the receiver's IP stack received meanwhile:
 	// none, when the configuration dropped every packet.
 	StackPackets uint64
+	// ProgRuns and ProgTime are the runs of the configuration's program
+	// and the time the kernel counted in them over the measurement (zero
+	// unless its run-time statistics are on).
+	ProgRuns uint64
+	ProgTime time.Duration
+}
+
+// ProgNs is the time the program spent on a packet, by the kernel's
+// statistics (0 when they are off).
+func (s Sample) ProgNs() float64 {
+	if s.ProgRuns == 0 {
+		return 0
+	}
+	return float64(s.ProgTime.Nanoseconds()) / float64(s.ProgRuns)
+}
+
+// progStats reads a program's run count and run time (zero for nil).
+func progStats(p *ebpf.Program) (uint64, time.Duration, error) {
+	if p == nil {
+		return 0, 0, nil
+	}
+	st, err := p.Stats()
+	if err != nil {
+		return 0, 0, fmt.Errorf("program statistics: %w", err)
+	}
+	return st.RunCount, st.Runtime, nil
 }
 
 // Mpps is the receiver's rate in millions of packets per second.
@@ -150,6 +182,10 @@ func (fl *Flood) Measure(c Config) (s Sample, err error) {
 	if err != nil {
 		return s, err
 	}
+	runs1, time1, err := progStats(c.Prog)
+	if err != nil {
+		return s, err
+	}
 	stack1, err := p.StackReceives()
 	if err != nil {
 		return s, err
@@ -167,6 +203,11 @@ func (fl *Flood) Measure(c Config) (s Sample, err error) {
 	if err != nil {
 		return s, err
 	}
+	runs2, time2, err := progStats(c.Prog)
+	if err != nil {
+		return s, err
+	}
+	s.ProgRuns, s.ProgTime = runs2-runs1, time2-time1
 	_, wait2, err := fl.sender.SchedStat()
 	if err != nil {
 		return s, err

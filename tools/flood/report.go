@@ -45,6 +45,28 @@ func (r Results) Rate(kind string, n int) (Rate, bool) {
 	return Rate{}, false
 }
 
+// progNs is the median of a configuration's time per packet inside its
+// program (0: not measured).
+func (r Results) progNs(kind string, n int) float64 {
+	for i, c := range r.Suite.Configs {
+		if c.Kind != kind || c.N != n {
+			continue
+		}
+		var ns []float64
+		for _, s := range r.Samples[i] {
+			if v := s.ProgNs(); v > 0 {
+				ns = append(ns, v)
+			}
+		}
+		if len(ns) == 0 {
+			return 0
+		}
+		slices.Sort(ns)
+		return ns[len(ns)/2]
+	}
+	return 0
+}
+
 // above is a configuration's ns per packet above bare XDP_DROP's.
 func (r Results) above(kind string, n int) (float64, bool) {
 	x, ok := r.Rate(kind, n)
@@ -108,8 +130,14 @@ func (r Results) Table(set Settings, rounds int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%v flood, trafgen on CPU %d, receiver rate over %d rounds of %v (after %v of warm-up each)\n\n",
 		r.Suite.Family, set.CPU, rounds, set.Duration, set.Warmup)
-	b.WriteString("| configuration | Mpps median (min–max) | ns/packet | ns above bare | cost above bare ÷ trie's | rate ÷ nftables' |\n")
-	b.WriteString("|---|---|---|---|---|---|\n")
+	inProg := r.progNs("bare", 0) > 0
+	if inProg {
+		b.WriteString("| configuration | Mpps median (min–max) | ns/packet | ns above bare | cost above bare ÷ trie's | rate ÷ nftables' | ns in the program |\n")
+		b.WriteString("|---|---|---|---|---|---|---|\n")
+	} else {
+		b.WriteString("| configuration | Mpps median (min–max) | ns/packet | ns above bare | cost above bare ÷ trie's | rate ÷ nftables' |\n")
+		b.WriteString("|---|---|---|---|---|---|\n")
+	}
 	for _, c := range r.Suite.Configs {
 		rate, ok := r.Rate(c.Kind, c.N)
 		if !ok {
@@ -126,8 +154,16 @@ func (r Results) Table(set Settings, rounds int) string {
 		if nft, ok := r.Rate("nftables", c.N); ok && c.N > 0 {
 			nftCell = fmt.Sprintf("%.2f", rate.Median/nft.Median)
 		}
-		fmt.Fprintf(&b, "| %s | %.3f (%.3f–%.3f) | %s | %s | %s | %s |\n", r.rowName(c),
+		fmt.Fprintf(&b, "| %s | %.3f (%.3f–%.3f) | %s | %s | %s | %s |", r.rowName(c),
 			rate.Median, rate.Min, rate.Max, thousands(rate.NsPerPacket()), aboveCell, trieCell, nftCell)
+		if inProg {
+			cell := "–"
+			if v := r.progNs(c.Kind, c.N); v > 0 {
+				cell = thousands(v)
+			}
+			fmt.Fprintf(&b, " %s |", cell)
+		}
+		b.WriteString("\n")
 	}
 	b.WriteString("\n")
 	if bare, ok := r.Rate("bare", 0); ok {

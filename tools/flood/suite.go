@@ -84,7 +84,7 @@ func NewSuite(p *Pair, f Family, o SuiteOptions) (s *Suite, err error) {
 		return CheckDrops(prog, frames...)
 	}
 	xdp := func(kind string, n int, prog *ebpf.Program) Config {
-		return Config{Kind: kind, N: n, Enable: func() (func() error, error) {
+		return Config{Kind: kind, N: n, Prog: prog, Enable: func() (func() error, error) {
 			l, err := p.AttachNative(prog)
 			if err != nil {
 				return nil, err
