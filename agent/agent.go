@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -15,13 +14,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.etcd.io/etcd/client/pkg/v3/transport"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
-	grpcbackoff "google.golang.org/grpc/backoff"
 
 	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -50,10 +46,10 @@ const opTimeout = 5 * time.Second
 
 // Agent is one host's daemon. New opens the firewalls; Run does the work.
 type Agent struct {
-	cfg     Config
-	log     *zap.Logger
-	cli     *clientv3.Client
-	ownCli  bool
+	cfg Config
+	log *zap.Logger
+	// etcd is the agent's one way to etcd.
+	etcd    *etcdstore.Store
 	keys    proto.Keys
 	ifaces  []*managedIface
 	metrics *metrics
@@ -205,12 +201,15 @@ func newAgent(cfg Config, log *zap.Logger, open func(InterfaceConfig, string) (f
 		}
 	}
 	a.metrics.dataPlaneReady.Set(boolFloat(a.dataPlaneReady()))
-	cli, err := newClient(cfg)
+	st, err := etcdstore.Open(etcdstore.ClientConfig{
+		Endpoints: cfg.Endpoints, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, CAFile: cfg.CAFile,
+		DialTimeout: opTimeout,
+	}, a.keys)
 	if err != nil {
 		a.closeFirewalls()
 		return nil, err
 	}
-	a.cli, a.ownCli = cli, true
+	a.etcd = st
 	return a, nil
 }
 
@@ -298,39 +297,6 @@ func (a *Agent) loadDataPlane(ctx context.Context) bool {
 	}
 }
 
-func newClient(cfg Config) (*clientv3.Client, error) {
-	var tlsCfg *tls.Config
-	if cfg.CertFile != "" || cfg.KeyFile != "" || cfg.CAFile != "" {
-		info := transport.TLSInfo{CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, TrustedCAFile: cfg.CAFile}
-		c, err := info.ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("etcd TLS: %w", err)
-		}
-		tlsCfg = c
-	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		TLS:         tlsCfg,
-		DialTimeout: opTimeout,
-		// Keepalives notice a member that stopped answering (a cut cable,
-		// a blackhole), so requests move to another member.
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		// gRPC's reconnect backoff grows to 120 s by default: an agent
-		// cut off for a minute would then learn of etcd's return a minute
-		// late. Capped at 5 s, with gRPC's own jitter.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
-		})},
-		Logger: zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
-	}
-	return cli, nil
-}
-
 func (a *Agent) closeFirewalls() {
 	for _, m := range a.ifaces {
 		if m.fw != nil {
@@ -343,10 +309,7 @@ func (a *Agent) closeFirewalls() {
 // pinned stays: the programs keep filtering with the last applied rules.
 func (a *Agent) Close() error {
 	a.closeFirewalls()
-	if a.ownCli {
-		return a.cli.Close()
-	}
-	return nil
+	return a.etcd.Close()
 }
 
 // Run adopts what is pinned, then keeps the firewalls equal to etcd and

@@ -14,13 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/xdpfw/xdpfw/bpf"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -299,11 +298,11 @@ func TestAgentWatchResyncsAfterCompaction(t *testing.T) {
 	if _, err := f.cli.Compact(context.Background(), rev); err != nil {
 		t.Fatal(err)
 	}
-	probe := &Agent{cli: f.cli, keys: f.keys, cfg: a.cfg, log: a.log, metrics: newMetrics()}
+	probe := &Agent{etcd: etcdstore.New(f.cli, f.keys), keys: f.keys, cfg: a.cfg, log: a.log, metrics: newMetrics()}
 	probe.cache.rev = 1
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := probe.watch(ctx); !errors.Is(err, rpctypes.ErrCompacted) {
+	if err := probe.watch(ctx); !errors.Is(err, etcdstore.ErrCompacted) {
 		t.Fatalf("watch from a compacted revision: %v, want ErrCompacted", err)
 	}
 
@@ -471,7 +470,7 @@ func TestAgentFetchesChunkedSets(t *testing.T) {
 	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
 		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: prefixes}},
 		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{"22"}, Src: []string{"set:big"}}}}
-	st := store.New(f.cli, f.keys)
+	st := etcdstore.New(f.cli, f.keys)
 	if _, _, err := st.PutRuleSet(context.Background(), rs, 0); err != nil {
 		t.Fatal(err)
 	}

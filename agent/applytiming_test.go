@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -32,7 +32,7 @@ func TestAgentReportsApplyPhases(t *testing.T) {
 	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
 		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: prefixes}},
 		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{"22"}, Src: []string{"set:big"}}}}
-	st := store.New(f.cli, f.keys)
+	st := etcdstore.New(f.cli, f.keys)
 	if _, _, err := st.PutRuleSet(context.Background(), rs, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestAgentReportsApplyPhases(t *testing.T) {
 	// The first version's chunks that the second does not name are gone
 	// from the cache (they were kept for the delta until the apply).
 	stop() // the cache is the sync loop's
-	if n := len(a.cache.chunks); n != len(a.cache.appliedDocs["edge"].Sets["big"].Chunks) {
+	if n := a.cache.chunks.Len(); n != len(a.cache.appliedDocs["edge"].Sets["big"].Chunks) {
 		t.Errorf("%d chunks cached, the applied version names %d", n, len(a.cache.appliedDocs["edge"].Sets["big"].Chunks))
 	}
 

@@ -16,7 +16,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/bpf"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -40,7 +40,7 @@ func TestAgentAppliesSetChangesAsUpdates(t *testing.T) {
 		append(slices.Clone(base), "198.18.0.0/15", "198.18.7.0/24"), // one back, one shorter than /16
 		base, // both gone
 	}
-	st := store.New(f.cli, f.keys)
+	st := etcdstore.New(f.cli, f.keys)
 	core, logs := observer.New(zapcore.InfoLevel)
 	_, stop := f.startWith("", func(a *Agent) { a.log = zap.New(core) })
 	defer stop()
@@ -120,7 +120,7 @@ func TestAgentDecodesTheNextVersionAhead(t *testing.T) {
 	addr := strings.TrimPrefix(etcdtest.FreeURLs(t, 1)[0], "http://")
 	_, stop := f.startWithMetrics(addr)
 	defer stop()
-	st := store.New(f.cli, f.keys)
+	st := etcdstore.New(f.cli, f.keys)
 	edge := func(port string) proto.RuleSet {
 		return proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
 			Rules: []proto.Rule{{ID: "r", Action: proto.ActionDrop, Protocol: proto.ProtoTCP, DstPorts: []proto.PortSpec{proto.PortSpec(port)}}}}

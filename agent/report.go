@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/xdpfw/xdpfw/etcdstore"
 )
 
 // errLeaseLost ends a reporting round: the lease expired (etcd did not
@@ -26,7 +26,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 	bo := newBackoff(200*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		gctx, cancel := context.WithTimeout(ctx, opTimeout)
-		lease, err := a.cli.Grant(gctx, int64(time.Duration(a.cfg.LeaseTTL).Seconds()))
+		lease, err := a.etcd.GrantLease(gctx, time.Duration(a.cfg.LeaseTTL))
 		cancel()
 		if err != nil {
 			a.metrics.etcdConnected.Set(0)
@@ -39,35 +39,35 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		bo.reset()
 		a.metrics.leaseGrants.Inc()
 		a.metrics.etcdConnected.Set(1)
-		a.log.Info("registered", zap.String("host", a.cfg.Host), zap.Int64("lease", int64(lease.ID)), zap.Int64("ttl", lease.TTL))
+		a.log.Info("registered", zap.String("host", a.cfg.Host), zap.Int64("lease", lease.ID), zap.Int64("ttl", lease.TTL))
 		err = a.report(ctx, lease.ID)
 		if ctx.Err() != nil {
 			a.revoke(lease.ID)
 			return
 		}
 		a.metrics.etcdConnected.Set(0)
-		a.log.Warn("lease lost: registering again", zap.Int64("lease", int64(lease.ID)), zap.Error(err))
+		a.log.Warn("lease lost: registering again", zap.Int64("lease", lease.ID), zap.Error(err))
 	}
 }
 
-func (a *Agent) revoke(id clientv3.LeaseID) {
+func (a *Agent) revoke(id int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if _, err := a.cli.Revoke(ctx, id); err != nil {
-		a.log.Warn("revoke lease", zap.Int64("lease", int64(id)), zap.Error(err))
+	if err := a.etcd.RevokeLease(ctx, id); err != nil {
+		a.log.Warn("revoke lease", zap.Int64("lease", id), zap.Error(err))
 		return
 	}
-	a.log.Info("lease revoked", zap.Int64("lease", int64(id)))
+	a.log.Info("lease revoked", zap.Int64("lease", id))
 }
 
 // report writes the latest status and telemetry under lease id whenever
 // they change, until the lease is lost or ctx ends.
-func (a *Agent) report(ctx context.Context, id clientv3.LeaseID) error {
+func (a *Agent) report(ctx context.Context, id int64) error {
 	kctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ka, err := a.cli.KeepAlive(kctx, id)
+	ka, err := a.etcd.KeepLeaseAlive(kctx, id)
 	if err != nil {
-		return fmt.Errorf("keep lease alive: %w", err)
+		return err
 	}
 	var wroteStatus, wroteTelemetry uint64
 	retry := time.NewTicker(time.Second)
@@ -75,7 +75,7 @@ func (a *Agent) report(ctx context.Context, id clientv3.LeaseID) error {
 	for {
 		if st, seq := a.status.get(); seq != wroteStatus {
 			if err := a.put(ctx, a.keys.HostStatus(a.cfg.Host), st, id); err != nil {
-				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				if errors.Is(err, etcdstore.ErrLeaseNotFound) {
 					return fmt.Errorf("write status: %w", errLeaseLost)
 				}
 				a.log.Warn("write status", zap.Error(err))
@@ -85,7 +85,7 @@ func (a *Agent) report(ctx context.Context, id clientv3.LeaseID) error {
 		}
 		if tm, seq := a.telemetry.get(); seq != wroteTelemetry && seq != 0 {
 			if err := a.put(ctx, a.keys.HostTelemetry(a.cfg.Host), tm, id); err != nil {
-				if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				if errors.Is(err, etcdstore.ErrLeaseNotFound) {
 					return fmt.Errorf("write telemetry: %w", errLeaseLost)
 				}
 				a.log.Warn("write telemetry", zap.Error(err))
@@ -108,15 +108,12 @@ func (a *Agent) report(ctx context.Context, id clientv3.LeaseID) error {
 	}
 }
 
-func (a *Agent) put(ctx context.Context, key string, v any, id clientv3.LeaseID) error {
+func (a *Agent) put(ctx context.Context, key string, v any, id int64) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", key, err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	if _, err := a.cli.Put(pctx, key, string(data), clientv3.WithLease(id)); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	return nil
+	return a.etcd.PutLeased(pctx, key, data, id)
 }

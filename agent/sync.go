@@ -12,12 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/xdpfw/xdpfw/bpf"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -39,11 +37,9 @@ type syncCache struct {
 	next map[string]pendingDoc
 	// chunks holds the prefixes of each chunk the docs name, by hash
 	// (chunks are immutable: fetched and checked once, dropped when
-	// unreferenced).
-	chunks map[string][]string
-	// chunkErrs says why a chunk the docs name is not in chunks: it did
-	// not match its hash or held a bad prefix (from the last fetch).
-	chunkErrs map[string]error
+	// unreferenced); its Err says why a chunk the docs name is not there
+	// (from the last fetch).
+	chunks *etcdstore.ChunkCache
 	// refs are the references of the desired state (nil if it is bad).
 	refs []proto.RuleSetRef
 
@@ -159,7 +155,7 @@ func (a *Agent) syncLoop(ctx context.Context) {
 			return
 		}
 		a.metrics.watchRestarts.Inc()
-		if errors.Is(err, rpctypes.ErrCompacted) {
+		if errors.Is(err, etcdstore.ErrCompacted) {
 			a.log.Info("watch revision compacted: resync", zap.Int64("revision", a.cache.rev))
 			continue
 		}
@@ -176,17 +172,15 @@ func (a *Agent) resync(ctx context.Context) error {
 	defer cancel()
 	c := &a.cache
 	c.timing.begin()
-	key := a.keys.HostDesired(a.cfg.Host)
-	resp, err := a.cli.Get(rctx, key)
+	kv, rev, err := a.etcd.GetAt(rctx, a.keys.HostDesired(a.cfg.Host), 0)
 	since(&c.timing.fetch, c.timing.begun)
 	if err != nil {
-		return fmt.Errorf("get %s: %w", key, err)
+		return err
 	}
-	rev := resp.Header.Revision
 	c.rev, c.desired, c.desiredRev, c.refs = rev, nil, 0, nil
 	c.docs, c.next = map[string]cachedDoc{}, nil
-	if len(resp.Kvs) > 0 {
-		c.desired, c.desiredRev = resp.Kvs[0].Value, resp.Kvs[0].ModRevision
+	if kv != nil {
+		c.desired, c.desiredRev = kv.Value, kv.ModRevision
 	}
 	if err := a.fetchReferenced(rctx, rev); err != nil {
 		return err
@@ -206,55 +200,24 @@ func (a *Agent) resync(ctx context.Context) error {
 func (a *Agent) fetchChunks(ctx context.Context) error {
 	c := &a.cache
 	if c.chunks == nil {
-		c.chunks = map[string][]string{}
+		c.chunks = a.etcd.NewChunkCache()
 	}
-	c.chunkErrs = map[string]error{}
-	var missing []string
-	seen := map[string]bool{}
+	var need []string
 	for _, d := range c.docs {
-		for _, h := range d.chunks {
-			if !seen[h] {
-				seen[h] = true
-				if _, ok := c.chunks[h]; !ok {
-					missing = append(missing, h)
-				}
-			}
-		}
+		need = append(need, d.chunks...)
 	}
 	a.pruneChunks()
-	for lo := 0; lo < len(missing); lo += 100 {
-		batch := missing[lo:min(lo+100, len(missing))]
-		ops := make([]clientv3.Op, len(batch))
-		for i, h := range batch {
-			ops[i] = clientv3.OpGet(a.keys.Chunk(h))
-		}
-		start := time.Now()
-		resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
-		since(&c.timing.fetch, start)
-		if err != nil {
-			return fmt.Errorf("get %d chunks: %w", len(batch), err)
-		}
-		start = time.Now()
-		for i, h := range batch {
-			kvs := resp.Responses[i].GetResponseRange().Kvs
-			if len(kvs) == 0 {
-				continue
-			}
-			p, err := proto.DecodeChunk(h, kvs[0].Value)
-			if err == nil {
-				err = proto.CheckChunkPrefixes(h, p)
-			}
-			if err != nil {
-				c.chunkErrs[h] = err
-				a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
-				continue
-			}
-			c.chunks[h] = p
-		}
-		since(&c.timing.decode, start)
+	f, err := c.chunks.Fetch(ctx, need)
+	c.timing.fetch += f.Fetch
+	c.timing.decode += f.Decode
+	if err != nil {
+		return err
 	}
-	if len(missing) > 0 {
-		a.log.Info("fetched chunks", zap.Int("fetched", len(missing)), zap.Int("cached", len(c.chunks)))
+	for h, err := range f.Bad {
+		a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
+	}
+	if f.Read > 0 || len(f.Bad) > 0 {
+		a.log.Info("fetched chunks", zap.Int("fetched", f.Read), zap.Int("refused", len(f.Bad)), zap.Int("cached", c.chunks.Len()))
 	}
 	return nil
 }
@@ -274,11 +237,7 @@ func (a *Agent) pruneChunks() {
 			need[h] = true
 		}
 	}
-	for h := range c.chunks {
-		if !need[h] {
-			delete(c.chunks, h)
-		}
-	}
+	c.chunks.Retain(func(h string) bool { return need[h] })
 }
 
 // fetchReferenced decodes the cached desired state and reads, at revision
@@ -307,14 +266,14 @@ func (a *Agent) fetchReferenced(ctx context.Context, rev int64) error {
 		}
 		start := time.Now()
 		a.metrics.docReads.Inc()
-		resp, err := a.cli.Get(ctx, key, clientv3.WithRev(rev))
+		kv, _, err := a.etcd.GetAt(ctx, key, rev)
 		since(&c.timing.fetch, start)
 		if err != nil {
-			return fmt.Errorf("get %s at revision %d: %w", key, rev, err)
+			return err
 		}
-		if len(resp.Kvs) > 0 {
+		if kv != nil {
 			start = time.Now()
-			keep[key] = newCachedDoc(resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
+			keep[key] = newCachedDoc(kv.Value, kv.ModRevision)
 			since(&c.timing.decode, start)
 		}
 	}
@@ -340,9 +299,9 @@ func (c *syncCache) refNamed(name string) (proto.RuleSetRef, bool) {
 
 // notePending keeps a newer version of a rule set this host enforces,
 // decoded, for its rollout (syncCache.next); the watch event carries it.
-func (a *Agent) notePending(ev *clientv3.Event) {
+func (a *Agent) notePending(ev etcdstore.Event) {
 	c := &a.cache
-	key := string(ev.Kv.Key)
+	key := ev.Key
 	name, v, ok := a.keys.ParseRuleSetVersion(key)
 	if !ok {
 		return
@@ -352,7 +311,7 @@ func (a *Agent) notePending(ev *clientv3.Event) {
 	}
 	p, have := c.next[name]
 	switch {
-	case ev.Type == mvccpb.DELETE:
+	case ev.Deleted:
 		if have && p.key == key {
 			delete(c.next, name)
 		}
@@ -360,27 +319,25 @@ func (a *Agent) notePending(ev *clientv3.Event) {
 		if c.next == nil {
 			c.next = map[string]pendingDoc{}
 		}
-		c.next[name] = pendingDoc{key: key, version: v, doc: newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)}
+		c.next[name] = pendingDoc{key: key, version: v, doc: newCachedDoc(ev.Value, ev.ModRevision)}
 		a.metrics.docsAhead.Inc()
 	}
 }
 
 // watch follows the host's desired-state key and every rule set's versions
 // from the revision after the cache's, applying each change in revision
-// order, until a watch error. WithRequireLeader makes a watch on a member
-// cut off from the quorum fail instead of going quiet.
+// order, until a watch error (a watch on a member cut off from the quorum
+// fails instead of going quiet).
 func (a *Agent) watch(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := a.cache.rev + 1
-	desiredKey := a.keys.HostDesired(a.cfg.Host)
-	hostCh := a.cli.Watch(wctx, desiredKey, clientv3.WithRev(from))
-	setsCh := a.cli.Watch(wctx, a.keys.RuleSets(), clientv3.WithPrefix(), clientv3.WithRev(from))
+	batches := a.etcd.WatchHostInputs(wctx, a.cfg.Host, from)
 
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
 	for {
-		var resp clientv3.WatchResponse
+		var b etcdstore.WatchBatch
 		var ok bool
 		select {
 		case <-ctx.Done():
@@ -392,58 +349,57 @@ func (a *Agent) watch(ctx context.Context) error {
 				a.reconcile()
 			}
 			continue
-		case resp, ok = <-hostCh:
-		case resp, ok = <-setsCh:
+		case b, ok = <-batches:
 		}
 		if !ok {
 			return fmt.Errorf("watch channel closed: %w", errResync)
 		}
-		if err := resp.Err(); err != nil {
-			return fmt.Errorf("watch from revision %d: %w", from, err)
+		if b.Err != nil {
+			return b.Err
 		}
-		if err := a.applyEvents(wctx, resp); err != nil {
+		if err := a.applyEvents(wctx, b); err != nil {
 			return err
 		}
 	}
 }
 
 // applyEvents folds one watch response into the cache and reconciles.
-func (a *Agent) applyEvents(ctx context.Context, resp clientv3.WatchResponse) error {
+func (a *Agent) applyEvents(ctx context.Context, b etcdstore.WatchBatch) error {
 	c := &a.cache
 	c.timing.begin()
 	desiredKey := a.keys.HostDesired(a.cfg.Host)
 	desiredChanged := false
-	for _, ev := range resp.Events {
-		key := string(ev.Kv.Key)
+	for _, ev := range b.Events {
+		key := ev.Key
 		switch {
 		case key == desiredKey:
-			if ev.Kv.ModRevision <= c.desiredRev && ev.Type == mvccpb.PUT {
+			if ev.ModRevision <= c.desiredRev && !ev.Deleted {
 				continue // already read (a resync raced the watch)
 			}
 			desiredChanged = true
-			if ev.Type == mvccpb.DELETE {
-				c.desired, c.desiredRev = nil, ev.Kv.ModRevision
+			if ev.Deleted {
+				c.desired, c.desiredRev = nil, ev.ModRevision
 			} else {
-				c.desired, c.desiredRev = ev.Kv.Value, ev.Kv.ModRevision
+				c.desired, c.desiredRev = ev.Value, ev.ModRevision
 			}
 		case a.referenced(key):
 			cur, have := c.docs[key]
-			if have && ev.Kv.ModRevision <= cur.modRev {
+			if have && ev.ModRevision <= cur.modRev {
 				continue
 			}
-			if ev.Type == mvccpb.DELETE {
+			if ev.Deleted {
 				delete(c.docs, key)
 			} else {
 				start := time.Now()
-				c.docs[key] = newCachedDoc(ev.Kv.Value, ev.Kv.ModRevision)
+				c.docs[key] = newCachedDoc(ev.Value, ev.ModRevision)
 				since(&c.timing.decode, start)
 			}
 		default:
 			a.notePending(ev)
 		}
 	}
-	if resp.Header.Revision > c.rev {
-		c.rev = resp.Header.Revision
+	if b.Revision > c.rev {
+		c.rev = b.Revision
 	}
 	fctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
@@ -511,8 +467,7 @@ func (a *Agent) reconcile() {
 		}
 		var err error
 		deltas, incremental, err = setDeltas(c.appliedDocs, stored, func(h string) ([]string, bool) {
-			p, ok := c.chunks[h]
-			return p, ok
+			return c.chunks.Prefixes(h)
 		})
 		if err != nil {
 			a.log.Warn("set deltas", zap.Error(err))
@@ -650,9 +605,9 @@ func (a *Agent) resolveRuleSets(refs []proto.RuleSetRef, stored []proto.RuleSet)
 	for i, rs := range stored {
 		rs.Sets = maps.Clone(rs.Sets) // ResolveChunks replaces sets; the cached document keeps its references
 		err := rs.ResolveChunks(func(h string) ([]string, error) {
-			p, ok := c.chunks[h]
+			p, ok := c.chunks.Prefixes(h)
 			if !ok {
-				if cerr := c.chunkErrs[h]; cerr != nil {
+				if cerr := c.chunks.Err(h); cerr != nil {
 					return nil, fmt.Errorf("%s refused: %w", a.keys.Chunk(h), cerr)
 				}
 				return nil, fmt.Errorf("chunk %s not found", a.keys.Chunk(h))

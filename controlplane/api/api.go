@@ -31,7 +31,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/rollout"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -75,7 +75,7 @@ type Config struct {
 type Server struct {
 	cli      *clientv3.Client
 	keys     proto.Keys
-	store    *store.Store
+	store    *etcdstore.Store
 	tokens   Authenticator
 	rollouts Rollouts
 	log      *zap.Logger
@@ -102,7 +102,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cli:      cfg.Client,
 		keys:     cfg.Keys,
-		store:    store.New(cfg.Client, cfg.Keys),
+		store:    etcdstore.New(cfg.Client, cfg.Keys),
 		tokens:   cfg.Tokens,
 		rollouts: cfg.Rollouts,
 		log:      cfg.Log,
@@ -360,7 +360,7 @@ func errorOf(err error) *Error {
 	}
 	var mbe *http.MaxBytesError
 	var ve *proto.ValidationError
-	var inUse *store.InUseError
+	var inUse *etcdstore.InUseError
 	switch {
 	case errors.As(err, &mbe):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: proto.CodeTooLarge,
@@ -370,13 +370,13 @@ func errorOf(err error) *Error {
 			Message: fmt.Sprintf("%d problem(s); nothing was written: fix them all and send it again", len(ve.Problems)), Problems: ve.Problems}
 	case errors.As(err, &inUse):
 		return &Error{Status: http.StatusConflict, Code: proto.CodeConflict, Message: err.Error()}
-	case errors.Is(err, store.ErrTooLarge):
+	case errors.Is(err, etcdstore.ErrTooLarge):
 		return &Error{Status: http.StatusRequestEntityTooLarge, Code: proto.CodeTooLarge, Message: err.Error()}
 	case errors.Is(err, rollout.ErrInvalid):
 		return &Error{Status: http.StatusBadRequest, Code: proto.CodeInvalid, Message: err.Error()}
-	case errors.Is(err, store.ErrConflict), errors.Is(err, rollout.ErrConflict):
+	case errors.Is(err, etcdstore.ErrConflict), errors.Is(err, rollout.ErrConflict):
 		return &Error{Status: http.StatusConflict, Code: proto.CodeConflict, Message: err.Error()}
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, rollout.ErrNotFound):
+	case errors.Is(err, etcdstore.ErrNotFound), errors.Is(err, rollout.ErrNotFound):
 		return &Error{Status: http.StatusNotFound, Code: proto.CodeNotFound, Message: err.Error()}
 	case unavailable(err):
 		return &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,

@@ -12,7 +12,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/rulediff"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -319,7 +319,7 @@ func (s *Server) deleteRuleSet(w http.ResponseWriter, r *http.Request, id auth.I
 		rec.Result = fmt.Sprintf("deleted (head was version %d)", v)
 		return rec
 	})
-	var inUse *store.InUseError
+	var inUse *etcdstore.InUseError
 	if errors.As(err, &inUse) && len(inUse.Rollouts) == 0 {
 		// Hosts enforce its release: retire it (the controller takes it
 		// off them) and say so; a DELETE once they have deletes it.

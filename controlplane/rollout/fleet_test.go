@@ -20,7 +20,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -401,7 +401,7 @@ func (e *env) released(name string) proto.Release {
 func (e *env) desired(host string) ([]proto.RuleSetRef, int64) {
 	e.t.Helper()
 	d, rev, err := e.store.GetDesired(testCtx(e.t), host)
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, etcdstore.ErrNotFound) {
 		return nil, 0
 	}
 	if err != nil {
@@ -875,7 +875,7 @@ func TestHostJoinsDuringRollout(t *testing.T) {
 	agents[goner].stop()
 	waitFor(t, 10*time.Second, goner+" to be lost", func() (bool, string) {
 		_, err := e.store.GetStatus(testCtx(t), goner)
-		return errors.Is(err, store.ErrNotFound), fmt.Sprint(err)
+		return errors.Is(err, etcdstore.ErrNotFound), fmt.Sprint(err)
 	})
 	time.Sleep(500 * time.Millisecond)
 	if after, afterRev := e.desired(goner); !slices.Equal(after, before) || afterRev != rev {

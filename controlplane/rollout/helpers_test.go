@@ -13,7 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -23,7 +23,7 @@ type env struct {
 	endpoints []string
 	cli       *clientv3.Client
 	keys      proto.Keys
-	store     *store.Store
+	store     *etcdstore.Store
 	mgr       *Manager
 }
 
@@ -31,7 +31,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	srv, cli := etcdtest.StartWithClient(t)
 	keys := proto.NewKeys("/xdpfw-test/")
-	return &env{t: t, endpoints: srv.Endpoints(), cli: cli, keys: keys, store: store.New(cli, keys), mgr: NewManager(cli, keys)}
+	return &env{t: t, endpoints: srv.Endpoints(), cli: cli, keys: keys, store: etcdstore.New(cli, keys), mgr: NewManager(cli, keys)}
 }
 
 func testCtx(t *testing.T) context.Context {

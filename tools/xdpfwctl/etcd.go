@@ -17,7 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"sigs.k8s.io/yaml"
 
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -69,7 +69,7 @@ func (f *etcdFlags) register(fs *flag.FlagSet) {
 // etcdSession is a store over a client and the context of one command,
 // which ends --timeout after it began.
 type etcdSession struct {
-	store     *store.Store
+	store     *etcdstore.Store
 	cli       *clientv3.Client
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -90,7 +90,7 @@ func (f *etcdFlags) open() (*etcdSession, error) {
 	if f.timeout <= 0 {
 		return nil, usageError(fmt.Sprintf("--timeout %s: want more than 0", f.timeout))
 	}
-	cli, err := store.Connect(store.ClientConfig{
+	cli, err := etcdstore.Connect(etcdstore.ClientConfig{
 		Endpoints: eps, CertFile: f.cert, KeyFile: f.key, CAFile: f.cacert, DialTimeout: f.timeout,
 	})
 	if err != nil {
@@ -98,7 +98,7 @@ func (f *etcdFlags) open() (*etcdSession, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	return &etcdSession{
-		store:     store.New(cli, proto.NewKeys(f.prefix)),
+		store:     etcdstore.New(cli, proto.NewKeys(f.prefix)),
 		cli:       cli,
 		ctx:       ctx,
 		cancel:    cancel,

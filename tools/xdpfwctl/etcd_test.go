@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -24,7 +24,7 @@ import (
 type etcdEnv struct {
 	endpoints string
 	cli       *clientv3.Client
-	store     *store.Store
+	store     *etcdstore.Store
 }
 
 func startEtcd(t *testing.T) *etcdEnv {
@@ -33,7 +33,7 @@ func startEtcd(t *testing.T) *etcdEnv {
 	return &etcdEnv{
 		endpoints: strings.Join(srv.Endpoints(), ","),
 		cli:       cli,
-		store:     store.New(cli, proto.NewKeys("")),
+		store:     etcdstore.New(cli, proto.NewKeys("")),
 	}
 }
 

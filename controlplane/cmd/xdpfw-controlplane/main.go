@@ -43,7 +43,7 @@ import (
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
 	"github.com/xdpfw/xdpfw/controlplane/rollout"
-	"github.com/xdpfw/xdpfw/controlplane/store"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -229,7 +229,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 		endpoints = member.Endpoints()
 		lg.Info("embedded etcd member ready", zap.Strings("endpoints", endpoints), zap.String("data_dir", o.dataDir))
 	}
-	cli, err := store.Connect(store.ClientConfig{
+	cli, err := etcdstore.Connect(etcdstore.ClientConfig{
 		Endpoints: endpoints,
 		CertFile:  o.etcdCert, KeyFile: o.etcdKey, CAFile: o.etcdCACert,
 		Logger: lg.Named("etcd-client").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel)),

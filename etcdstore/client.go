@@ -1,6 +1,7 @@
-package store
+package etcdstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,6 +10,10 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // DefaultDialTimeout is ClientConfig.DialTimeout's default.
@@ -58,9 +63,50 @@ func Connect(cfg ClientConfig) (*clientv3.Client, error) {
 		}
 		ccfg.TLS = tlsCfg
 	}
+	// Keepalives notice a member that stopped answering (a cut cable, a
+	// blackhole), so requests move to another member.
+	ccfg.DialKeepAliveTime, ccfg.DialKeepAliveTimeout = 2*time.Second, 2*time.Second
+	// gRPC's reconnect backoff grows to 120 s by default: a client cut off
+	// for a minute would then learn of etcd's return a minute late. Capped
+	// at 5 s, with gRPC's own jitter.
+	ccfg.DialOptions = []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           grpcbackoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+		MinConnectTimeout: 5 * time.Second,
+	})}
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd at %s: %w", where, err)
 	}
 	return cli, nil
+}
+
+// Open connects to etcd (Connect) and returns a store over the connection,
+// which Close releases.
+func Open(cfg ClientConfig, keys proto.Keys) (*Store, error) {
+	cli, err := Connect(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := New(cli, keys)
+	s.owned = true
+	return s, nil
+}
+
+// Close releases the connection of a store made by Open (a store made by
+// New leaves its client to the caller).
+func (s *Store) Close() error {
+	if !s.owned {
+		return nil
+	}
+	return s.cli.Close()
+}
+
+// Ping makes one linearizable read (of the prefix key itself, counting
+// only): it says whether etcd answers reads, a quorum being there, within
+// ctx.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd read: %w", err)
+	}
+	return nil
 }

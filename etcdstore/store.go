@@ -5,7 +5,7 @@
 // Every write is one etcd transaction guarded by a compare on what the
 // writer read, so two writers never both win and nothing is half-written:
 // an agent watching the keys sees either the old state or the new one.
-package store
+package etcdstore
 
 import (
 	"context"
@@ -78,6 +78,8 @@ func (e *ConflictError) Unwrap() error { return ErrConflict }
 type Store struct {
 	cli  *clientv3.Client
 	keys proto.Keys
+	// owned: the store made cli (Open) and closes it (Close).
+	owned bool
 
 	// beforeDesiredTxn runs between SetDesired's reads and its
 	// transaction; tests use it to race a delete against the write.
