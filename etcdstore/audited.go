@@ -99,14 +99,8 @@ func (s *Store) NewAuditKey(at time.Time) (string, error) {
 	return s.keys.Audit() + at.UTC().Format(AuditTimeFormat) + "-" + hex.EncodeToString(b[:]), nil
 }
 
-// auditOp returns the put of an audit record with its time set.
-// AuditOp is the write of an audit record, for a transaction of the
-// caller's (the rollout manager's).
-func (s *Store) AuditOp(rec proto.AuditRecord) (clientv3.Op, error) {
-	_, op, err := s.auditOp(rec)
-	return op, err
-}
-
+// auditOp returns the put of an audit record with its time set, under a
+// new key.
 func (s *Store) auditOp(rec proto.AuditRecord) (key string, op clientv3.Op, err error) {
 	if rec.At.IsZero() {
 		rec.At = time.Now()

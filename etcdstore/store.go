@@ -1,6 +1,16 @@
-// Package store reads and writes xdpfw's documents in etcd (DESIGN.md
-// section 2): immutable, numbered rule-set versions with a head, and each
-// host's desired state, status and telemetry.
+// Package etcdstore is xdpfw's one way to etcd: every other package reads
+// and writes its documents (DESIGN.md section 2) through a Store, and only
+// this package imports etcd's client. It holds:
+//
+//   - the documents: immutable, numbered rule-set versions with a head and
+//     their big sets as chunks (store.go, chunks.go), each host's desired
+//     state, status and telemetry, the audit trail (audited.go), fleet
+//     reads (fleet.go);
+//   - chunk resolution with a cache of checked chunks (ChunkCache);
+//   - what an agent needs: the watch of its inputs (watch.go) and leased
+//     writes (lease.go);
+//   - what the rollout controller needs: guarded writes, a leader's
+//     writes and elections, listings at a revision (txn.go).
 //
 // Every write is one etcd transaction guarded by a compare on what the
 // writer read, so two writers never both win and nothing is half-written:

@@ -22,12 +22,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/rollout"
@@ -53,11 +49,11 @@ type Authenticator interface {
 
 // Config is what a Server needs.
 type Config struct {
-	Client *clientv3.Client
-	Keys   proto.Keys
+	// Store is the API's way to etcd.
+	Store  *etcdstore.Store
 	Tokens Authenticator
 	// Rollouts creates, reads and steers rollouts (nil: a
-	// rollout.Manager over Client and Keys).
+	// rollout.Manager over Store).
 	Rollouts Rollouts
 	// Log receives access and error logs (nil: none).
 	Log *zap.Logger
@@ -73,7 +69,6 @@ type Config struct {
 
 // Server is the API as an http.Handler.
 type Server struct {
-	cli      *clientv3.Client
 	keys     proto.Keys
 	store    *etcdstore.Store
 	tokens   Authenticator
@@ -90,19 +85,15 @@ type Server struct {
 
 // New builds the API's handler.
 func New(cfg Config) (*Server, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("api: no etcd client")
+	if cfg.Store == nil {
+		return nil, errors.New("api: no etcd store")
 	}
 	if cfg.Tokens == nil {
 		return nil, errors.New("api: no tokens: every /v1/ request needs one")
 	}
-	if cfg.Keys.Prefix == "" {
-		cfg.Keys = proto.NewKeys("")
-	}
 	s := &Server{
-		cli:      cfg.Client,
-		keys:     cfg.Keys,
-		store:    etcdstore.New(cfg.Client, cfg.Keys),
+		keys:     cfg.Store.Keys(),
+		store:    cfg.Store,
 		tokens:   cfg.Tokens,
 		rollouts: cfg.Rollouts,
 		log:      cfg.Log,
@@ -115,7 +106,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = zap.NewNop()
 	}
 	if s.rollouts == nil {
-		s.rollouts = rollout.NewManager(cfg.Client, cfg.Keys)
+		s.rollouts = rollout.NewManager(cfg.Store)
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultEtcdTimeout
@@ -378,33 +369,11 @@ func errorOf(err error) *Error {
 		return &Error{Status: http.StatusConflict, Code: proto.CodeConflict, Message: err.Error()}
 	case errors.Is(err, etcdstore.ErrNotFound), errors.Is(err, rollout.ErrNotFound):
 		return &Error{Status: http.StatusNotFound, Code: proto.CodeNotFound, Message: err.Error()}
-	case unavailable(err):
+	case etcdstore.Unavailable(err):
 		return &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,
 			Message: "etcd did not answer in time: " + err.Error() + "; try again once etcd is reachable"}
 	}
 	return &Error{Status: http.StatusInternalServerError, Code: proto.CodeInternal, Message: err.Error()}
-}
-
-// unavailable reports whether err means etcd could not be reached or had
-// no leader.
-func unavailable(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return true
-	}
-	var ee rpctypes.EtcdError
-	if errors.As(err, &ee) {
-		switch ee.Code() {
-		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-			return true
-		}
-	}
-	if st, ok := status.FromError(err); ok {
-		switch st.Code() {
-		case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
@@ -443,7 +412,7 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 	defer cancel()
-	if _, err := s.cli.Get(ctx, s.keys.Prefix, clientv3.WithCountOnly()); err != nil {
+	if err := s.store.Ping(ctx); err != nil {
 		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,
 			Message: fmt.Sprintf("etcd did not answer within %s: %v", ReadyTimeout, err)})
 		return

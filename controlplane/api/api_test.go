@@ -18,6 +18,7 @@ import (
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -55,7 +56,7 @@ func newEnv(t *testing.T, opts ...envOption) *env {
 		t.Fatal(err)
 	}
 	keys := proto.NewKeys("/xdpfw-api-test/")
-	cfg := Config{Client: cli, Keys: keys, Tokens: toks, EtcdTimeout: 3 * time.Second}
+	cfg := Config{Store: etcdstore.New(cli, keys), Tokens: toks, EtcdTimeout: 3 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -247,10 +248,10 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	if _, err := New(Config{}); err == nil || !strings.Contains(err.Error(), "no etcd client") {
-		t.Fatalf("New without a client: %v", err)
+	if _, err := New(Config{}); err == nil || !strings.Contains(err.Error(), "no etcd store") {
+		t.Fatalf("New without a store: %v", err)
 	}
-	if _, err := New(Config{Client: &clientv3.Client{}}); err == nil || !strings.Contains(err.Error(), "no tokens") {
+	if _, err := New(Config{Store: etcdstore.New(&clientv3.Client{}, proto.NewKeys(""))}); err == nil || !strings.Contains(err.Error(), "no tokens") {
 		t.Fatalf("New without tokens: %v", err)
 	}
 }

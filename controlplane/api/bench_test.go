@@ -15,6 +15,7 @@ import (
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -29,7 +30,7 @@ func BenchmarkAPIReadsUnderLoad(b *testing.B) {
 		b.Fatal(err)
 	}
 	keys := proto.NewKeys("/xdpfw-bench/")
-	a, err := New(Config{Client: cli, Keys: keys, Tokens: toks})
+	a, err := New(Config{Store: etcdstore.New(cli, keys), Tokens: toks})
 	if err != nil {
 		b.Fatal(err)
 	}

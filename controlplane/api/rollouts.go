@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/xdpfw/xdpfw/controlplane/auth"
@@ -16,11 +15,11 @@ import (
 // Rollouts is what the API needs of the rollout manager
 // (controlplane/rollout.Manager).
 type Rollouts interface {
-	Create(ctx context.Context, spec proto.RolloutSpec, by string, audit rollout.AuditOp) (proto.Rollout, error)
+	Create(ctx context.Context, spec proto.RolloutSpec, by string, audit rollout.AuditRecord) (proto.Rollout, error)
 	Get(ctx context.Context, id string) (proto.Rollout, error)
 	List(ctx context.Context) ([]proto.Rollout, error)
 	// Control asks for want: proto.RolloutWantRun, Pause or Abort.
-	Control(ctx context.Context, id, want, by string, audit rollout.AuditOp) (proto.Rollout, error)
+	Control(ctx context.Context, id, want, by string, audit rollout.AuditRecord) (proto.Rollout, error)
 }
 
 // createRollout answers POST /v1/rollouts: 201 and the rollout.
@@ -43,11 +42,11 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request, id auth.I
 
 // rolloutAudit makes a rollout write's audit record, which the manager
 // writes in the same transaction as the rollout.
-func (s *Server) rolloutAudit(r *http.Request, id auth.Identity) rollout.AuditOp {
-	return func(ro proto.Rollout, result string) (clientv3.Op, error) {
+func (s *Server) rolloutAudit(r *http.Request, id auth.Identity) rollout.AuditRecord {
+	return func(ro proto.Rollout, result string) proto.AuditRecord {
 		rec := auditRecord(r, id, "rollout "+ro.ID)
 		rec.Result = fmt.Sprintf("%s (rule set %s version %d)", result, ro.Spec.RuleSet, ro.Spec.Version)
-		return s.store.AuditOp(rec)
+		return rec
 	}
 }
 

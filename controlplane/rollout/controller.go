@@ -12,10 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -36,10 +35,10 @@ const (
 var (
 	// errNotLeader ends a leadership term: a guarded write found that the
 	// election key is no longer this controller's.
-	errNotLeader = errors.New("not the leader any more")
+	errNotLeader = etcdstore.ErrNotLeader
 	// errStale: a write's compares failed because a key changed after
 	// the round's snapshot; the round is run again.
-	errStale = errors.New("snapshot is stale")
+	errStale = etcdstore.ErrStale
 )
 
 // ControllerOptions configure a Controller.
@@ -71,7 +70,7 @@ const maxPrunesPerRound = 64
 // host whose desired key differs from Desired. Every write is guarded by
 // the leadership compare, so a deposed leader writes nothing.
 type Controller struct {
-	cli      *clientv3.Client
+	st       *etcdstore.Store
 	keys     proto.Keys
 	name     string
 	interval time.Duration
@@ -85,11 +84,8 @@ type Controller struct {
 	sessionTTL int
 }
 
-// NewController returns a controller of the documents under keys.
-func NewController(cli *clientv3.Client, keys proto.Keys, opts ControllerOptions) *Controller {
-	if keys.Prefix == "" {
-		keys = proto.NewKeys("")
-	}
+// NewController returns a controller of the documents st holds.
+func NewController(st *etcdstore.Store, opts ControllerOptions) *Controller {
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
 	}
@@ -100,7 +96,7 @@ func NewController(cli *clientv3.Client, keys proto.Keys, opts ControllerOptions
 		opts.Retention = DefaultRetention
 	}
 	return &Controller{
-		cli: cli, keys: keys, name: opts.Name, interval: opts.Interval, keep: opts.Retention,
+		st: st, keys: st.Keys(), name: opts.Name, interval: opts.Interval, keep: opts.Retention,
 		log:     opts.Log.With(zap.String("controller", opts.Name)),
 		metrics: newMetrics(),
 		now:     time.Now, sessionTTL: SessionTTL,
@@ -145,51 +141,31 @@ func (c *Controller) Run(ctx context.Context) error {
 
 // term is one session: campaign, lead, step down.
 func (c *Controller) term(ctx context.Context) error {
-	lease, err := c.cli.Grant(ctx, int64(c.sessionTTL))
+	t, err := c.st.Campaign(ctx, c.keys.Election(), c.name, c.sessionTTL)
 	if err != nil {
-		return fmt.Errorf("grant the session lease for %s: %w", c.keys.Election(), err)
-	}
-	// The session outlives ctx a little, so that stepping down can
-	// resign and revoke the lease after ctx ends.
-	sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer scancel()
-	sess, err := concurrency.NewSession(c.cli, concurrency.WithLease(lease.ID), concurrency.WithTTL(c.sessionTTL), concurrency.WithContext(sctx))
-	if err != nil {
-		rctx, cancel := context.WithTimeout(sctx, resignTimeout)
-		_, _ = c.cli.Revoke(rctx, lease.ID)
-		cancel()
-		return fmt.Errorf("session for %s: %w", c.keys.Election(), err)
+		return err
 	}
 	defer func() {
-		if err := sess.Close(); err != nil {
+		if err := t.Close(); err != nil {
 			c.log.Debug("revoke the session lease", zap.Error(err))
 		}
 	}()
-
 	// The term ends when ctx does or when the session is lost.
 	tctx, tcancel := context.WithCancel(ctx)
 	defer tcancel()
-	stop := context.AfterFunc(sess.Ctx(), tcancel)
+	stop := context.AfterFunc(t.Context(), tcancel)
 	defer stop()
 
-	el := concurrency.NewElection(sess, c.keys.Election())
-	if err := el.Campaign(tctx, c.name); err != nil {
-		if sess.Ctx().Err() != nil {
-			return fmt.Errorf("campaign on %s: session lost: %w", c.keys.Election(), err)
-		}
-		return fmt.Errorf("campaign on %s: %w", c.keys.Election(), err)
-	}
-	t := &leadership{key: el.Key(), rev: el.Rev()}
 	c.setLeader(true)
-	c.log.Info("leading", zap.String("key", t.key), zap.Int64("revision", t.rev))
+	c.log.Info("leading", zap.String("key", t.Key), zap.Int64("revision", t.Rev))
 	err = c.lead(tctx, t)
 	c.setLeader(false)
 
-	lost := sess.Ctx().Err() != nil
+	lost := t.Context().Err() != nil
 	if !lost && !errors.Is(err, errNotLeader) {
-		rctx, cancel := context.WithTimeout(sctx, resignTimeout)
-		if rerr := el.Resign(rctx); rerr != nil {
-			c.log.Warn("resign", zap.String("key", t.key), zap.Error(rerr))
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resignTimeout)
+		if rerr := t.Resign(rctx); rerr != nil {
+			c.log.Warn("resign", zap.String("key", t.Key), zap.Error(rerr))
 		}
 		cancel()
 	}
@@ -198,41 +174,15 @@ func (c *Controller) term(ctx context.Context) error {
 		c.log.Warn("stepped down", zap.Error(err))
 		return err
 	case lost:
-		c.log.Warn("stepped down: session lost", zap.String("key", t.key))
-		return fmt.Errorf("%w: session of %s lost", errNotLeader, t.key)
+		c.log.Warn("stepped down: session lost", zap.String("key", t.Key))
+		return fmt.Errorf("%w: session of %s lost", errNotLeader, t.Key)
 	}
 	c.log.Info("stepped down")
 	return nil
 }
 
-// leadership is the proof of a term: the election key and the revision
-// that created it. Every write of the term is guarded by it.
-type leadership struct {
-	key string
-	rev int64
-}
-
-// commit runs a transaction guarded by the leadership and by cmps. It
-// returns errNotLeader when the leadership is gone, errStale when only
-// cmps failed.
-func (t *leadership) commit(ctx context.Context, cli *clientv3.Client, cmps []clientv3.Cmp, ops []clientv3.Op) (*clientv3.TxnResponse, error) {
-	guard := clientv3.Compare(clientv3.CreateRevision(t.key), "=", t.rev)
-	resp, err := cli.Txn(ctx).If(append([]clientv3.Cmp{guard}, cmps...)...).Then(ops...).Else(clientv3.OpGet(t.key)).Commit()
-	if err != nil {
-		return nil, err
-	}
-	if resp.Succeeded {
-		return resp, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 || kvs[0].CreateRevision != t.rev {
-		return nil, fmt.Errorf("%w: election key %s (created at revision %d) is gone", errNotLeader, t.key, t.rev)
-	}
-	return nil, errStale
-}
-
 // lead runs rounds until ctx ends or the leadership is lost.
-func (c *Controller) lead(ctx context.Context, t *leadership) error {
+func (c *Controller) lead(ctx context.Context, t *etcdstore.Term) error {
 	kick := make(chan struct{}, 1)
 	wctx, wcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -246,7 +196,7 @@ func (c *Controller) lead(ctx context.Context, t *leadership) error {
 		wg.Wait()
 	}()
 
-	reader := newSnapshotReader(c.cli, c.keys, c.log)
+	reader := newSnapshotReader(c.st, c.log)
 	tick := time.NewTicker(c.interval)
 	defer tick.Stop()
 	for {
@@ -304,28 +254,24 @@ func (c *Controller) watch(ctx context.Context, kick chan<- struct{}) {
 }
 
 func (c *Controller) watchOnce(ctx context.Context, kick chan<- struct{}) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hosts := c.cli.Watch(wctx, c.keys.Hosts(), clientv3.WithPrefix())
-	sets := c.cli.Watch(wctx, c.keys.RuleSets(), clientv3.WithPrefix())
-	rollouts := c.cli.Watch(wctx, c.keys.Rollouts(), clientv3.WithPrefix())
+	batches := c.st.WatchPrefixes(wctx, c.keys.Hosts(), c.keys.RuleSets(), c.keys.Rollouts())
 	for {
-		var resp clientv3.WatchResponse
+		var b etcdstore.WatchBatch
 		var ok bool
 		select {
 		case <-ctx.Done():
 			return nil
-		case resp, ok = <-hosts:
-		case resp, ok = <-sets:
-		case resp, ok = <-rollouts:
+		case b, ok = <-batches:
 		}
 		if !ok {
 			return errors.New("watch channel closed")
 		}
-		if err := resp.Err(); err != nil {
-			return fmt.Errorf("watch: %w", err)
+		if b.Err != nil {
+			return b.Err
 		}
-		if slices.ContainsFunc(resp.Events, func(ev *clientv3.Event) bool { return c.relevant(string(ev.Kv.Key)) }) {
+		if slices.ContainsFunc(b.Events, func(ev etcdstore.Event) bool { return c.relevant(ev.Key) }) {
 			select {
 			case kick <- struct{}{}:
 			default:
@@ -349,7 +295,7 @@ func (c *Controller) relevant(key string) bool {
 
 // round reads a snapshot, moves the rollouts on and writes the desired
 // states that differ.
-func (c *Controller) round(ctx context.Context, t *leadership, reader *snapshotReader) (err error) {
+func (c *Controller) round(ctx context.Context, t *etcdstore.Term, reader *snapshotReader) (err error) {
 	start := time.Now()
 	defer func() {
 		c.metrics.roundSeconds.Observe(time.Since(start).Seconds())
@@ -402,7 +348,7 @@ func (c *Controller) round(ctx context.Context, t *leadership, reader *snapshotR
 // newest rollout of each rule set. Finished rollouts decide nothing (only
 // active ones enter Desired), so deleting them changes no host. Each is
 // deleted only if its state is as the snapshot read it.
-func (c *Controller) prune(ctx context.Context, t *leadership, snap *Snapshot, now time.Time) error {
+func (c *Controller) prune(ctx context.Context, t *etcdstore.Term, snap *Snapshot, now time.Time) error {
 	if c.keep < 0 {
 		return nil
 	}
@@ -412,8 +358,8 @@ func (c *Controller) prune(ctx context.Context, t *leadership, snap *Snapshot, n
 			newest[ro.Spec.RuleSet] = ro.ID
 		}
 	}
-	var cmps []clientv3.Cmp
-	var ops []clientv3.Op
+	var guards []etcdstore.Guard
+	var writes []etcdstore.Write
 	var ids []string
 	for _, ro := range snap.Rollouts {
 		if active(ro.State.State) || newest[ro.Spec.RuleSet] == ro.ID || now.Sub(ro.State.UpdatedAt) < c.keep {
@@ -422,14 +368,14 @@ func (c *Controller) prune(ctx context.Context, t *leadership, snap *Snapshot, n
 		if len(ids) == maxPrunesPerRound {
 			break // the next round goes on
 		}
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(c.keys.RolloutState(ro.ID)), "=", ro.StateRevision))
-		ops = append(ops, clientv3.OpDelete(c.keys.Rollouts()+ro.ID+"/", clientv3.WithPrefix()))
+		guards = append(guards, etcdstore.Unchanged(c.keys.RolloutState(ro.ID), ro.StateRevision))
+		writes = append(writes, etcdstore.DeletePrefix(c.keys.Rollouts()+ro.ID+"/"))
 		ids = append(ids, ro.ID)
 	}
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := t.commit(ctx, c.cli, cmps, ops); err != nil {
+	if _, err := c.st.CommitAsLeader(ctx, t, guards, writes); err != nil {
 		return fmt.Errorf("prune finished rollouts %v: %w", ids, err)
 	}
 	c.log.Info("finished rollouts pruned", zap.Strings("rollouts", ids), zap.Duration("retention", c.keep))
@@ -461,25 +407,25 @@ func sameState(a, b proto.RolloutState) bool {
 // writeState writes a rollout's next state (and, when it succeeded, the
 // rule set's release) if neither its control nor its state changed
 // since the snapshot.
-func (c *Controller) writeState(ctx context.Context, t *leadership, ro *RolloutView, next proto.RolloutState, release bool, now time.Time) error {
+func (c *Controller) writeState(ctx context.Context, t *etcdstore.Term, ro *RolloutView, next proto.RolloutState, release bool, now time.Time) error {
 	stateKey := c.keys.RolloutState(ro.ID)
 	docs := map[string]any{stateKey: next}
 	if release {
 		docs[c.keys.RuleSetReleased(ro.Spec.RuleSet)] = proto.Release{Version: ro.Spec.Version, Rollout: ro.ID, At: now}
 	}
-	ops, err := marshalPuts(docs)
+	writes, err := marshalPuts(docs)
 	if err != nil {
 		return fmt.Errorf("rollout %s: %w", ro.ID, err)
 	}
-	cmps := []clientv3.Cmp{
-		clientv3.Compare(clientv3.ModRevision(c.keys.RolloutControl(ro.ID)), "=", ro.ControlRevision),
-		clientv3.Compare(clientv3.ModRevision(stateKey), "=", ro.StateRevision),
+	guards := []etcdstore.Guard{
+		etcdstore.Unchanged(c.keys.RolloutControl(ro.ID), ro.ControlRevision),
+		etcdstore.Unchanged(stateKey, ro.StateRevision),
 	}
-	resp, err := t.commit(ctx, c.cli, cmps, ops)
+	rev, err := c.st.CommitAsLeader(ctx, t, guards, writes)
 	if err != nil {
 		return fmt.Errorf("rollout %s: write %s: %w", ro.ID, stateKey, err)
 	}
-	ro.StateRevision = resp.Header.Revision
+	ro.StateRevision = rev
 	return nil
 }
 
@@ -515,7 +461,7 @@ func (c *Controller) logChanges(ro *RolloutView, next proto.RolloutState) {
 // writeDesired writes the desired state of each host whose key differs
 // from Desired(snap), at most txnOps hosts per transaction, each guarded
 // by the leadership and by the key's mod revision in the snapshot.
-func (c *Controller) writeDesired(ctx context.Context, t *leadership, snap *Snapshot) error {
+func (c *Controller) writeDesired(ctx context.Context, t *etcdstore.Term, snap *Snapshot) error {
 	want := Desired(snap)
 	hosts := make([]string, 0, len(want))
 	for h, refs := range want {
@@ -526,22 +472,22 @@ func (c *Controller) writeDesired(ctx context.Context, t *leadership, snap *Snap
 	sort.Strings(hosts)
 	for start := 0; start < len(hosts); start += txnOps {
 		batch := hosts[start:min(start+txnOps, len(hosts))]
-		cmps := make([]clientv3.Cmp, 0, len(batch))
-		ops := make([]clientv3.Op, 0, len(batch))
+		guards := make([]etcdstore.Guard, 0, len(batch))
+		writes := make([]etcdstore.Write, 0, len(batch))
 		for _, h := range batch {
 			key := c.keys.HostDesired(h)
 			refs := want[h]
 			if refs == nil {
 				refs = []proto.RuleSetRef{}
 			}
-			doc, err := json.Marshal(proto.NewHostDesired(refs...))
+			w, err := etcdstore.PutJSON(key, proto.NewHostDesired(refs...))
 			if err != nil {
-				return fmt.Errorf("host %s: encode %s: %w", h, key, err)
+				return fmt.Errorf("host %s: %w", h, err)
 			}
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", snap.Hosts[h].DesiredRevision))
-			ops = append(ops, clientv3.OpPut(key, string(doc)))
+			guards = append(guards, etcdstore.Unchanged(key, snap.Hosts[h].DesiredRevision))
+			writes = append(writes, w)
 		}
-		if _, err := t.commit(ctx, c.cli, cmps, ops); err != nil {
+		if _, err := c.st.CommitAsLeader(ctx, t, guards, writes); err != nil {
 			return fmt.Errorf("write %s (and %d more hosts' desired states): %w", c.keys.HostDesired(batch[0]), len(batch)-1, err)
 		}
 		c.metrics.desiredWrites.Add(float64(len(batch)))

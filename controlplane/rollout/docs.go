@@ -7,8 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -32,7 +31,7 @@ const (
 
 // rolloutKVs are the keys of one rollout as etcd returned them.
 type rolloutKVs struct {
-	spec, control, state *mvccpb.KeyValue
+	spec, control, state *etcdstore.KeyValue
 }
 
 // parseRolloutKey splits rollouts/<id>/<leaf>.
@@ -54,10 +53,11 @@ func parseRolloutKey(keys proto.Keys, key string) (id, leaf string, ok bool) {
 
 // groupRollouts sorts the kvs under rollouts/ by rollout, the IDs oldest
 // first.
-func groupRollouts(keys proto.Keys, kvs []*mvccpb.KeyValue) ([]string, map[string]*rolloutKVs) {
+func groupRollouts(keys proto.Keys, kvs []etcdstore.KeyValue) ([]string, map[string]*rolloutKVs) {
 	byID := map[string]*rolloutKVs{}
-	for _, kv := range kvs {
-		id, leaf, ok := parseRolloutKey(keys, string(kv.Key))
+	for i := range kvs {
+		kv := &kvs[i]
+		id, leaf, ok := parseRolloutKey(keys, kv.Key)
 		if !ok {
 			continue
 		}

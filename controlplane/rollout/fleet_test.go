@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -45,7 +44,7 @@ func (e *env) startController(name string, opts ...func(*ControllerOptions)) *co
 	for _, opt := range opts {
 		opt(&o)
 	}
-	c := NewController(cli, e.keys, o)
+	c := NewController(etcdstore.New(cli, e.keys), o)
 	ctx, cancel := context.WithCancel(context.Background())
 	rc := &controller{Controller: c, t: e.t, cli: cli, cancel: cancel, done: make(chan error, 1)}
 	go func() { rc.done <- c.Run(ctx) }()
@@ -1038,30 +1037,27 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 
-	campaign := func(name string) (*concurrency.Session, *leadership) {
+	campaign := func(name string) *etcdstore.Term {
 		t.Helper()
-		s, err := concurrency.NewSession(etcdtest.Client(t, e.endpoints), concurrency.WithTTL(SessionTTL))
+		st := etcdstore.New(etcdtest.Client(t, e.endpoints), e.keys)
+		term, err := st.Campaign(ctx, e.keys.Election(), name, SessionTTL)
 		if err != nil {
 			t.Fatal(err)
 		}
-		el := concurrency.NewElection(s, e.keys.Election())
-		if err := el.Campaign(ctx, name); err != nil {
-			t.Fatal(err)
-		}
-		return s, &leadership{key: el.Key(), rev: el.Rev()}
+		return term
 	}
-	oldSess, oldTerm := campaign("old")
-	c := NewController(e.cli, e.keys, ControllerOptions{Name: "old", Log: zaptest.NewLogger(t)})
-	snap, err := newSnapshotReader(e.cli, e.keys, zap.NewNop()).read(ctx)
+	oldTerm := campaign("old")
+	c := NewController(e.store, ControllerOptions{Name: "old", Log: zaptest.NewLogger(t)})
+	snap, err := newSnapshotReader(e.store, zap.NewNop()).read(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The old leader's session expires (revoked here, at once), and
 	// another replica wins the election.
-	if _, err := e.cli.Revoke(ctx, oldSess.Lease()); err != nil {
+	if err := oldTerm.Close(); err != nil {
 		t.Fatal(err)
 	}
-	newSess, newTerm := campaign("new")
+	newTerm := campaign("new")
 
 	if err := c.writeDesired(ctx, oldTerm, snap); !errors.Is(err, errNotLeader) {
 		t.Fatalf("deposed leader's desired-state write: %v, want errNotLeader", err)
@@ -1101,7 +1097,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 	// A running controller whose election key vanishes steps down and
 	// campaigns again. (The rollout above is set aside first.)
 	setState(t, e, ro.ID, proto.RolloutState{State: proto.RolloutAborted})
-	if err := newSess.Close(); err != nil {
+	if err := newTerm.Close(); err != nil {
 		t.Fatal(err)
 	}
 	rc := e.startController("c1")

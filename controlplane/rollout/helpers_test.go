@@ -31,7 +31,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	srv, cli := etcdtest.StartWithClient(t)
 	keys := proto.NewKeys("/xdpfw-test/")
-	return &env{t: t, endpoints: srv.Endpoints(), cli: cli, keys: keys, store: etcdstore.New(cli, keys), mgr: NewManager(cli, keys)}
+	return &env{t: t, endpoints: srv.Endpoints(), cli: cli, keys: keys, store: etcdstore.New(cli, keys), mgr: NewManager(etcdstore.New(cli, keys))}
 }
 
 func testCtx(t *testing.T) context.Context {

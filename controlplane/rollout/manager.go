@@ -31,8 +31,7 @@ import (
 	"strings"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -55,59 +54,60 @@ const maxTxnAttempts = 20
 
 // Manager creates, reads and controls rollouts.
 type Manager struct {
-	cli  *clientv3.Client
+	st   *etcdstore.Store
 	keys proto.Keys
 	now  func() time.Time
 }
 
-// NewManager returns a manager of the rollouts under keys.
-func NewManager(cli *clientv3.Client, keys proto.Keys) *Manager {
-	if keys.Prefix == "" {
-		keys = proto.NewKeys("")
-	}
-	return &Manager{cli: cli, keys: keys, now: time.Now}
+// NewManager returns a manager of the rollouts st holds.
+func NewManager(st *etcdstore.Store) *Manager {
+	return &Manager{st: st, keys: st.Keys(), now: time.Now}
 }
 
 func invalid(what string, problems []proto.Problem) error {
 	return fmt.Errorf("%s: %w: %w", what, ErrInvalid, &proto.ValidationError{Problems: problems})
 }
 
-// AuditOp makes the audit record's write of a rollout write, which the
-// manager puts in the same transaction: the record exists if and only if
+// AuditRecord makes the audit record of a rollout write, which the
+// manager writes in the same transaction: the record exists if and only if
 // the write does. result says what was done ("created", "want pause").
-type AuditOp func(ro proto.Rollout, result string) (clientv3.Op, error)
+type AuditRecord func(ro proto.Rollout, result string) proto.AuditRecord
 
 // Create validates a spec and starts a rollout of it: spec, control
 // {want: run}, state {running, wave 0} and the audit record (when audit is
 // not nil) written in one transaction. It refuses (ErrConflict) a second
 // active rollout of a rule set.
-func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string, audit AuditOp) (proto.Rollout, error) {
+func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string, audit AuditRecord) (proto.Rollout, error) {
 	norm, _, problems := checkSpec(spec)
 	nameOK := validRuleSetName(spec.RuleSet)
 	headKey := m.keys.RuleSetHead(spec.RuleSet)
 	versionKey := m.keys.RuleSetVersion(spec.RuleSet, spec.Version)
 
 	for range maxTxnAttempts {
-		ops := []clientv3.Op{clientv3.OpGet(m.keys.Rollouts(), clientv3.WithPrefix())}
-		if nameOK {
-			ops = append(ops, clientv3.OpGet(headKey), clientv3.OpGet(versionKey, clientv3.WithCountOnly()))
-		}
-		read, err := m.cli.Txn(ctx).Then(ops...).Commit()
+		// Everything is read at the revision of the first read.
+		rollouts, rev, err := m.st.GetPrefix(ctx, m.keys.Rollouts(), 0)
 		if err != nil {
-			return proto.Rollout{}, fmt.Errorf("create rollout of %s: read %s: %w", spec.RuleSet, m.keys.Rollouts(), err)
+			return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w", spec.RuleSet, err)
 		}
-		rev := read.Header.Revision
-
 		all := problems
 		var head proto.RuleSetHead
 		if nameOK {
-			headKVs := read.Responses[1].GetResponseRange().Kvs
+			headKV, _, err := m.st.GetAt(ctx, headKey, rev)
+			if err != nil {
+				return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w", spec.RuleSet, err)
+			}
+			exists := false
+			if headKV != nil && spec.Version >= 1 {
+				if exists, err = m.st.ExistsAt(ctx, versionKey, rev); err != nil {
+					return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w", spec.RuleSet, err)
+				}
+			}
 			switch {
-			case len(headKVs) == 0:
+			case headKV == nil:
 				all = append(all, proto.Problem{Path: "ruleset", Message: fmt.Sprintf("rule set %q does not exist (no %s)", spec.RuleSet, headKey)})
-			case json.Unmarshal(headKVs[0].Value, &head) != nil:
-				return proto.Rollout{}, fmt.Errorf("create rollout of %s: decode %s: %q is not a head", spec.RuleSet, headKey, headKVs[0].Value)
-			case spec.Version >= 1 && read.Responses[2].GetResponseRange().Count == 0:
+			case json.Unmarshal(headKV.Value, &head) != nil:
+				return proto.Rollout{}, fmt.Errorf("create rollout of %s: decode %s: %q is not a head", spec.RuleSet, headKey, headKV.Value)
+			case spec.Version >= 1 && !exists:
 				all = append(all, proto.Problem{Path: "version", Message: fmt.Sprintf("rule set %s has no version %d (no %s; the latest is %d)", spec.RuleSet, spec.Version, versionKey, head.Version)})
 			}
 		}
@@ -126,7 +126,7 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 			return proto.Rollout{}, invalid("rollout spec", all)
 		}
 
-		ids, byID := groupRollouts(m.keys, read.Responses[0].GetResponseRange().Kvs)
+		ids, byID := groupRollouts(m.keys, rollouts)
 		for _, id := range ids {
 			v, _, err := decodeRollout(m.keys, id, byID[id])
 			if err != nil {
@@ -150,7 +150,7 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 			State: proto.RolloutRunning, Hosts: map[string]proto.RolloutHost{},
 			Message: "created" + byWhom(by), UpdatedAt: now,
 		}
-		puts, err := marshalPuts(map[string]any{
+		writes, err := marshalPuts(map[string]any{
 			m.keys.RolloutSpec(id): doc, m.keys.RolloutControl(id): control, m.keys.RolloutState(id): state,
 		})
 		if err != nil {
@@ -158,23 +158,23 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 		}
 		ro := proto.Rollout{ID: id, Spec: norm, Control: control, Status: state, CreatedBy: by, CreatedAt: now}
 		if audit != nil {
-			op, err := audit(ro, "created")
+			w, err := m.st.AuditWrite(audit(ro, "created"))
 			if err != nil {
 				return proto.Rollout{}, fmt.Errorf("create rollout %s: audit record: %w", id, err)
 			}
-			puts = append(puts, op)
+			writes = append(writes, w)
 		}
-		txn, err := m.cli.Txn(ctx).If(
+		ok, _, err := m.st.CommitIf(ctx, []etcdstore.Guard{
 			// No rollout was created since the read: the check for an
 			// active one and the ID's order still hold.
-			clientv3.Compare(clientv3.CreateRevision(m.keys.Rollouts()), "<", rev+1).WithPrefix(),
+			etcdstore.NoneCreatedAfter(m.keys.Rollouts(), rev),
 			// Versions are immutable, but a rule set can be deleted.
-			clientv3.Compare(clientv3.CreateRevision(versionKey), ">", 0),
-		).Then(puts...).Commit()
+			etcdstore.Exists(versionKey),
+		}, writes)
 		if err != nil {
 			return proto.Rollout{}, fmt.Errorf("create rollout %s: write %s: %w", id, m.keys.RolloutSpec(id), err)
 		}
-		if txn.Succeeded {
+		if ok {
 			return ro, nil
 		}
 	}
@@ -188,60 +188,54 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 // stops reading at the first host that matches.
 func (m *Manager) noHostProblem(ctx context.Context, rev int64, name string, head int64, selector map[string]string) (*proto.Problem, error) {
 	headKey := m.keys.RuleSetVersion(name, head)
-	resp, err := m.cli.Get(ctx, headKey, clientv3.WithRev(rev))
+	headKV, _, err := m.st.GetAt(ctx, headKey, rev)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", headKey, err)
+		return nil, err
 	}
 	var setSelector map[string]string
-	if len(resp.Kvs) > 0 {
+	if headKV != nil {
 		var rs struct {
 			Selector map[string]string `json:"selector"`
 		}
-		if err := json.Unmarshal(resp.Kvs[0].Value, &rs); err != nil {
+		if err := json.Unmarshal(headKV.Value, &rs); err != nil {
 			return nil, fmt.Errorf("decode %s: %w", headKey, err)
 		}
 		setSelector = rs.Selector
 	}
 
-	prefix := m.keys.Hosts()
-	end := clientv3.GetPrefixRangeEnd(prefix)
+	// The statuses are listed first (keys only), then read in batches,
+	// until one matches.
+	statuses, _, err := m.st.ListKeys(ctx, m.keys.Hosts(), rev, func(k string) bool {
+		_, leaf, ok := m.keys.ParseHostKey(k)
+		return ok && leaf == "status"
+	})
+	if err != nil {
+		return nil, err
+	}
 	live := 0
-	for from := prefix; ; {
-		page, err := m.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(),
-			clientv3.WithLimit(pageSize), clientv3.WithRev(rev))
+	for lo := 0; lo < len(statuses); lo += txnOps {
+		batch := statuses[lo:min(lo+txnOps, len(statuses))]
+		keys := make([]string, len(batch))
+		for i, l := range batch {
+			keys[i] = l.Key
+		}
+		matched := false
+		err := m.st.GetManyAt(ctx, rev, keys, func(kv etcdstore.KeyValue) {
+			var st struct {
+				Labels map[string]string `json:"labels"`
+			}
+			if matched || json.Unmarshal(kv.Value, &st) != nil {
+				return // the controller ignores it too
+			}
+			live++
+			matched = Matches(setSelector, st.Labels) && Matches(selector, st.Labels)
+		})
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return nil, fmt.Errorf("read host statuses: %w", err)
 		}
-		var statuses []clientv3.Op
-		for _, kv := range page.Kvs {
-			if _, leaf, ok := m.keys.ParseHostKey(string(kv.Key)); ok && leaf == "status" {
-				statuses = append(statuses, clientv3.OpGet(string(kv.Key), clientv3.WithRev(rev)))
-			}
+		if matched {
+			return nil, nil
 		}
-		for start := 0; start < len(statuses); start += txnOps {
-			txn, err := m.cli.Txn(ctx).Then(statuses[start:min(start+txnOps, len(statuses))]...).Commit()
-			if err != nil {
-				return nil, fmt.Errorf("read host statuses under %s: %w", prefix, err)
-			}
-			for _, r := range txn.Responses {
-				for _, kv := range r.GetResponseRange().Kvs {
-					var st struct {
-						Labels map[string]string `json:"labels"`
-					}
-					if json.Unmarshal(kv.Value, &st) != nil {
-						continue // the controller ignores it too
-					}
-					live++
-					if Matches(setSelector, st.Labels) && Matches(selector, st.Labels) {
-						return nil, nil
-					}
-				}
-			}
-		}
-		if !page.More || len(page.Kvs) == 0 {
-			break
-		}
-		from = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
 	}
 	msg := fmt.Sprintf("no live host matches the rule set's selector %s and the rollout's selector %s: %d hosts report a status, none with these labels; a rollout of no host would do nothing",
 		selectorString(setSelector), selectorString(selector), live)
@@ -263,16 +257,16 @@ func selectorString(sel map[string]string) string {
 	return "{" + strings.Join(keys, ",") + "}"
 }
 
-func marshalPuts(docs map[string]any) ([]clientv3.Op, error) {
-	ops := make([]clientv3.Op, 0, len(docs))
+func marshalPuts(docs map[string]any) ([]etcdstore.Write, error) {
+	writes := make([]etcdstore.Write, 0, len(docs))
 	for key, doc := range docs {
-		b, err := json.Marshal(doc)
+		w, err := etcdstore.PutJSON(key, doc)
 		if err != nil {
-			return nil, fmt.Errorf("encode %s: %w", key, err)
+			return nil, err
 		}
-		ops = append(ops, clientv3.OpPut(key, string(b)))
+		writes = append(writes, w)
 	}
-	return ops, nil
+	return writes, nil
 }
 
 // Get returns a rollout.
@@ -288,12 +282,11 @@ func (m *Manager) read(ctx context.Context, id string) (RolloutView, specDoc, er
 	if !validID(id) {
 		return RolloutView{}, specDoc{}, fmt.Errorf("rollout %q: %w", id, ErrNotFound)
 	}
-	prefix := m.keys.Rollouts() + id + "/"
-	resp, err := m.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	kvs, _, err := m.st.GetPrefix(ctx, m.keys.Rollouts()+id+"/", 0)
 	if err != nil {
-		return RolloutView{}, specDoc{}, fmt.Errorf("rollout %s: read %s: %w", id, prefix, err)
+		return RolloutView{}, specDoc{}, fmt.Errorf("rollout %s: %w", id, err)
 	}
-	_, byID := groupRollouts(m.keys, resp.Kvs)
+	_, byID := groupRollouts(m.keys, kvs)
 	r := byID[id]
 	if r == nil || r.spec == nil {
 		return RolloutView{}, specDoc{}, fmt.Errorf("rollout %s: %w (no %s)", id, ErrNotFound, m.keys.RolloutSpec(id))
@@ -303,11 +296,11 @@ func (m *Manager) read(ctx context.Context, id string) (RolloutView, specDoc, er
 
 // List returns every rollout, newest first.
 func (m *Manager) List(ctx context.Context) ([]proto.Rollout, error) {
-	resp, err := m.cli.Get(ctx, m.keys.Rollouts(), clientv3.WithPrefix())
+	kvs, _, err := m.st.GetPrefix(ctx, m.keys.Rollouts(), 0)
 	if err != nil {
-		return nil, fmt.Errorf("list rollouts: read %s: %w", m.keys.Rollouts(), err)
+		return nil, fmt.Errorf("list rollouts: %w", err)
 	}
-	ids, byID := groupRollouts(m.keys, resp.Kvs)
+	ids, byID := groupRollouts(m.keys, kvs)
 	out := make([]proto.Rollout, 0, len(ids))
 	for i := len(ids) - 1; i >= 0; i-- {
 		v, doc, err := decodeRollout(m.keys, ids[i], byID[ids[i]])
@@ -326,7 +319,7 @@ func (m *Manager) List(ctx context.Context) ([]proto.Rollout, error) {
 // for, pause of a halted rollout. Asking again for what is already asked
 // writes nothing (except run on a halted rollout, which retries it). A
 // write carries its audit record (when audit is not nil) in its transaction.
-func (m *Manager) Control(ctx context.Context, id, want, by string, audit AuditOp) (proto.Rollout, error) {
+func (m *Manager) Control(ctx context.Context, id, want, by string, audit AuditRecord) (proto.Rollout, error) {
 	switch want {
 	case proto.RolloutWantRun, proto.RolloutWantPause, proto.RolloutWantAbort:
 	default:
@@ -346,30 +339,30 @@ func (m *Manager) Control(ctx context.Context, id, want, by string, audit AuditO
 			return apiRollout(v, doc), nil
 		}
 		control := proto.RolloutControl{Want: want, By: by, At: m.now().UTC()}
-		b, err := json.Marshal(control)
-		if err != nil {
-			return proto.Rollout{}, fmt.Errorf("rollout %s: encode %s: %w", id, m.keys.RolloutControl(id), err)
-		}
 		key := m.keys.RolloutControl(id)
-		ops := []clientv3.Op{clientv3.OpPut(key, string(b))}
+		w, err := etcdstore.PutJSON(key, control)
+		if err != nil {
+			return proto.Rollout{}, fmt.Errorf("rollout %s: %w", id, err)
+		}
+		writes := []etcdstore.Write{w}
 		if audit != nil {
 			next := v
 			next.Control = control
-			op, err := audit(apiRollout(next, doc), "want "+want)
+			w, err := m.st.AuditWrite(audit(apiRollout(next, doc), "want "+want))
 			if err != nil {
 				return proto.Rollout{}, fmt.Errorf("rollout %s: audit record: %w", id, err)
 			}
-			ops = append(ops, op)
+			writes = append(writes, w)
 		}
-		txn, err := m.cli.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(key), "=", v.ControlRevision),
-			clientv3.Compare(clientv3.ModRevision(m.keys.RolloutState(id)), "=", v.StateRevision),
-		).Then(ops...).Commit()
+		ok, rev, err := m.st.CommitIf(ctx, []etcdstore.Guard{
+			etcdstore.Unchanged(key, v.ControlRevision),
+			etcdstore.Unchanged(m.keys.RolloutState(id), v.StateRevision),
+		}, writes)
 		if err != nil {
 			return proto.Rollout{}, fmt.Errorf("rollout %s: write %s: %w", id, key, err)
 		}
-		if txn.Succeeded {
-			v.Control, v.ControlRevision = control, txn.Header.Revision
+		if ok {
+			v.Control, v.ControlRevision = control, rev
 			return apiRollout(v, doc), nil
 		}
 		// The controller moved the rollout on (or another operator asked

@@ -6,15 +6,11 @@ import (
 	"fmt"
 	"strings"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
-
-// pageSize is how many keys one range request lists.
-const pageSize = 1000
 
 // txnOps is how many operations go in one transaction (etcd allows 128
 // by default; one is kept for the leadership check).
@@ -26,7 +22,7 @@ const txnOps = 100
 // a round costs a listing plus what changed, not every document. The
 // cache is only a cache: a new reader (a new leader) reads everything.
 type snapshotReader struct {
-	cli  *clientv3.Client
+	st   *etcdstore.Store
 	keys proto.Keys
 	log  *zap.Logger
 	// cache holds decoded values by key.
@@ -40,85 +36,35 @@ type cached struct {
 	// map for a rule-set version) or nil when it does not decode.
 	value any
 	// raw is kept for rollout documents, which are decoded as a group.
-	raw *mvccpb.KeyValue
+	raw *etcdstore.KeyValue
 }
 
-func newSnapshotReader(cli *clientv3.Client, keys proto.Keys, log *zap.Logger) *snapshotReader {
-	return &snapshotReader{cli: cli, keys: keys, log: log, cache: map[string]cached{}}
-}
-
-// listed is a key of interest and its mod revision.
-type listed struct {
-	key    string
-	modRev int64
-}
-
-// list returns the keys under prefix at revision rev (0: now, and the
-// revision read is returned).
-func (r *snapshotReader) list(ctx context.Context, prefix string, rev int64, keep func(key string) bool) ([]listed, int64, error) {
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	from := prefix
-	var out []listed
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(pageSize)}
-		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := r.cli.Get(ctx, from, opts...)
-		if err != nil {
-			return nil, 0, fmt.Errorf("list %s at revision %d: %w", prefix, rev, err)
-		}
-		rev = resp.Header.Revision
-		for _, kv := range resp.Kvs {
-			if k := string(kv.Key); keep(k) {
-				out = append(out, listed{key: k, modRev: kv.ModRevision})
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, rev, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
+func newSnapshotReader(st *etcdstore.Store, log *zap.Logger) *snapshotReader {
+	return &snapshotReader{st: st, keys: st.Keys(), log: log, cache: map[string]cached{}}
 }
 
 // fetch reads, at rev, the values of the listed keys that the cache does
 // not hold at their mod revision, and decodes them.
-func (r *snapshotReader) fetch(ctx context.Context, rev int64, keys []listed) error {
+func (r *snapshotReader) fetch(ctx context.Context, rev int64, keys []etcdstore.KeyRevision) error {
 	var stale []string
 	for _, l := range keys {
-		if c, ok := r.cache[l.key]; !ok || c.modRev != l.modRev {
-			stale = append(stale, l.key)
+		if c, ok := r.cache[l.Key]; !ok || c.modRev != l.ModRevision {
+			stale = append(stale, l.Key)
 		}
 	}
-	for start := 0; start < len(stale); start += txnOps {
-		batch := stale[start:min(start+txnOps, len(stale))]
-		ops := make([]clientv3.Op, len(batch))
-		for i, k := range batch {
-			ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
-		}
-		resp, err := r.cli.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			return fmt.Errorf("read %s (and %d more) at revision %d: %w", batch[0], len(batch)-1, rev, err)
-		}
-		for _, op := range resp.Responses {
-			for _, kv := range op.GetResponseRange().Kvs {
-				r.cache[string(kv.Key)] = r.decode(kv)
-			}
-		}
-	}
-	return nil
+	return r.st.GetManyAt(ctx, rev, stale, func(kv etcdstore.KeyValue) { r.cache[kv.Key] = r.decode(kv) })
 }
 
 // decode turns a value into what the snapshot needs of it. A document
 // that does not decode is logged and cached as nil, so that it is logged
 // once per write.
-func (r *snapshotReader) decode(kv *mvccpb.KeyValue) cached {
-	key := string(kv.Key)
+func (r *snapshotReader) decode(kv etcdstore.KeyValue) cached {
+	key := kv.Key
 	c := cached{modRev: kv.ModRevision}
 	var err error
 	switch {
 	case strings.HasPrefix(key, r.keys.Rollouts()):
-		c.raw = kv
+		c.raw = &kv
 		return c
 	case strings.HasPrefix(key, r.keys.Hosts()):
 		_, leaf, _ := r.keys.ParseHostKey(key)
@@ -183,7 +129,7 @@ func (r *snapshotReader) ruleSetLeaf(key string) (name, leaf string, ok bool) {
 // read returns a snapshot of hosts, rule sets and rollouts at one
 // revision.
 func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
-	hostKeys, rev, err := r.list(ctx, r.keys.Hosts(), 0, func(k string) bool {
+	hostKeys, rev, err := r.st.ListKeys(ctx, r.keys.Hosts(), 0, func(k string) bool {
 		host, leaf, ok := r.keys.ParseHostKey(k)
 		return ok && (leaf == "status" || leaf == "desired") && proto.ValidateHostName(host) == nil
 	})
@@ -192,20 +138,20 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 	}
 	// Rule-set versions are listed (keys only) but read only when a head
 	// names them.
-	var setKeys []listed
+	var setKeys []etcdstore.KeyRevision
 	versionRevs := map[string]int64{}
-	setList, _, err := r.list(ctx, r.keys.RuleSets(), rev, func(string) bool { return true })
+	setList, _, err := r.st.ListKeys(ctx, r.keys.RuleSets(), rev, nil)
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range setList {
-		if _, _, ok := r.keys.ParseRuleSetVersion(l.key); ok {
-			versionRevs[l.key] = l.modRev
-		} else if _, _, ok := r.ruleSetLeaf(l.key); ok {
+		if _, _, ok := r.keys.ParseRuleSetVersion(l.Key); ok {
+			versionRevs[l.Key] = l.ModRevision
+		} else if _, _, ok := r.ruleSetLeaf(l.Key); ok {
 			setKeys = append(setKeys, l)
 		}
 	}
-	rolloutKeys, _, err := r.list(ctx, r.keys.Rollouts(), rev, func(k string) bool {
+	rolloutKeys, _, err := r.st.ListKeys(ctx, r.keys.Rollouts(), rev, func(k string) bool {
 		_, _, ok := parseRolloutKey(r.keys, k)
 		return ok
 	})
@@ -213,37 +159,37 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 		return nil, err
 	}
 
-	all := append(append(append([]listed(nil), hostKeys...), setKeys...), rolloutKeys...)
+	all := append(append(append([]etcdstore.KeyRevision(nil), hostKeys...), setKeys...), rolloutKeys...)
 	if err := r.fetch(ctx, rev, all); err != nil {
 		return nil, err
 	}
 
 	snap := &Snapshot{Revision: rev, Hosts: map[string]HostView{}, RuleSets: map[string]RuleSetView{}}
 	for _, l := range hostKeys {
-		host, leaf, _ := r.keys.ParseHostKey(l.key)
+		host, leaf, _ := r.keys.ParseHostKey(l.Key)
 		hv := snap.Hosts[host]
-		switch v := r.cache[l.key].value.(type) {
+		switch v := r.cache[l.Key].value.(type) {
 		case *proto.HostStatus:
 			hv.Status = v
 		case *proto.HostDesired:
 			hv.Desired = v
 		}
 		if leaf == "desired" {
-			hv.DesiredRevision = l.modRev
+			hv.DesiredRevision = l.ModRevision
 		}
 		snap.Hosts[host] = hv
 	}
 
-	var heads []listed
+	var heads []etcdstore.KeyRevision
 	for _, l := range setKeys {
-		name, _, _ := r.ruleSetLeaf(l.key)
+		name, _, _ := r.ruleSetLeaf(l.Key)
 		rs := snap.RuleSets[name]
-		switch v := r.cache[l.key].value.(type) {
+		switch v := r.cache[l.Key].value.(type) {
 		case proto.RuleSetHead:
 			rs.Head = v.Version
 			vk := r.keys.RuleSetVersion(name, v.Version)
 			if modRev, ok := versionRevs[vk]; ok {
-				heads = append(heads, listed{key: vk, modRev: modRev})
+				heads = append(heads, etcdstore.KeyRevision{Key: vk, ModRevision: modRev})
 			}
 		case proto.Release:
 			rs.Released = v.Version
@@ -267,10 +213,10 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 		snap.RuleSets[name] = rs
 	}
 
-	var kvs []*mvccpb.KeyValue
+	var kvs []etcdstore.KeyValue
 	for _, l := range rolloutKeys {
-		if c := r.cache[l.key]; c.raw != nil {
-			kvs = append(kvs, c.raw)
+		if c := r.cache[l.Key]; c.raw != nil {
+			kvs = append(kvs, *c.raw)
 		}
 	}
 	ids, byID := groupRollouts(r.keys, kvs)
@@ -286,10 +232,10 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 	// Forget what is gone.
 	live := make(map[string]bool, len(all)+len(heads))
 	for _, l := range all {
-		live[l.key] = true
+		live[l.Key] = true
 	}
 	for _, l := range heads {
-		live[l.key] = true
+		live[l.Key] = true
 	}
 	for k := range r.cache {
 		if !live[k] {

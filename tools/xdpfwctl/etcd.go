@@ -14,16 +14,19 @@ import (
 	"text/tabwriter"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"sigs.k8s.io/yaml"
 
 	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
-// etcdCommands read and write the documents in etcd directly. They are the
-// stop-gap way to write rules until the control plane's API exists; they
-// use the same versioned transactions (controlplane/store) the API will.
+// etcdCommands read and write the documents in etcd directly, through the
+// same gateway (etcdstore) and versioned transactions as the control
+// plane: the break-glass tool for when the API is down, and the way to run
+// agents with etcd alone. They bypass the API's tokens, audit trail and
+// rollouts (`desire` writes a host's desired state at once, and the next
+// rollout's controller may write it again), so an operator with the API
+// uses the API.
 var etcdCommands = map[string]command{
 	"put":       {runEtcdPut, "store each rule set of a file as its next version"},
 	"get":       {runEtcdGet, "print a version of a rule set (the head by default)"},
@@ -70,7 +73,6 @@ func (f *etcdFlags) register(fs *flag.FlagSet) {
 // which ends --timeout after it began.
 type etcdSession struct {
 	store     *etcdstore.Store
-	cli       *clientv3.Client
 	ctx       context.Context
 	cancel    context.CancelFunc
 	endpoints []string
@@ -90,16 +92,15 @@ func (f *etcdFlags) open() (*etcdSession, error) {
 	if f.timeout <= 0 {
 		return nil, usageError(fmt.Sprintf("--timeout %s: want more than 0", f.timeout))
 	}
-	cli, err := etcdstore.Connect(etcdstore.ClientConfig{
+	st, err := etcdstore.Open(etcdstore.ClientConfig{
 		Endpoints: eps, CertFile: f.cert, KeyFile: f.key, CAFile: f.cacert, DialTimeout: f.timeout,
-	})
+	}, proto.NewKeys(f.prefix))
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	return &etcdSession{
-		store:     etcdstore.New(cli, proto.NewKeys(f.prefix)),
-		cli:       cli,
+		store:     st,
 		ctx:       ctx,
 		cancel:    cancel,
 		endpoints: eps,
@@ -109,7 +110,7 @@ func (f *etcdFlags) open() (*etcdSession, error) {
 
 func (s *etcdSession) close() {
 	s.cancel()
-	s.cli.Close()
+	s.store.Close()
 }
 
 // wrap names the endpoints when etcd did not answer: the client waits for

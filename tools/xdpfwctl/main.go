@@ -33,7 +33,7 @@ var topCommands = map[string]command{
 	"rollout":  {runRollout, "roll a version out in waves; pause, resume, abort"},
 	"stats":    {runStats, "fleet counters per outcome and per rule (per host with --host)"},
 	"top":      {runTop, "a live view of the busiest rules fleet-wide"},
-	"etcd":     {runEtcd, "read and write rule sets and host documents in etcd directly"},
+	"etcd":     {runEtcd, "break-glass: read and write rule sets and host documents in etcd directly, bypassing the API"},
 }
 
 // errUsage marks an error in how the command was called.

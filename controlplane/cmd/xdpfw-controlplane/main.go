@@ -35,7 +35,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -229,25 +228,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 		endpoints = member.Endpoints()
 		lg.Info("embedded etcd member ready", zap.Strings("endpoints", endpoints), zap.String("data_dir", o.dataDir))
 	}
-	cli, err := etcdstore.Connect(etcdstore.ClientConfig{
+	st, err := etcdstore.Open(etcdstore.ClientConfig{
 		Endpoints: endpoints,
 		CertFile:  o.etcdCert, KeyFile: o.etcdKey, CAFile: o.etcdCACert,
 		Logger: lg.Named("etcd-client").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel)),
-	})
+	}, proto.NewKeys(o.prefix))
 	if err != nil {
 		return fail("etcd client set-up failed", err)
 	}
-	defer cli.Close()
-	keys := proto.NewKeys(o.prefix)
-	checkEtcd(ctx, cli, keys, endpoints, lg)
+	defer st.Close()
+	checkEtcd(ctx, st, endpoints, lg)
 
 	// The API (with its rollout manager) and the leader-elected rollout
 	// controller.
-	ctl := newController(cli, keys, o.name, o.rolloutInterval, o.rolloutRetention, lg)
+	ctl := newController(st, o.name, o.rolloutInterval, o.rolloutRetention, lg)
 	cols := append([]prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
 		ctl.Collectors()...)
 	handler, err := api.New(api.Config{
-		Client: cli, Keys: keys, Tokens: tokens,
+		Store: st, Tokens: tokens,
 		Log: lg.Named("api"), Collectors: cols, EtcdTimeout: o.etcdTimeout,
 	})
 	if err != nil {
@@ -273,7 +271,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 	go func() { ctlDone <- ctl.Run(ctlCtx) }()
 
 	fmt.Fprintf(stdout, "xdpfw-controlplane: ready, API at %s\n", url)
-	lg.Info("ready", zap.String("url", url), zap.String("name", o.name), zap.String("prefix", keys.Prefix),
+	lg.Info("ready", zap.String("url", url), zap.String("name", o.name), zap.String("prefix", st.Keys().Prefix),
 		zap.Strings("etcd", endpoints), zap.Bool("mtls", o.clientCA != ""), zap.Int("tokens", tokens.Tokens().Len()))
 
 	var memberErr <-chan error
@@ -357,10 +355,10 @@ func serverTLS(o *options) (*tls.Config, error) {
 
 // checkEtcd says in the log whether etcd answers. It does not stop the
 // start: replicas come up while etcd is away and /readyz tells.
-func checkEtcd(ctx context.Context, cli *clientv3.Client, keys proto.Keys, endpoints []string, lg *zap.Logger) {
+func checkEtcd(ctx context.Context, st *etcdstore.Store, endpoints []string, lg *zap.Logger) {
 	cctx, cancel := context.WithTimeout(ctx, etcdCheckTimeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, keys.Prefix, clientv3.WithCountOnly()); err != nil {
+	if err := st.Ping(cctx); err != nil {
 		lg.Warn("etcd does not answer yet; serving anyway (see /readyz)", zap.Strings("etcd", endpoints), zap.Error(err))
 	}
 }
