@@ -1,7 +1,7 @@
 // Package agent is the host daemon of xdpfw: it watches the host's key
 // prefix in etcd, compiles the desired rule-set versions, applies the
 // difference to the pinned BPF maps of each managed interface, and reports
-// status and telemetry under a per-host lease (DESIGN.md section 5).
+// status and telemetry under a per-host lease (docs/architecture.md, "The agent").
 package agent
 
 import (

@@ -60,7 +60,7 @@ const benchRules = `{"apiVersion":"xdpfw/v1","kind":"RuleSet","name":"edge","mod
 // desired state (in 128-put transactions, as a rollout writes them) to the
 // last agent enforcing it, over 100 changes, beside the raw watch fan-out
 // of the same writes to one plain watcher per host in the same run
-// (DESIGN.md section 8: no agent can beat its watch). Agents are simulated
+// (docs/benchmarks.md, "Propagation": no agent can beat its watch). Agents are simulated
 // in this process with their own etcd clients; see nullFirewall.
 func BenchmarkPropagation(b *testing.B) {
 	for _, n := range []int{3, 200} {
@@ -202,7 +202,7 @@ func benchPropagation(b *testing.B, hosts, rounds int) {
 	b.ReportMetric(ms(rp99), "raw-p99-ms")
 	b.ReportMetric(ms(ap99)/ms(rp99), "p99/raw-p99")
 	b.Logf("%d agents, %d changes: last agent applied p50 %.1f ms p99 %.1f ms; raw watch fan-out p50 %.1f ms p99 %.1f ms; "+
-		"p99 bound of DESIGN.md (1.5 x raw + 20 ms): %.1f ms", hosts, rounds, ms(ap50), ms(ap99), ms(rp50), ms(rp99), 1.5*ms(rp99)+20)
+		"p99 bound (1.5 x raw + 20 ms): %.1f ms", hosts, rounds, ms(ap50), ms(ap99), ms(rp50), ms(rp99), 1.5*ms(rp99)+20)
 }
 
 func percentile(d []time.Duration, p int) time.Duration {

@@ -14,11 +14,11 @@ import (
 )
 
 // maxTelemetryRules caps the rules of one interface in the etcd telemetry
-// document (DESIGN.md section 2: a few KB per host); /metrics has them all.
+// document (docs/architecture.md, "Telemetry": a few KB per host); /metrics has them all.
 const maxTelemetryRules = 16
 
-// telemetryBudget bounds the encoded telemetry document (DESIGN.md section
-// 2): when the busiest rules' names and rates would take it past this, the
+// telemetryBudget bounds the encoded telemetry document (docs/architecture.md,
+// "Telemetry"): when the busiest rules' names and rates would take it past this, the
 // least busy of them are left out (and counted in RulesOmitted).
 const telemetryBudget = 5 << 10
 

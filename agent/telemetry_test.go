@@ -29,7 +29,7 @@ func fullSample(at time.Time, n int, packets uint64) *sample {
 	return &sample{at: at, ifaces: []ifaceSample{{name: "eth0", stats: st}}}
 }
 
-// The telemetry budget (DESIGN.md section 2): a host's document stays a few
+// The telemetry budget (docs/architecture.md, "Telemetry"): a host's document stays a few
 // KB whatever its rule set, so 10,000 hosts writing it fit in etcd.
 func TestTelemetryDocumentStaysSmall(t *testing.T) {
 	t0 := time.Now()

@@ -187,8 +187,8 @@ type ruleFields struct {
 	ruleSet            *proto.RuleSet
 }
 
-// Compile merges the rule sets that apply to interface iface (DESIGN.md
-// section 3: by priority, then name; within a set in order) and computes the
+// Compile merges the rule sets that apply to interface iface (docs/architecture.md,
+// "Rule semantics": by priority, then name; within a set in order) and computes the
 // content of every policy map. Each set is validated first; an invalid set
 // fails the whole compile, so nothing is applied half-way.
 func Compile(sets []proto.RuleSet, iface string) (*Compiled, error) {

@@ -13,7 +13,7 @@ import (
 	"github.com/xdpfw/xdpfw/proto"
 )
 
-// Incremental updates (DESIGN.md section 5). A one-prefix change to a set
+// Incremental updates (docs/architecture.md, "Incremental updates"). A one-prefix change to a set
 // of a million must not cost a whole compile (over a second: parse, sort,
 // flatten, lay out): Compiled keeps what it was built from, and Update
 // applies set deltas to it, touching only the prefixes that changed, the

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 )
 
-// The IPv4 prefix table for big sets (DESIGN.md section 4). The kernel's LPM
+// The IPv4 prefix table for big sets (docs/dataplane.md, "The IPv4 range table"). The kernel's LPM
 // trie costs a cache miss per trie level, over 2 µs a lookup under a flood
 // of random sources at a million prefixes; a DIR-24 table (one read of a
 // 64 MB array) missed the TLB and the caches on nearly every random source.

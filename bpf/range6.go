@@ -7,7 +7,7 @@ import (
 	"slices"
 )
 
-// The IPv6 prefix table for big sets (DESIGN.md section 4). A hash of /48s
+// The IPv6 prefix table for big sets (docs/dataplane.md, "The IPv6 range table"). A hash of /48s
 // with an LPM trie behind it was fast for feeds of /48 to /64 prefixes
 // scattered over the address space, and slow for the realistic mix of /33
 // to /64 packed into the /32s of a few networks: most /48s there hold more

@@ -62,8 +62,8 @@ func limitID(identity string, rl *proto.RateLimit) uint64 {
 // memory, two rows of 16,384 counters. It holds a flood whose packets a
 // second times the limit's seconds a packet (its cost a second) stay well
 // below 16,384: 1.6 Mpps of new sources against 100 pps each. Larger
-// sketches hold more, and cost each packet a colder memory read; see the
-// README, "Per-source limits under a flood".
+// sketches hold more, and cost each packet a colder memory read; see
+// docs/dataplane.md, "Per-source limits under a flood".
 const DefaultSourceSketchLines = int(firewallFwLimitsFW_DEFAULT_SKETCH_LINES)
 
 // MaxSourceSketchLines bounds Options.SourceSketchLines (1 GiB).

@@ -12,8 +12,8 @@
  * estimated backlog is within the limit's tolerance cannot be over its limit,
  * and passes with no bucket; only a source the sketch finds at its limit (a
  * heavy hitter, or one whose counters others inflated) gets a bucket in
- * rl_source, debited with what the sketch counted. See README, "Per-source
- * limits under a flood".
+ * rl_source, debited with what the sketch counted. See docs/dataplane.md,
+ * "Per-source limits under a flood".
  */
 #ifndef XDPFW_RATELIMIT_H
 #define XDPFW_RATELIMIT_H
@@ -202,7 +202,7 @@ static __always_inline void count_src(__u32 slot, int created)
 }
 
 /* source_limit: a per-source limit on a packet; 1: within it. See the
- * top of this file; the README says why each bound is what it is. */
+ * top of this file; docs/dataplane.md says why each bound is what it is. */
 static __always_inline int source_limit(struct limit_req *req, struct fw_limit *l, __u32 slot, __u64 now)
 {
 	struct fw_source_key k;

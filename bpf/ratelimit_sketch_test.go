@@ -16,8 +16,8 @@ import (
 	"github.com/xdpfw/xdpfw/proto"
 )
 
-// The per-source sketch (ratelimit.h, README "Per-source limits under a
-// flood"): sources are counted in a sketch first and given a bucket only at
+// The per-source sketch (ratelimit.h; docs/dataplane.md, "Per-source limits
+// under a flood"): sources are counted in a sketch first and given a bucket only at
 // their limit. These tests drive the test clock through scenarios with a
 // known answer: what an exact token bucket per source (gcraRef) passes.
 
@@ -327,7 +327,7 @@ func TestRateLimitSketchBurstHonoured(t *testing.T) {
 // A limit with a burst of 1 lets an idle source send two packets back to
 // back (its first passes on the sketch, the second on a new bucket, which
 // only then learns of it), then the rate: the price of needing no bucket
-// for a source's first packet (README).
+// for a source's first packet (docs/dataplane.md).
 func TestRateLimitSketchBurstOfOne(t *testing.T) {
 	fw := openClockFirewall(t)
 	mustApply(t, fw.Firewall, mustDecode(t, limitRules("{pps: 10, burst: 1, per: source}")))

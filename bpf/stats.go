@@ -37,8 +37,8 @@ type RuleStats struct {
 	Sources SourceLimitStats `json:"sources,omitzero"`
 }
 
-// SourceLimitStats are a per-source limit's sketch counts (README: "Per-source
-// limits under a flood"). Of the packets the rule matched, BucketPackets
+// SourceLimitStats are a per-source limit's sketch counts (docs/dataplane.md,
+// "Per-source limits under a flood"). Of the packets the rule matched, BucketPackets
 // were of sources at their limit and took their bucket; the rest passed on
 // the sketch alone. BucketsCreated is how many sources were given a bucket.
 // Under a flood, BucketPackets near the rule's packets means the sketch is

@@ -17,7 +17,7 @@ import (
 )
 
 // The control plane's writes: each rule-set write and its audit record
-// in one transaction (DESIGN.md section 6: every write audited), so that
+// in one transaction (docs/architecture.md, "The control plane": every write audited), so that
 // there is never a version nobody is recorded as writing, nor a record of
 // a write that did not happen.
 

@@ -12,7 +12,7 @@ import (
 )
 
 // chunkTxnBytes bounds the chunks written in one transaction, so that
-// every request stays under 1 MiB (DESIGN.md section 2).
+// every request stays under 1 MiB (docs/architecture.md, "Chunks").
 const chunkTxnBytes = 768 << 10
 
 // encodeVersion validates a rule set and returns the JSON stored as its

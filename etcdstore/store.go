@@ -1,5 +1,5 @@
 // Package etcdstore is xdpfw's one way to etcd: every other package reads
-// and writes its documents (DESIGN.md section 2) through a Store, and only
+// and writes its documents (docs/architecture.md, "The etcd key layout") through a Store, and only
 // this package imports etcd's client. It holds:
 //
 //   - the documents: immutable, numbered rule-set versions with a head and
@@ -33,7 +33,7 @@ import (
 
 // MaxDocumentBytes is the largest document a write accepts. etcd refuses
 // requests over 1.5 MiB by default; 1 MiB leaves room for the rest of the
-// transaction (DESIGN.md section 2: every request stays under 1 MiB).
+// transaction (docs/architecture.md, "The etcd key layout": every request stays under 1 MiB).
 const MaxDocumentBytes = 1 << 20
 
 // maxPutAttempts bounds the retries of a PutRuleSet with ifMatch -1 that
@@ -55,8 +55,8 @@ var (
 	// ErrNotFound is wrapped by errors about a missing key.
 	ErrNotFound = errors.New("not found")
 	// ErrTooLarge is wrapped by errors about a document over
-	// MaxDocumentBytes. Large prefix sets will be stored as chunks
-	// (DESIGN.md section 2); until then they cannot be stored.
+	// MaxDocumentBytes even with its big sets as chunks
+	// (docs/architecture.md, "Chunks").
 	ErrTooLarge = errors.New("document too large")
 )
 

@@ -80,7 +80,7 @@ func TestPutRuleSetVersionsIncrement(t *testing.T) {
 	}
 	expectVersions(t, s, "web", []int64{1, 2, 3})
 
-	// The keys of DESIGN.md section 2, written in one transaction.
+	// The keys of docs/architecture.md, "The etcd key layout", written in one transaction.
 	resp, err := cli.Get(ctx, "/xdpfw-test/rulesets/web/head")
 	if err != nil {
 		t.Fatal(err)

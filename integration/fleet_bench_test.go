@@ -41,7 +41,7 @@ const benchPortA, benchPortB = 7001, 7002
 // last agent reporting it applied (its status revision), to the last host
 // passing a probe packet on the port the change opened, and, in the same
 // run, to the last of three plain watchers (one per host namespace) seeing
-// the write: no agent can be faster than its watch (DESIGN.md section 8).
+// the write: no agent can be faster than its watch (docs/benchmarks.md, "Propagation").
 func BenchmarkFleetPropagation(b *testing.B) {
 	const rounds = 100
 	f := newFleet(b, 3)
@@ -194,7 +194,7 @@ func BenchmarkFleetPropagation(b *testing.B) {
 	rp50, rp99 := report("raw-watch", rawLat)
 	b.ReportMetric(sp99/rp99, "status-p99/raw-p99")
 	b.Logf("3 agents, %d changes, from the write: last status p50 %.1f p99 %.1f ms; last probe passing p50 %.1f p99 %.1f ms "+
-		"(1 ms probe resolution); raw watch p50 %.1f p99 %.1f ms; DESIGN.md bound 1.5 x raw + 20 ms = %.1f ms; issue target p99 < 200 ms",
+		"(1 ms probe resolution); raw watch p50 %.1f p99 %.1f ms; bound 1.5 x raw + 20 ms = %.1f ms; issue target p99 < 200 ms",
 		rounds, sp50, sp99, pp50, pp99, rp50, rp99, 1.5*rp99+20)
 }
 

@@ -36,7 +36,7 @@ import (
 // no address; it reaches etcd and the agents through sockets it opens
 // inside the client or agent namespaces (host.do).
 
-// Fleet addresses (DESIGN.md section 9). The client has clientV4 and
+// Fleet addresses (docs/testing.md, "Test hosts and addresses"). The client has clientV4 and
 // clientV6 of the host pairs.
 var (
 	memberV4 = []netip.Prefix{

@@ -35,7 +35,7 @@ const onePrefixPort = 7001
 // would. For each change, from the start of the PUT: the last host's raw
 // watcher seeing its desired state name the new version (one plain watcher
 // per host, in its namespace, on the agent's key, in the same run: no
-// agent can be faster, DESIGN.md section 8); the last host's data plane
+// agent can be faster, docs/benchmarks.md, "Propagation"); the last host's data plane
 // enforcing it (UDP probes from the client every millisecond: the first
 // echo when the prefix went, the first unanswered probe after the last
 // answered one when it came); the last agent's status saying so. Each

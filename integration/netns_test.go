@@ -37,7 +37,7 @@ const (
 	ifaceName = "eth0"        // each host's end of the veth pair
 )
 
-// Host addresses (DESIGN.md section 9: 198.18.0.0/15 and 2001:db8::/32 only).
+// Host addresses (docs/testing.md, "Test hosts and addresses": 198.18.0.0/15 and 2001:db8::/32 only).
 var (
 	clientV4 = netip.MustParsePrefix("198.18.0.1/24")
 	clientV6 = netip.MustParsePrefix("2001:db8::1/64")

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// The control plane's documents (DESIGN.md section 6): the JSON of its
+// The control plane's documents (docs/architecture.md, "The control plane"): the JSON of its
 // REST API under /v1/ and of its etcd keys for rollouts, releases and the
 // audit trail. Shared by the API service, its rollout controller and
 // xdpfwctl.

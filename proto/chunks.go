@@ -11,7 +11,7 @@ import (
 	"strings"
 )
 
-// Big prefix sets are stored as immutable chunks (DESIGN.md section 2): a
+// Big prefix sets are stored as immutable chunks (docs/architecture.md, "Chunks"): a
 // rule-set version holds, in place of a set's prefixes, the hashes of the
 // chunks that list them, and each chunk is its own etcd key
 // (chunks/<sha256>). A change rewrites only the chunks it touches, and an

@@ -10,7 +10,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// designExample is the example of DESIGN.md section 3, verbatim.
+// designExample is the design's first example rule set, verbatim: every field
+// of docs/architecture.md, "Rule semantics", with its comments.
 const designExample = `apiVersion: xdpfw/v1
 kind: RuleSet
 name: edge

@@ -160,7 +160,7 @@ type StatusError struct {
 
 // HostTelemetry is the value of hosts/<host>/telemetry: counters summed
 // over CPUs, with rates over the last interval. It stays within the
-// budget of DESIGN.md section 2: per-action totals and the busiest rules.
+// budget of docs/architecture.md, "Telemetry": per-action totals and the busiest rules.
 type HostTelemetry struct {
 	APIVersion string    `json:"apiVersion"`
 	Kind       string    `json:"kind"`

@@ -9,7 +9,7 @@ import (
 // DefaultKeyPrefix is where xdpfw keeps its documents in etcd.
 const DefaultKeyPrefix = "/xdpfw/v1/"
 
-// Keys builds the etcd keys of DESIGN.md section 2 under one prefix:
+// Keys builds the etcd keys of docs/architecture.md, "The etcd key layout" under one prefix:
 //
 //	rulesets/<name>/versions/<n>   immutable RuleSet JSON
 //	rulesets/<name>/head           RuleSetHead: the latest version

@@ -59,7 +59,7 @@ const (
 	MaxFieldItemsInRule = 256
 )
 
-// RuleSet is one versioned rule document (DESIGN.md section 3).
+// RuleSet is one versioned rule document (docs/architecture.md, "Rule semantics").
 type RuleSet struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`

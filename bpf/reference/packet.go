@@ -1,6 +1,6 @@
 // Package reference is the plain, linear first-match classifier that the
 // compiled data plane is checked against: it reads rule sets as written and
-// walks them rule by rule, exactly as DESIGN.md section 3 describes. It is
+// walks them rule by rule, exactly as docs/architecture.md, "Rule semantics" describes. It is
 // slow on purpose and has no tables, so it can be trusted by reading it.
 package reference
 

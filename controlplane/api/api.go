@@ -1,5 +1,5 @@
-// Package api is the control plane's HTTP/JSON API (DESIGN.md section
-// 6): rule sets with versions, diffs and rollbacks, rollouts, hosts, fleet
+// Package api is the control plane's HTTP/JSON API (docs/architecture.md,
+// "The control plane"): rule sets with versions, diffs and rollbacks, rollouts, hosts, fleet
 // telemetry and the audit trail under /v1/, plus /metrics, /healthz and
 // /readyz.
 //

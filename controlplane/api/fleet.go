@@ -61,7 +61,7 @@ func (s *Server) getHost(w http.ResponseWriter, r *http.Request, _ auth.Identity
 // host= only that host's document (404 if it has none). perHost=1, or
 // host=, adds each host's own document.
 //
-// A host's document lists its busiest rules only (DESIGN.md section 2),
+// A host's document lists its busiest rules only (docs/architecture.md, "Telemetry"),
 // so the per-rule sums cover the rules that were busy somewhere.
 func (s *Server) telemetry(w http.ResponseWriter, r *http.Request, _ auth.Identity) error {
 	q := r.URL.Query()

@@ -6,7 +6,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Defaults of the defragmentation policy (DESIGN.md section 2). Compaction
+// Defaults of the defragmentation policy (docs/architecture.md, "Telemetry"). Compaction
 // frees pages inside the database file but never shrinks it; telemetry
 // rewrites every host's documents all day, so without defragmentation the
 // file grows towards the quota.

@@ -1,6 +1,6 @@
 // Package etcdserver runs one etcd member inside the process, over
 // go.etcd.io/etcd/server/v3/embed, with the defaults xdpfw wants: periodic
-// auto-compaction (DESIGN.md section 2, telemetry budget) and etcd's own
+// auto-compaction (docs/architecture.md, "Telemetry", telemetry budget) and etcd's own
 // logs kept at warn level so that they do not drown the host's logs.
 //
 // It is what `xdpfw-etcd` runs, what the control plane starts when it is

@@ -1,4 +1,4 @@
-// Package rollout runs xdpfw's fleet rollouts (DESIGN.md section 6) and
+// Package rollout runs xdpfw's fleet rollouts (docs/architecture.md, "The control plane") and
 // decides every host's desired state.
 //
 // The Manager is what the API calls: it creates rollouts, reads them and
@@ -113,7 +113,7 @@ func (m *Manager) Create(ctx context.Context, spec proto.RolloutSpec, by string,
 		}
 		if len(all) == 0 {
 			// A rollout that would reach no host is refused, not run to a
-			// success that did nothing (DESIGN.md section 6).
+			// success that did nothing (docs/architecture.md, "The control plane").
 			p, err := m.noHostProblem(ctx, rev, spec.RuleSet, head.Version, norm.Selector)
 			if err != nil {
 				return proto.Rollout{}, fmt.Errorf("create rollout of %s: %w", spec.RuleSet, err)

@@ -216,7 +216,7 @@ func TestControlRacesController(t *testing.T) {
 
 // TestCreateRefusesARolloutOfNoHost: a rollout whose selectors (the rule
 // set's and its own) match no live host is refused with a problem at
-// "selector" that says why, and writes nothing (DESIGN.md section 6).
+// "selector" that says why, and writes nothing (docs/architecture.md, "The control plane").
 func TestCreateRefusesARolloutOfNoHost(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t)

@@ -1,5 +1,5 @@
-// Command xdpfw-controlplane serves the control plane's API (DESIGN.md
-// section 6) and runs the rollout controller. Several replicas can share
+// Command xdpfw-controlplane serves the control plane's API (docs/architecture.md,
+// "The control plane") and runs the rollout controller. Several replicas can share
 // one etcd: each serves the API, and the one elected leader runs the
 // controller.
 //
