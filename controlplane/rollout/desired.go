@@ -55,6 +55,17 @@ type RolloutView struct {
 	// ControlRevision and StateRevision are the mod revisions of
 	// rollouts/<id>/control and rollouts/<id>/state.
 	ControlRevision, StateRevision int64
+	// parsed is the spec as parsed when it was read (nil: not parsed).
+	parsed *parsedSpec
+}
+
+// plan returns the rollout's parsed spec: parsed once when it was read,
+// or now for a view built by hand.
+func (ro *RolloutView) plan() (plan, error) {
+	if ro.parsed != nil && ro.parsed.err == nil {
+		return ro.parsed.plan, ro.parsed.planErr
+	}
+	return parsePlan(ro.Spec)
 }
 
 // active says whether a rollout state still decides anything.

@@ -32,6 +32,29 @@ const (
 // rolloutKVs are the keys of one rollout as etcd returned them.
 type rolloutKVs struct {
 	spec, control, state *etcdstore.KeyValue
+	// parsed is the spec decoded and parsed, when a reader holds it
+	// (the spec is immutable: the snapshot reader parses it once).
+	parsed *parsedSpec
+}
+
+// parsedSpec is a stored spec decoded (err: it does not decode) and its
+// plan parsed (planErr: it does not parse).
+type parsedSpec struct {
+	doc     specDoc
+	err     error
+	plan    plan
+	planErr error
+}
+
+// parseSpec decodes and parses a stored spec.
+func parseSpec(kv *etcdstore.KeyValue) *parsedSpec {
+	var ps parsedSpec
+	if err := json.Unmarshal(kv.Value, &ps.doc); err != nil {
+		ps.err = fmt.Errorf("decode %s: %w", kv.Key, err)
+		return &ps
+	}
+	ps.plan, ps.planErr = parsePlan(ps.doc.RolloutSpec)
+	return &ps
 }
 
 // parseRolloutKey splits rollouts/<id>/<leaf>.
@@ -89,14 +112,18 @@ func groupRollouts(keys proto.Keys, kvs []etcdstore.KeyValue) ([]string, map[str
 // "run"; a missing state is an empty one (the controller leaves it
 // alone).
 func decodeRollout(keys proto.Keys, id string, r *rolloutKVs) (RolloutView, specDoc, error) {
-	var doc specDoc
 	if r.spec == nil {
-		return RolloutView{}, doc, fmt.Errorf("rollout %s: no %s", id, keys.RolloutSpec(id))
+		return RolloutView{}, specDoc{}, fmt.Errorf("rollout %s: no %s", id, keys.RolloutSpec(id))
 	}
-	if err := json.Unmarshal(r.spec.Value, &doc); err != nil {
-		return RolloutView{}, doc, fmt.Errorf("decode %s: %w", r.spec.Key, err)
+	ps := r.parsed
+	if ps == nil {
+		ps = parseSpec(r.spec)
 	}
-	v := RolloutView{ID: id, Spec: doc.RolloutSpec, Control: proto.RolloutControl{Want: proto.RolloutWantRun}}
+	doc := ps.doc
+	if ps.err != nil {
+		return RolloutView{}, doc, ps.err
+	}
+	v := RolloutView{ID: id, Spec: doc.RolloutSpec, Control: proto.RolloutControl{Want: proto.RolloutWantRun}, parsed: ps}
 	if r.control != nil {
 		if err := json.Unmarshal(r.control.Value, &v.Control); err != nil {
 			return RolloutView{}, doc, fmt.Errorf("decode %s: %w", r.control.Key, err)

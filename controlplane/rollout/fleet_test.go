@@ -1171,3 +1171,52 @@ func TestFinishedRolloutsArePruned(t *testing.T) {
 		}
 	}
 }
+
+// A rollout's spec is immutable, so the snapshot reader parses it once and
+// later rounds reuse the plan; a spec changed by hand is parsed again.
+func TestSnapshotParsesASpecOnce(t *testing.T) {
+	e := newEnv(t)
+	e.putVersions("edge", nil, 1)
+	e.release("edge", 1)
+	ctx := testCtx(t)
+	e.startAgent("host00", edgeLabels)
+	waitFor(t, 10*time.Second, "host00's status", func() (bool, string) {
+		_, err := e.store.GetStatus(ctx, "host00")
+		return err == nil, fmt.Sprint(err)
+	})
+	ro := e.create(proto.RolloutSpec{RuleSet: "edge", Version: 1, Waves: []string{"1", "100%"}})
+	r := newSnapshotReader(e.store, zap.NewNop())
+	parsedOf := func() *parsedSpec {
+		t.Helper()
+		snap, err := r.read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range snap.Rollouts {
+			if v.ID == ro.ID {
+				return v.parsed
+			}
+		}
+		t.Fatalf("rollout %s not in the snapshot", ro.ID)
+		return nil
+	}
+	first := parsedOf()
+	if first == nil || first.err != nil || first.planErr != nil || len(first.plan.waves) != 2 {
+		t.Fatalf("first read: parsed %+v, want the spec's plan with 2 waves", first)
+	}
+	if again := parsedOf(); again != first {
+		t.Fatal("the second read parsed the unchanged spec again")
+	}
+	p, err := (&RolloutView{Spec: ro.Spec, parsed: first}).plan()
+	if err != nil || len(p.waves) != 2 {
+		t.Fatalf("plan of the parsed view: %+v, %v", p, err)
+	}
+
+	// Rewritten by hand (the API never does): parsed again, and refused.
+	if _, err := e.cli.Put(ctx, e.keys.RolloutSpec(ro.ID), `{"ruleset":"edge","version":1,"waves":["0%"]}`); err != nil {
+		t.Fatal(err)
+	}
+	if again := parsedOf(); again == first || again.planErr == nil {
+		t.Fatalf("after a hand-written spec: parsed %+v (same as before: %v), want parsed again and refused", again, again == first)
+	}
+}

@@ -65,6 +65,9 @@ func (r *snapshotReader) decode(kv etcdstore.KeyValue) cached {
 	switch {
 	case strings.HasPrefix(key, r.keys.Rollouts()):
 		c.raw = &kv
+		if _, leaf, _ := parseRolloutKey(r.keys, key); leaf == leafSpec {
+			c.value = parseSpec(&kv) // immutable: parsed once
+		}
 		return c
 	case strings.HasPrefix(key, r.keys.Hosts()):
 		_, leaf, _ := r.keys.ParseHostKey(key)
@@ -221,6 +224,9 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 	}
 	ids, byID := groupRollouts(r.keys, kvs)
 	for _, id := range ids {
+		if ps, ok := r.cache[r.keys.RolloutSpec(id)].value.(*parsedSpec); ok {
+			byID[id].parsed = ps
+		}
 		v, _, err := decodeRollout(r.keys, id, byID[id])
 		if err != nil {
 			r.log.Warn("rollout does not decode: ignored", zap.String("rollout", id), zap.Error(err))

@@ -30,7 +30,7 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 	if !active(st.State) {
 		return st, false
 	}
-	p, err := parsePlan(ro.Spec)
+	p, err := ro.plan()
 	if err != nil {
 		// Create accepted it, so someone wrote the key by hand.
 		if st.State != proto.RolloutHalted && st.State != proto.RolloutAborting {
