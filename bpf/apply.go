@@ -608,7 +608,7 @@ func place(c *Compiled, cur *genState, slots []uint32, changed *tableChanges) (*
 			if r.RateLimit.WithinLimit == proto.WithinNext {
 				fr.Flags |= uint8(firewallFwRuleFlagFW_RULE_LIMIT_NEXT)
 			}
-			fr.Limit = kernelLimit(r.Identity, r.RateLimit)
+			fr.Limit = r.limit
 		}
 		want.rules[i] = fr
 	}

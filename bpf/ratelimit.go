@@ -20,11 +20,16 @@ import (
 const ticksPerSecond = 16_000_000_000
 
 // kernelLimit turns a rule's rate limit into its fw_limit: the costs and
-// tolerances of GCRA in ticks, and the bucket identity.
-func kernelLimit(identity string, rl *proto.RateLimit) firewallFwLimit {
+// tolerances of GCRA in ticks, and the bucket identity. Compile calls it
+// once per rule; a scope that does not parse (validation refuses it first)
+// is an error.
+func kernelLimit(identity string, rl *proto.RateLimit) (firewallFwLimit, error) {
 	var l firewallFwLimit
-	if scope, err := proto.ParseLimitScope(rl.Per); err == nil && scope.PerSource {
-		// Validation refused a bad scope before compile.
+	scope, err := proto.ParseLimitScope(rl.Per)
+	if err != nil {
+		return l, fmt.Errorf("rate limit: per %q: %w", rl.Per, err)
+	}
+	if scope.PerSource {
 		l.Per = uint8(firewallFwLimitPerFW_PER_SOURCE)
 		l.Prefix4, l.Prefix6 = uint8(scope.Bits4), uint8(scope.Bits6)
 	}
@@ -43,15 +48,14 @@ func kernelLimit(identity string, rl *proto.RateLimit) firewallFwLimit {
 			l.ByteTol = math.MaxInt64
 		}
 	}
-	l.Id = limitID(identity, rl)
-	return l
+	l.Id = limitID(identity, rl, scope)
+	return l, nil
 }
 
 // limitID identifies a rule's buckets: the same rule with the same limit
 // keeps them across swaps (and agent restarts), a changed limit gets new,
 // full ones. WithinLimit is left out: it does not change what is counted.
-func limitID(identity string, rl *proto.RateLimit) uint64 {
-	scope, _ := proto.ParseLimitScope(rl.Per)
+func limitID(identity string, rl *proto.RateLimit, scope proto.LimitScope) uint64 {
 	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00pps=%d bps=%d burst=%d burstBytes=%d scope=%+v",
 		identity, rl.PPS, rl.BPS, rl.EffectiveBurst(), rl.EffectiveBurstBytes(), scope))
 	return binary.LittleEndian.Uint64(h[:8])

@@ -26,7 +26,10 @@ import (
 type gcraRef struct{ tat, cost, tol uint64 }
 
 func newGCRARef(pps, burst uint64) *gcraRef {
-	l := kernelLimit("ref", &proto.RateLimit{PPS: pps, Burst: burst})
+	l, err := kernelLimit("ref", &proto.RateLimit{PPS: pps, Burst: burst})
+	if err != nil {
+		panic(err) // a rule-wide limit always has a scope
+	}
 	return &gcraRef{cost: l.PktCost, tol: l.PktTol}
 }
 

@@ -2,10 +2,12 @@ package bpf
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/xdpfw/xdpfw/bpf/internal/packet"
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // clockFirewall is a firewall whose program reads the test's clock.
@@ -280,5 +282,36 @@ rules:
 	}
 	if _, limited := ruleCounters(t, fw.Firewall, "dns-limit"); limited != 2 {
 		t.Fatalf("staged/dns-limit limited = %d, want 2", limited)
+	}
+}
+
+// The kernel value of a limit is computed once, by Compile: the scope is
+// parsed there (a bad one is an error, not a rule-wide limit) and apply
+// writes what Compile computed.
+func TestKernelLimitAtCompile(t *testing.T) {
+	if _, err := kernelLimit("edge/r", &proto.RateLimit{PPS: 10, Per: "source/200"}); err == nil {
+		t.Fatal("kernelLimit accepted per source/200")
+	}
+	l, err := kernelLimit("edge/r", &proto.RateLimit{PPS: 10, Per: "source/24"})
+	if err != nil || l.Per != uint8(firewallFwLimitPerFW_PER_SOURCE) || l.Prefix4 != 24 {
+		t.Fatalf("per source/24: %+v, %v", l, err)
+	}
+	whole, err := kernelLimit("edge/r", &proto.RateLimit{PPS: 10})
+	if err != nil || whole.Per == l.Per || whole.Id == l.Id {
+		t.Fatalf("rule-wide limit %+v (%v) against per-source %+v: want a different scope and identity", whole, err, l)
+	}
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Rules: []proto.Rule{{ID: "r", Action: proto.ActionRateLimit, Protocol: proto.ProtoUDP,
+			RateLimit: &proto.RateLimit{PPS: 10, Per: "source/24"}}}}
+	c, err := Compile([]proto.RuleSet{rs}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rules[0].limit != l {
+		t.Fatalf("compiled limit %+v, want %+v", c.Rules[0].limit, l)
+	}
+	rs.Rules[0].RateLimit.Per = "source/200"
+	if _, err := Compile([]proto.RuleSet{rs}, ""); err == nil || !strings.Contains(err.Error(), "source/200") {
+		t.Fatalf("Compile of a bad scope: %v, want an error naming it", err)
 	}
 }

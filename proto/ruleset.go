@@ -3,6 +3,14 @@
 // layout. It imports neither etcd nor BPF code.
 package proto
 
+// ImplicitDropRuleID is the rule id of the "drop the rest" that ends every
+// allow-mode rule set (its counters and telemetry go by it).
+const ImplicitDropRuleID = "(implicit-drop)"
+
+// RuleIdentity names a rule across rule sets, "ruleset/rule-id": its
+// counters, telemetry and drop samples go by it.
+func RuleIdentity(ruleSet, ruleID string) string { return ruleSet + "/" + ruleID }
+
 // APIVersion and KindRuleSet identify a v1 rule document.
 const (
 	APIVersion  = "xdpfw/v1"

@@ -10,10 +10,10 @@ import (
 
 // ImplicitDropID is the rule id of the "drop the rest" that ends every
 // allow-mode rule set.
-const ImplicitDropID = "(implicit-drop)"
+const ImplicitDropID = proto.ImplicitDropRuleID
 
 // Identity names a rule across rule sets: "ruleset/rule-id".
-func Identity(ruleSet, ruleID string) string { return ruleSet + "/" + ruleID }
+func Identity(ruleSet, ruleID string) string { return proto.RuleIdentity(ruleSet, ruleID) }
 
 // Result is what the rule sets decide about one packet.
 type Result struct {
