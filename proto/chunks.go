@@ -147,11 +147,19 @@ func (rs *RuleSet) ResolveChunks(get func(hash string) ([]string, error)) error 
 		if len(set.Chunks) == 0 {
 			continue
 		}
+		if set.Count < 0 || set.Count > MaxPrefixesPerSet {
+			return fmt.Errorf("set %s: count %d, limit is %d", name, set.Count, MaxPrefixesPerSet)
+		}
 		prefixes := make([]string, 0, set.Count)
 		for _, h := range set.Chunks {
 			p, err := get(h)
 			if err != nil {
 				return fmt.Errorf("set %s: %w", name, err)
+			}
+			// Stop at the count: chunks that hold more (a chunk named
+			// again and again) are refused without growing past it.
+			if len(prefixes)+len(p) > set.Count {
+				return fmt.Errorf("set %s: its chunks hold more than the %d prefixes the document says", name, set.Count)
 			}
 			prefixes = append(prefixes, p...)
 		}

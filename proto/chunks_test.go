@@ -3,6 +3,7 @@ package proto
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -161,6 +162,21 @@ func TestValidateAllowChunks(t *testing.T) {
 			rs.Sets["big"] = s
 		},
 		"a bad rule": func(rs *RuleSet) { rs.Rules[0].Src = []string{"set:nope"} },
+		"a chunk named twice": func(rs *RuleSet) {
+			s := rs.Sets["big"]
+			s.Chunks = append(slices.Clone(s.Chunks), s.Chunks[0])
+			rs.Sets["big"] = s
+		},
+		"more chunks than prefixes": func(rs *RuleSet) {
+			s := rs.Sets["big"]
+			s.Count = len(s.Chunks) - 1
+			rs.Sets["big"] = s
+		},
+		"the largest count": func(rs *RuleSet) {
+			s := rs.Sets["big"]
+			s.Count = math.MaxInt64
+			rs.Sets["big"] = s
+		},
 	} {
 		bad := stored
 		bad.Sets = map[string]PrefixSet{"big": stored.Sets["big"]}
@@ -168,6 +184,31 @@ func TestValidateAllowChunks(t *testing.T) {
 		mutate(&bad)
 		if err := bad.ValidateWith(ValidateOptions{AllowChunks: true}); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// ResolveChunks stops at the document's count: chunks that hold more (one
+// chunk named again and again) are refused without growing past it, and a
+// count over the limit is refused before anything is allocated for it.
+func TestResolveChunksStopsAtTheCount(t *testing.T) {
+	chunk := make([]string, 1000)
+	for i := range chunk {
+		chunk[i] = fmt.Sprintf("198.18.%d.%d/32", i/256, i%256)
+	}
+	grown := 0
+	for name, set := range map[string]PrefixSet{
+		"one chunk 20,000 times": {Chunks: slices.Repeat([]string{"h"}, 20000), Count: 5000},
+		"the largest count":      {Chunks: []string{"h"}, Count: math.MaxInt64},
+	} {
+		grown = 0
+		rs := RuleSet{Sets: map[string]PrefixSet{"big": set}}
+		err := rs.ResolveChunks(func(string) ([]string, error) { grown++; return chunk, nil })
+		if err == nil {
+			t.Errorf("%s: resolved", name)
+		}
+		if grown > 6 {
+			t.Errorf("%s: read %d chunks before refusing, want at most the count's worth", name, grown)
 		}
 	}
 }

@@ -181,6 +181,20 @@ func (v *validator) sets() {
 				v.add(path, "has both chunks and prefixes")
 			}
 			n = set.Count
+			// A chunk holds at least one prefix, and no two chunks of a
+			// set the same ones: a hostile list (one chunk named
+			// thousands of times) is refused before anything resolves it.
+			if len(set.Chunks) > set.Count {
+				v.add(path, "%d chunks for %d prefixes (a chunk holds at least one)", len(set.Chunks), set.Count)
+			}
+			seen := make(map[string]bool, len(set.Chunks))
+			for i, h := range set.Chunks {
+				if seen[h] {
+					v.add(fmt.Sprintf("%s.chunks[%d]", path, i), "chunk %s named twice", shortHash(h))
+					break
+				}
+				seen[h] = true
+			}
 		}
 		if n > MaxPrefixesPerSet {
 			v.add(path, "%d prefixes, limit is %d", n, MaxPrefixesPerSet)
