@@ -136,3 +136,38 @@ func TestAgentRefusesHostileDocuments(t *testing.T) {
 	f.desire(proto.RuleSetRef{Name: "edge", Version: 9})
 	f.waitStatus("edge@9 applied", applied(proto.RuleSetRef{Name: "edge", Version: 9}))
 }
+
+// A chunk damaged in etcd refuses the version that names it; once it is
+// repaired (the next write that names it rewrites it), the agent picks it
+// up by itself, although chunks/ is not watched, without a restart.
+func TestAgentPicksUpARepairedChunk(t *testing.T) {
+	f := newFixture(t)
+	f.putRuleSet("edge", 1, 22)
+	f.desire(proto.RuleSetRef{Name: "edge", Version: 1})
+	f.start()
+	f.waitStatus("edge@1 applied", applied(proto.RuleSetRef{Name: "edge", Version: 1}))
+
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "edge", Mode: proto.ModeDeny,
+		Sets:  map[string]proto.PrefixSet{"big": {Prefixes: prefixes4(proto.ChunkThreshold+1, 0)}},
+		Rules: []proto.Rule{{ID: "ssh", Action: proto.ActionDrop, Src: []string{"set:big"}}}}
+	stored, chunks, err := rs.ChunkSets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := chunks[0]
+	for _, c := range chunks {
+		f.put(f.keys.Chunk(c.Hash), string(c.Data))
+	}
+	f.put(f.keys.Chunk(damaged.Hash), "xdpfw-chunk v1\n198.18.0.0/15\n")
+	doc, _ := json.Marshal(stored)
+	f.put(f.keys.RuleSetVersion("edge", 2), string(doc))
+	rev := f.desire(proto.RuleSetRef{Name: "edge", Version: 2})
+	got := f.waitStatus("edge@2 refused", func(st proto.HostStatus) bool { return st.Revision >= rev && st.LastError != nil })
+	if !strings.Contains(got.LastError.Message, f.keys.Chunk(damaged.Hash)) || got.Applied[0].Version != 1 {
+		t.Fatalf("status %+v, error %+v; want edge@1 kept and the damaged chunk named", got.Applied, got.LastError)
+	}
+
+	// Repaired: no event the agent watches changes.
+	f.put(f.keys.Chunk(damaged.Hash), string(damaged.Data))
+	f.waitStatus("edge@2 applied after the repair", applied(proto.RuleSetRef{Name: "edge", Version: 2}))
+}

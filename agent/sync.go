@@ -40,6 +40,14 @@ type syncCache struct {
 	// unreferenced); its Err says why a chunk the docs name is not there
 	// (from the last fetch).
 	chunks *etcdstore.ChunkCache
+	// chunksWanted is set when a chunk the docs name is missing or was
+	// refused: chunks/ is not watched, so the sync loop reads them again
+	// every retry tick until they are there (a repaired chunk is picked
+	// up without a restart).
+	chunksWanted bool
+	// refused is the chunks the last fetch refused, so that one refused
+	// again at every retry is logged once.
+	refused map[string]bool
 	// refs are the references of the desired state (nil if it is bad).
 	refs []proto.RuleSetRef
 
@@ -185,7 +193,7 @@ func (a *Agent) resync(ctx context.Context) error {
 	if err := a.fetchReferenced(rctx, rev); err != nil {
 		return err
 	}
-	if err := a.fetchChunks(rctx); err != nil {
+	if _, err := a.fetchChunks(rctx); err != nil {
 		return err
 	}
 	a.reconcile()
@@ -197,7 +205,7 @@ func (a *Agent) resync(ctx context.Context) error {
 // documents are then validated without their chunked prefixes), and drops
 // the ones no document names any more. A chunk missing from etcd or bad is
 // left out: reconcile then refuses the document that needs it.
-func (a *Agent) fetchChunks(ctx context.Context) error {
+func (a *Agent) fetchChunks(ctx context.Context) (read int, err error) {
 	c := &a.cache
 	if c.chunks == nil {
 		c.chunks = a.etcd.NewChunkCache()
@@ -211,13 +219,45 @@ func (a *Agent) fetchChunks(ctx context.Context) error {
 	c.timing.fetch += f.Fetch
 	c.timing.decode += f.Decode
 	if err != nil {
-		return err
+		return 0, err
+	}
+	c.chunksWanted = false
+	for _, h := range need {
+		if _, ok := c.chunks.Prefixes(h); !ok {
+			c.chunksWanted = true
+			break
+		}
 	}
 	for h, err := range f.Bad {
-		a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
+		if !c.refused[h] {
+			a.log.Error("bad chunk", zap.String("key", a.keys.Chunk(h)), zap.Error(err))
+		}
 	}
-	if f.Read > 0 || len(f.Bad) > 0 {
+	c.refused = make(map[string]bool, len(f.Bad))
+	for h := range f.Bad {
+		c.refused[h] = true
+	}
+	if f.Read > 0 {
 		a.log.Info("fetched chunks", zap.Int("fetched", f.Read), zap.Int("refused", len(f.Bad)), zap.Int("cached", c.chunks.Len()))
+	}
+	return f.Read, nil
+}
+
+// fetchWantedChunks reads again the chunks the docs name that were missing
+// or refused, and applies again if one has arrived or been repaired.
+func (a *Agent) fetchWantedChunks(ctx context.Context) error {
+	c := &a.cache
+	c.timing.begin()
+	fctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	read, err := a.fetchChunks(fctx)
+	if err != nil {
+		return err
+	}
+	if read > 0 {
+		a.log.Info("a chunk that was missing or refused is here: applying again", zap.Int("fetched", read))
+		c.input = "" // the documents are the same; what they resolve to is not
+		a.reconcile()
 	}
 	return nil
 }
@@ -343,6 +383,12 @@ func (a *Agent) watch(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-retry.C:
+			if a.cache.chunksWanted {
+				if err := a.fetchWantedChunks(wctx); err != nil {
+					return err
+				}
+				continue
+			}
 			if a.cache.retry {
 				a.cache.input = "" // force a new attempt
 				a.cache.timing.begin()
@@ -408,7 +454,7 @@ func (a *Agent) applyEvents(ctx context.Context, b etcdstore.WatchBatch) error {
 			return err
 		}
 	}
-	if err := a.fetchChunks(fctx); err != nil {
+	if _, err := a.fetchChunks(fctx); err != nil {
 		return err
 	}
 	a.reconcile()

@@ -1,6 +1,7 @@
 package etcdstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -44,8 +45,11 @@ func (s *Store) encodeVersion(ctx context.Context, rs proto.RuleSet) ([]byte, er
 	return doc, nil
 }
 
-// putChunks writes the chunks etcd lacks, in transactions under
-// chunkTxnBytes.
+// putChunks writes the chunks etcd lacks or holds corrupt (bytes other
+// than the chunk's: a chunk's key is its content's hash, so any other value
+// is damage), in transactions under chunkTxnBytes. Reading the values back
+// costs the set's size once per write; it is what lets a write repair what
+// it names.
 func (s *Store) putChunks(ctx context.Context, chunks []proto.Chunk) error {
 	for len(chunks) > 0 {
 		var puts []clientv3.Op
@@ -55,17 +59,17 @@ func (s *Store) putChunks(ctx context.Context, chunks []proto.Chunk) error {
 			size += len(chunks[n].Data)
 			n++
 		}
-		// Which are missing? One read of the batch's keys.
+		// Which are missing or damaged? One read of the batch.
 		gets := make([]clientv3.Op, n)
 		for i := range n {
-			gets[i] = clientv3.OpGet(s.keys.Chunk(chunks[i].Hash), clientv3.WithKeysOnly())
+			gets[i] = clientv3.OpGet(s.keys.Chunk(chunks[i].Hash))
 		}
 		resp, err := s.cli.Txn(ctx).Then(gets...).Commit()
 		if err != nil {
 			return fmt.Errorf("read chunks: %w", err)
 		}
 		for i := range n {
-			if len(resp.Responses[i].GetResponseRange().Kvs) > 0 {
+			if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 && bytes.Equal(kvs[0].Value, chunks[i].Data) {
 				continue
 			}
 			puts = append(puts, clientv3.OpPut(s.keys.Chunk(chunks[i].Hash), string(chunks[i].Data)))

@@ -348,3 +348,47 @@ func TestListKeysAndGetManyAt(t *testing.T) {
 		t.Fatalf("GetManyAt: %d values, %v; want %d", seen, err, n-1)
 	}
 }
+
+// A chunk damaged in etcd is rewritten by the next write that names it;
+// the chunks that are intact are not written again.
+func TestWriteRepairsADamagedChunk(t *testing.T) {
+	s, cli := newStore(t)
+	ctx := testCtx(t)
+	big := ruleSet("web", 1)
+	var prefixes []string
+	for i := range proto.ChunkThreshold + 1 {
+		prefixes = append(prefixes, fmt.Sprintf("10.%d.%d.0/24", i/256%256, i%256))
+	}
+	big.Sets["bad"] = proto.PrefixSet{Prefixes: prefixes}
+	mustPut(t, s, big, 0)
+	_, chunks, err := big.ChunkSets()
+	if err != nil || len(chunks) < 2 {
+		t.Fatalf("%d chunks, %v", len(chunks), err)
+	}
+
+	damaged, intact := s.keys.Chunk(chunks[0].Hash), s.keys.Chunk(chunks[1].Hash)
+	if _, err := cli.Put(ctx, damaged, "xdpfw-chunk v1\n198.18.0.0/15\n"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := cli.Get(ctx, intact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.GetRuleSet(ctx, "web", 1); err == nil {
+		t.Fatal("a version with a damaged chunk read back without an error")
+	}
+
+	big.Rules[0].DstPorts = []proto.PortSpec{"8080"} // a new version, same set
+	mustPut(t, s, big, 1)
+	got, err := cli.Get(ctx, damaged)
+	if err != nil || string(got.Kvs[0].Value) != string(chunks[0].Data) {
+		t.Fatalf("damaged chunk after a write that names it: %q, %v; want its content", got.Kvs[0].Value, err)
+	}
+	after, err := cli.Get(ctx, intact)
+	if err != nil || after.Kvs[0].ModRevision != before.Kvs[0].ModRevision {
+		t.Fatalf("an intact chunk was written again (mod revision %d, was %d)", after.Kvs[0].ModRevision, before.Kvs[0].ModRevision)
+	}
+	if _, _, err := s.GetRuleSet(ctx, "web", 1); err != nil {
+		t.Fatalf("version 1 after the repair: %v", err)
+	}
+}

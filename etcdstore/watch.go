@@ -78,6 +78,30 @@ func (s *Store) WatchHostInputs(ctx context.Context, host string, from int64) <-
 func merge(ctx context.Context, sources []clientv3.WatchChan, from int64) <-chan WatchBatch {
 	out := make(chan WatchBatch)
 	ctx, cancel := context.WithCancel(ctx)
+	// send delivers one batch; after the first error nothing more is
+	// sent, though several sources fail together (a compacted revision
+	// fails them all). The lock is held across the send so that no batch
+	// follows the error.
+	var mu sync.Mutex
+	failed := false
+	send := func(b WatchBatch) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if failed {
+			return false
+		}
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return false
+		}
+		if b.Err != nil {
+			failed = true
+			cancel() // one failed source ends the stream
+			return false
+		}
+		return true
+	}
 	var wg sync.WaitGroup
 	for _, src := range sources {
 		wg.Add(1)
@@ -100,13 +124,7 @@ func merge(ctx context.Context, sources []clientv3.WatchChan, from int64) <-chan
 				default:
 					b = toBatch(resp)
 				}
-				select {
-				case out <- b:
-				case <-ctx.Done():
-					return
-				}
-				if b.Err != nil {
-					cancel() // one failed source ends the stream
+				if !send(b) {
 					return
 				}
 			}
