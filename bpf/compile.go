@@ -730,4 +730,3 @@ func compileBytes(in *interner, fields []ruleFields, slots, none int, match func
 	}
 	return out
 }
-
