@@ -57,6 +57,11 @@ func Allows(role, need string) bool {
 	return ok && have >= rank[need]
 }
 
+// MinTokenLength is the shortest token a tokens file may hold: 128 bits
+// written in base64 take 22 characters. (A token given as its sha256
+// cannot be checked: the one who hashed it vouches for it.)
+const MinTokenLength = 22
+
 // Tokens is a parsed tokens file. It is immutable and safe for
 // concurrent use.
 type Tokens struct {
@@ -127,6 +132,10 @@ func Parse(data []byte) (*Tokens, error) {
 		case fe.Token != "":
 			if strings.TrimSpace(fe.Token) != fe.Token {
 				bad(i, name, "the token starts or ends with white space, which a bearer header cannot carry")
+				continue
+			}
+			if len(fe.Token) < MinTokenLength {
+				bad(i, name, "the token is %d characters, under %d: a token must carry at least 128 random bits (head -c 24 /dev/urandom | base64)", len(fe.Token), MinTokenLength)
 				continue
 			}
 			digest = sha256.Sum256([]byte(fe.Token))

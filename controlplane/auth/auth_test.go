@@ -61,11 +61,11 @@ func TestParseAndAuthenticate(t *testing.T) {
 }
 
 func TestParseJSON(t *testing.T) {
-	toks, err := Parse([]byte(`{"tokens": [{"name": "a", "role": "viewer", "token": "t1"}]}`))
+	toks, err := Parse([]byte(`{"tokens": [{"name": "a", "role": "viewer", "token": "t1-0123456789abcdefghijkl"}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, ok := toks.Authenticate("t1"); !ok || id.Name != "a" {
+	if id, ok := toks.Authenticate("t1-0123456789abcdefghijkl"); !ok || id.Name != "a" {
 		t.Fatalf("Authenticate = %+v %v", id, ok)
 	}
 }
@@ -85,9 +85,9 @@ func TestParseRefuses(t *testing.T) {
 		{"missing role", "tokens: [{name: a, token: x}]", []string{`unknown role ""`}},
 		{"duplicate name", "tokens: [{name: a, role: admin, token: t1}, {name: a, role: viewer, token: t2}]",
 			[]string{"tokens[1] (a): duplicate name, also tokens[0]"}},
-		{"duplicate token", "tokens: [{name: a, role: admin, token: same}, {name: b, role: viewer, token: same}]",
+		{"duplicate token", "tokens: [{name: a, role: admin, token: same-0123456789abcdefghijkl}, {name: b, role: viewer, token: same-0123456789abcdefghijkl}]",
 			[]string{"tokens[1] (b): the same token as tokens[0]"}},
-		{"duplicate token as a hash", "tokens: [{name: a, role: admin, token: same}, {name: b, role: viewer, sha256: " + hash("same") + "}]",
+		{"duplicate token as a hash", "tokens: [{name: a, role: admin, token: same-0123456789abcdefghijkl}, {name: b, role: viewer, sha256: " + hash("same-0123456789abcdefghijkl") + "}]",
 			[]string{"tokens[1] (b): the same token as tokens[0]"}},
 		{"duplicate hash in other case", "tokens: [{name: a, role: admin, sha256: " + hash("x") + "}, {name: b, role: viewer, sha256: " + strings.ToUpper(hash("x")) + "}]",
 			[]string{"tokens[1] (b): the same token as tokens[0]"}},
@@ -97,6 +97,7 @@ func TestParseRefuses(t *testing.T) {
 		{"short hash", "tokens: [{name: a, role: admin, sha256: abcd}]", []string{"sha256 must be 64 hex digits"}},
 		{"bad hex", "tokens: [{name: a, role: admin, sha256: " + strings.Repeat("zz", 32) + "}]", []string{"sha256 must be 64 hex digits"}},
 		{"white space", "tokens: [{name: a, role: admin, token: ' x'}]", []string{"white space"}},
+		{"under 128 bits", "tokens: [{name: a, role: admin, token: s3cret-of-21-chars-xx}]", []string{"tokens[0] (a): the token is 21 characters, under 22"}},
 		{"every problem", "tokens: [{name: a, role: root, token: x}, {name: a, role: admin}]",
 			[]string{`tokens[0] (a): unknown role "root"`, "tokens[1] (a): duplicate name", "tokens[1] (a): no token"}},
 	}
@@ -142,30 +143,30 @@ func TestFileReload(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("tokens: [{name: a, role: admin, token: one}]")
+	write("tokens: [{name: a, role: admin, token: one-0123456789abcdefghijkl}]")
 	f, err := Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.Authenticate("one"); !ok {
+	if _, ok := f.Authenticate("one-0123456789abcdefghijkl"); !ok {
 		t.Fatal("token one refused")
 	}
-	write("tokens: [{name: a, role: viewer, token: two}]")
+	write("tokens: [{name: a, role: viewer, token: two-0123456789abcdefghijkl}]")
 	if err := f.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.Authenticate("one"); ok {
+	if _, ok := f.Authenticate("one-0123456789abcdefghijkl"); ok {
 		t.Fatal("token one still accepted after the reload")
 	}
-	if id, ok := f.Authenticate("two"); !ok || id.Role != proto.RoleViewer {
+	if id, ok := f.Authenticate("two-0123456789abcdefghijkl"); !ok || id.Role != proto.RoleViewer {
 		t.Fatalf("token two: %+v %v", id, ok)
 	}
 	// A bad file keeps the tokens in use.
-	write("tokens: [{name: a, role: wizard, token: three}]")
+	write("tokens: [{name: a, role: wizard, token: three-0123456789abcdefghijkl}]")
 	if err := f.Reload(); err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "wizard") {
 		t.Fatalf("Reload of a bad file: %v, want an error naming the file and the role", err)
 	}
-	if _, ok := f.Authenticate("two"); !ok {
+	if _, ok := f.Authenticate("two-0123456789abcdefghijkl"); !ok {
 		t.Fatal("a failed reload dropped the tokens in use")
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "missing.yaml") {

@@ -54,7 +54,9 @@ func (f *apiFlags) register(fs *flag.FlagSet, outputs string) {
 		server = defaultServer
 	}
 	fs.StringVar(&f.server, "server", server, "control-plane API URL (default from $"+EnvServer+")")
-	fs.StringVar(&f.token, "token", os.Getenv(EnvToken), "bearer token (default from $"+EnvToken+")")
+	// The default is read after parsing (client): a flag's default is
+	// printed in the usage text, and a token must never be.
+	fs.StringVar(&f.token, "token", "", "bearer token (default from $"+EnvToken+")")
 	fs.StringVar(&f.cacert, "cacert", "", "CA certificate that signed the API's (HTTPS)")
 	fs.StringVar(&f.cert, "cert", "", "client certificate, when the API requires one (mTLS)")
 	fs.StringVar(&f.key, "key", "", "client key of --cert")
@@ -106,8 +108,12 @@ func (f *apiFlags) client(ctx context.Context) (*apiClient, error) {
 		}
 		tlsCfg.Certificates = []tls.Certificate{pair}
 	}
+	token := f.token
+	if token == "" {
+		token = os.Getenv(EnvToken)
+	}
 	return &apiClient{
-		base: base, token: f.token, ctx: ctx,
+		base: base, token: token, ctx: ctx,
 		http: &http.Client{Timeout: f.timeout, Transport: &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}},
 	}, nil
 }

@@ -296,3 +296,20 @@ func TestTopRefreshes(t *testing.T) {
 	}
 	fmt.Fprint(io.Discard, out)
 }
+
+// A token from the environment never shows in any output: not in the
+// usage text a bad flag prints, nor in an error.
+func TestTokenNeverPrinted(t *testing.T) {
+	const secret = "env-token-never-printed-0123456789"
+	t.Setenv(EnvToken, secret)
+	for _, args := range [][]string{
+		{"get", "hosts", "--bogus"},
+		{"get", "hosts", "--help"},
+		{"get", "hosts", "--server", "http://127.0.0.1:1", "--timeout", "200ms"},
+	} {
+		_, stdout, stderr := runCtl(t, args...)
+		if strings.Contains(stdout+stderr, secret) {
+			t.Errorf("xdpfwctl %s printed the token:\n%s%s", strings.Join(args, " "), stdout, stderr)
+		}
+	}
+}
