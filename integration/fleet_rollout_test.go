@@ -23,8 +23,8 @@ import (
 
 const (
 	cpPort      = 8080
-	cpToken     = "it-operator"
-	cpAdmin     = "it-admin"
+	cpToken     = "it-operator-token-0123456789"
+	cpAdmin     = "it-admin-token-0123456789"
 	cpReadyLine = "xdpfw-controlplane: ready"
 )
 
@@ -56,7 +56,7 @@ func (f *fleet) startControlPlanes(t testing.TB, n int) []*controlPlane {
 		c := &controlPlane{f: f, name: fmt.Sprintf("cp%d", i+1), addr: memberV4[i].Addr()}
 		c.logPath = f.logFile("controlplane-" + c.name)
 		args := []string{
-			"--name", c.name, "--listen", netip.AddrPortFrom(c.addr, cpPort).String(),
+			"--name", c.name, "--listen", netip.AddrPortFrom(c.addr, cpPort).String(), "--insecure-http",
 			"--tokens-file", tokens, "--etcd-endpoints", f.endpoints(),
 			"--rollout-interval", "200ms", "--log-level", "info",
 		}

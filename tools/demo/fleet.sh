@@ -20,7 +20,7 @@ PIN_ROOT=/sys/fs/bpf/xdpfw-demo
 CP_V4=198.18.0.10
 declare -A V4=([$CP]=198.18.0.10 [$CLIENT]=198.18.0.1 [$ATTACKER]=198.18.0.66 [$P-web-1]=198.18.0.21 [$P-web-2]=198.18.0.22)
 declare -A V6=([$CP]=2001:db8::10 [$CLIENT]=2001:db8::1 [$ATTACKER]=2001:db8::66 [$P-web-1]=2001:db8::21 [$P-web-2]=2001:db8::22)
-TOKEN=demo-operator-token
+TOKEN=demo-operator-token-0123456789
 unexpected=0
 pids=()
 
@@ -111,7 +111,7 @@ cat >"$tmp/tokens.yaml" <<TOKENS
 tokens:
   - {name: demo-operator, role: operator, token: $TOKEN}
 TOKENS
-nsenter --net="/run/netns/$CP" "$BIN/xdpfw-controlplane" --name cp-1 --listen "$CP_V4:8080" \
+nsenter --net="/run/netns/$CP" "$BIN/xdpfw-controlplane" --name cp-1 --listen "$CP_V4:8080" --insecure-http \
 	--tokens-file "$tmp/tokens.yaml" --data-dir "$tmp/etcd" \
 	--etcd-listen-client "http://$CP_V4:2379" --etcd-listen-peer "http://127.0.0.1:2380" \
 	--rollout-interval 250ms --log-level warn >"$tmp/cp.out" 2>"$tmp/cp.log" &

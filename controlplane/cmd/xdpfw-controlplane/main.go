@@ -27,6 +27,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -81,6 +82,7 @@ type options struct {
 	level                         zapcore.Level
 	etcdTimeout, rolloutInterval  time.Duration
 	rolloutRetention              time.Duration
+	insecureHTTP                  bool
 }
 
 // parseFlags returns the options, or an exit code and nothing when the
@@ -94,6 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.tokensFile, "tokens-file", "", "YAML file of bearer tokens and their roles (required; SIGHUP reads it again)")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "certificate of the API (HTTPS; with --tls-key)")
 	fs.StringVar(&o.tlsKey, "tls-key", "", "key of --tls-cert")
+	fs.BoolVar(&o.insecureHTTP, "insecure-http", false, "serve plain HTTP on an address that is not loopback: bearer tokens then cross the network in clear (use --tls-cert instead)")
 	fs.StringVar(&o.clientCA, "client-ca", "", "CA certificates that sign client certificates: every client must present one (mTLS; needs --tls-cert)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints (empty: run an embedded etcd member in --data-dir)")
 	fs.StringVar(&o.etcdCert, "etcd-cert", "", "client certificate for etcd (mTLS)")
@@ -129,6 +132,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	}
 	if o.clientCA != "" && o.tlsCert == "" {
 		return usage("--client-ca needs --tls-cert and --tls-key: client certificates are checked over TLS")
+	}
+	if o.tlsCert == "" && !o.insecureHTTP && !loopback(o.listen) {
+		return usage("--listen %s is not a loopback address: plain HTTP there sends every bearer token in clear; give --tls-cert and --tls-key, or --insecure-http to accept that", o.listen)
 	}
 	for _, e := range strings.Split(*endpoints, ",") {
 		if e = strings.TrimSpace(e); e != "" {
@@ -271,6 +277,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 	go func() { ctlDone <- ctl.Run(ctlCtx) }()
 
 	fmt.Fprintf(stdout, "xdpfw-controlplane: ready, API at %s\n", url)
+	if o.insecureHTTP && tlsCfg == nil {
+		lg.Warn("serving plain HTTP on a non-loopback address (--insecure-http): bearer tokens cross the network in clear", zap.String("listen", o.listen))
+	}
 	lg.Info("ready", zap.String("url", url), zap.String("name", o.name), zap.String("prefix", st.Keys().Prefix),
 		zap.Strings("etcd", endpoints), zap.Bool("mtls", o.clientCA != ""), zap.Int("tokens", tokens.Tokens().Len()))
 
@@ -367,4 +376,19 @@ func newLogger(w io.Writer, level zapcore.Level) *zap.Logger {
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	sink := zapcore.Lock(zapcore.AddSync(w))
 	return zap.New(zapcore.NewCore(enc, sink, level), zap.ErrorOutput(sink)).Named("xdpfw-controlplane")
+}
+
+// loopback says whether a listen address (HOST:PORT) only takes
+// connections from this machine: a loopback IP or "localhost". An empty
+// host listens everywhere.
+func loopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

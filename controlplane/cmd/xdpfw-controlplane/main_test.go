@@ -192,6 +192,8 @@ func TestRunFlags(t *testing.T) {
 		{"missing tokens file", []string{"--tokens-file", "/nonexistent/tokens.yaml", "--data-dir", "D"}, exitError, "/nonexistent/tokens.yaml"},
 		{"bad tokens file", []string{"--tokens-file", badTokens, "--data-dir", "D"}, exitError, `unknown role "root"`},
 		{"missing tls files", []string{"--tokens-file", tokens, "--data-dir", "D", "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, exitError, "load --tls-cert /nonexistent/c"},
+		{"plain HTTP off loopback", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", "198.18.0.1:8080"}, exitUsage, "not a loopback address"},
+		{"plain HTTP on every address", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", ":8080"}, exitUsage, "not a loopback address"},
 		{"listen address in use", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", busy.Addr().String()}, exitError, "address already in use"},
 	}
 	for _, tt := range tests {
@@ -245,11 +247,11 @@ func TestRunEmbedded(t *testing.T) {
 	}
 
 	// SIGHUP: the operator token goes, a new viewer comes.
-	writeFile(t, filepath.Dir(tokens), "tokens.yaml", "tokens: [{name: alice, role: admin, token: "+adminToken+"}, {name: v, role: viewer, token: new-viewer-token}]")
+	writeFile(t, filepath.Dir(tokens), "tokens.yaml", "tokens: [{name: alice, role: admin, token: "+adminToken+"}, {name: v, role: viewer, token: new-viewer-token-0123456789}]")
 	r.hup <- syscall.SIGHUP
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token", "")
+		code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token-0123456789", "")
 		if code == 200 {
 			break
 		}
@@ -271,7 +273,7 @@ func TestRunEmbedded(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token", ""); code != 200 {
+	if code, _ := call(t, c, "GET", r.url+"/v1/rulesets", "new-viewer-token-0123456789", ""); code != 200 {
 		t.Fatalf("after a bad reload: %d, want the tokens in use kept", code)
 	}
 
