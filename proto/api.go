@@ -46,6 +46,7 @@ const (
 	CodeNotFound     = "not-found"    // 404
 	CodeConflict     = "conflict"     // 409: stale If-Match, rollout in a state that forbids it
 	CodeTooLarge     = "too-large"    // 413
+	CodeThrottled    = "throttled"    // 429: too many failed authentications from one address
 	CodeUnavailable  = "unavailable"  // 503: etcd unreachable
 	CodeInternal     = "internal"     // 500
 )
@@ -237,6 +238,8 @@ type AuditRecord struct {
 	Target   string `json:"target"`
 	Result   string `json:"result"`
 	Revision int64  `json:"revision"`
+	// Remote is the client's address (host:port as the server saw it).
+	Remote string `json:"remote,omitempty"`
 }
 
 // HostInfo is one host as GET /v1/hosts returns it: its desired state and

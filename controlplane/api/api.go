@@ -65,6 +65,10 @@ type Config struct {
 	EtcdTimeout time.Duration
 	// MaxBodyBytes caps request bodies (64 MiB); a bigger one is 413.
 	MaxBodyBytes int64
+	// AuthFailureLimit is how many failed authentications an address may
+	// make within AuthFailureWindow before its requests get 429 (0:
+	// MaxAuthFailures; negative: no limit, for a test that needs many).
+	AuthFailureLimit int
 }
 
 // Server is the API as an http.Handler.
@@ -79,6 +83,8 @@ type Server struct {
 
 	mux      *http.ServeMux
 	registry *prometheus.Registry
+	// failures throttles addresses that keep failing authentication.
+	failures *failures
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 }
@@ -101,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		maxBody:  cfg.MaxBodyBytes,
 		mux:      http.NewServeMux(),
 		registry: prometheus.NewRegistry(),
+		failures: newFailures(cfg.AuthFailureLimit),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -173,8 +180,9 @@ func (s *Server) handle(pattern, need string, fn handlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		id, _ := r.Context().Value(identityKey{}).(auth.Identity)
 		if !auth.Allows(id.Role, need) {
-			s.writeError(w, r, &Error{Status: http.StatusForbidden, Code: proto.CodeForbidden,
-				Message: fmt.Sprintf("%s (role %s) may not %s: it needs role %s or above", id.Name, id.Role, pattern, need)})
+			msg := fmt.Sprintf("%s (role %s) may not %s: it needs role %s or above", id.Name, id.Role, pattern, need)
+			s.auditDenied(r, id, http.StatusForbidden, msg)
+			s.writeError(w, r, &Error{Status: http.StatusForbidden, Code: proto.CodeForbidden, Message: msg})
 			return
 		}
 		if err := fn(w, r, id); err != nil {
@@ -224,8 +232,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 
 	if r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/") {
+		ip := remoteIP(r.RemoteAddr)
+		if blocked, left, first := s.failures.throttled(ip); blocked {
+			msg := fmt.Sprintf("%d failed authentications from %s within %s: try again in %s", s.failures.limit, ip, AuthFailureWindow, left.Round(time.Second))
+			if first {
+				s.auditDenied(r, auth.Identity{}, http.StatusTooManyRequests, msg)
+			}
+			sw.Header().Set("Retry-After", strconv.Itoa(int(left.Seconds())+1))
+			s.writeError(sw, r, &Error{Status: http.StatusTooManyRequests, Code: proto.CodeThrottled, Message: msg})
+			return
+		}
 		id, err := s.authenticate(r)
 		if err != nil {
+			s.failures.fail(ip)
+			var e *Error
+			why := err.Error()
+			if errors.As(err, &e) {
+				why = e.Message
+			}
+			s.auditDenied(r, auth.Identity{}, http.StatusUnauthorized, why)
 			sw.Header().Set("WWW-Authenticate", `Bearer realm="xdpfw"`)
 			s.writeError(sw, r, err)
 			return
@@ -413,8 +438,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), ReadyTimeout)
 	defer cancel()
 	if err := s.store.Ping(ctx); err != nil {
+		// Unauthenticated: the answer says not ready, the log says why
+		// (an etcd error can name endpoints and members).
+		s.log.Warn("not ready: etcd did not answer", zap.Duration("within", ReadyTimeout), zap.Error(err))
 		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,
-			Message: fmt.Sprintf("etcd did not answer within %s: %v", ReadyTimeout, err)})
+			Message: fmt.Sprintf("not ready: etcd did not answer within %s", ReadyTimeout)})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -449,5 +477,31 @@ func auditRecord(r *http.Request, id auth.Identity, target string) proto.AuditRe
 		Role:   id.Role,
 		Action: r.Method + " " + r.URL.Path,
 		Target: target,
+		Remote: r.RemoteAddr,
+	}
+}
+
+// maxAuditedPath bounds the path a denied request's record keeps: the
+// client chose it.
+const maxAuditedPath = 256
+
+// auditDenied records a request refused before it did anything (401, 403,
+// 429): who (the token's name when it was known), what it asked, from
+// where and why. A failure to write it is logged; the answer stays the
+// refusal.
+func (s *Server) auditDenied(r *http.Request, id auth.Identity, code int, why string) {
+	rec := auditRecord(r, id, "denied")
+	if rec.Who == "" {
+		rec.Who = "(unauthenticated)"
+	}
+	if len(rec.Action) > maxAuditedPath {
+		rec.Action = rec.Action[:maxAuditedPath] + "..."
+	}
+	rec.Result = fmt.Sprintf("%d %s: %s", code, http.StatusText(code), why)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.timeout)
+	defer cancel()
+	if _, _, err := s.store.PutAudit(ctx, rec); err != nil {
+		s.log.Warn("audit record of a refused request not written", zap.String("who", rec.Who),
+			zap.String("action", rec.Action), zap.String("remote", rec.Remote), zap.Error(err))
 	}
 }

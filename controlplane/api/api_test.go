@@ -150,6 +150,28 @@ func (e *env) must(want int, method, path, token string, body any, header ...str
 
 // revision returns etcd's current revision: unchanged means nothing was
 // written.
+// refusedOnly fails unless every write since revision before is the audit
+// record of a refused request: a refusal writes that and nothing else.
+func (e *env) refusedOnly(before int64, what string) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	after := e.revision()
+	r, err := e.cli.Get(ctx, e.keys.Prefix, clientv3.WithPrefix(), clientv3.WithMinModRev(before+1))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, kv := range r.Kvs {
+		var rec proto.AuditRecord
+		if !strings.HasPrefix(string(kv.Key), e.keys.Audit()) || json.Unmarshal(kv.Value, &rec) != nil || rec.Target != "denied" {
+			e.t.Fatalf("%s wrote %s", what, kv.Key)
+		}
+	}
+	if int64(len(r.Kvs)) != after-before {
+		e.t.Fatalf("%s: etcd moved from revision %d to %d with %d audit records of refusals", what, before, after, len(r.Kvs))
+	}
+}
+
 func (e *env) revision() int64 {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -205,8 +227,9 @@ func TestHealthzAndReadyz(t *testing.T) {
 	if took := time.Since(start); took > 3*time.Second {
 		t.Fatalf("/readyz took %s with etcd stopped, want about %s", took, ReadyTimeout)
 	}
-	if eb := r.apiError(t); eb.Code != proto.CodeUnavailable || !strings.Contains(eb.Message, "etcd did not answer") {
-		t.Fatalf("/readyz error: %+v", eb)
+	if eb := r.apiError(t); eb.Code != proto.CodeUnavailable || !strings.Contains(eb.Message, "etcd did not answer") ||
+		strings.Contains(eb.Message, "deadline") || strings.Contains(eb.Message, "127.0.0.1") {
+		t.Fatalf("/readyz error: %+v (want not ready, without etcd's own error: /readyz takes no token)", eb)
 	}
 	e.must(http.StatusOK, "GET", "/healthz", "", nil)
 	r = e.must(http.StatusServiceUnavailable, "GET", "/v1/rulesets", viewerToken, nil)
@@ -253,5 +276,94 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New(Config{Store: etcdstore.New(&clientv3.Client{}, proto.NewKeys(""))}); err == nil || !strings.Contains(err.Error(), "no tokens") {
 		t.Fatalf("New without tokens: %v", err)
+	}
+}
+
+// serveFrom answers one request as if it came from remote.
+func (e *env) serveFrom(remote, method, path, token string) *httptest.ResponseRecorder {
+	e.t.Helper()
+	req := httptest.NewRequest(method, path, nil)
+	req.RemoteAddr = remote
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	e.api.ServeHTTP(rec, req)
+	return rec
+}
+
+// deniedRecords are the audit records of refused requests, oldest first.
+func (e *env) deniedRecords() []proto.AuditRecord {
+	e.t.Helper()
+	recs, err := etcdstore.New(e.cli, e.keys).AuditRecords(context.Background(), 1000)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []proto.AuditRecord
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Target == "denied" {
+			out = append(out, recs[i])
+		}
+	}
+	return out
+}
+
+// Requests refused for their token (401) or their role (403) are audited
+// with who, what and from where; an address that keeps failing gets 429,
+// audited once, even with a good token, while other addresses go on.
+func TestRefusedRequestsAuditedAndThrottled(t *testing.T) {
+	e := newEnv(t)
+	const attacker, other = "198.18.0.66:40000", "198.18.0.7:50000"
+	if rec := e.serveFrom(attacker, "GET", "/v1/rulesets", "guess-0"); rec.Code != http.StatusUnauthorized {
+		t.Fatalf("unknown token: %d", rec.Code)
+	}
+	if rec := e.serveFrom(other, "DELETE", "/v1/rulesets/edge", viewerToken); rec.Code != http.StatusForbidden {
+		t.Fatalf("viewer's delete: %d", rec.Code)
+	}
+	recs := e.deniedRecords()
+	if len(recs) != 2 {
+		t.Fatalf("%d audit records of refused requests, want 2: %+v", len(recs), recs)
+	}
+	if r := recs[0]; r.Who != "(unauthenticated)" || r.Remote != attacker || r.Action != "GET /v1/rulesets" || !strings.HasPrefix(r.Result, "401") {
+		t.Errorf("401 record: %+v", r)
+	}
+	if r := recs[1]; r.Who != "vera" || r.Role != proto.RoleViewer || r.Remote != other || !strings.HasPrefix(r.Result, "403") {
+		t.Errorf("403 record: %+v", r)
+	}
+	for _, r := range recs {
+		if strings.Contains(fmt.Sprintf("%+v", r), "guess-0") || strings.Contains(fmt.Sprintf("%+v", r), viewerToken) {
+			t.Errorf("a token in the audit trail: %+v", r)
+		}
+	}
+
+	for i := 1; i < MaxAuthFailures; i++ {
+		if rec := e.serveFrom(attacker, "GET", "/v1/rulesets", fmt.Sprintf("guess-%d", i)); rec.Code != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d, want 401", i, rec.Code)
+		}
+	}
+	for i := range 3 {
+		rec := e.serveFrom(attacker, "GET", "/v1/rulesets", viewerToken)
+		if rec.Code != http.StatusTooManyRequests || rec.Header().Get("Retry-After") == "" {
+			t.Fatalf("request %d after %d failures: %d (Retry-After %q), want 429", i, MaxAuthFailures, rec.Code, rec.Header().Get("Retry-After"))
+		}
+	}
+	if rec := e.serveFrom(other, "GET", "/v1/rulesets", viewerToken); rec.Code != http.StatusOK {
+		t.Fatalf("another address: %d, want 200", rec.Code)
+	}
+	recs = e.deniedRecords()
+	throttled := 0
+	for _, r := range recs {
+		if strings.HasPrefix(r.Result, "429") {
+			throttled++
+		}
+	}
+	if len(recs) != 1+MaxAuthFailures+1 || throttled != 1 {
+		t.Fatalf("%d records (%d of 429), want %d failures, the 403 and one 429", len(recs), throttled, MaxAuthFailures)
+	}
+
+	// The window ends: the address may try again.
+	e.api.failures.now = func() time.Time { return time.Now().Add(AuthFailureWindow) }
+	if rec := e.serveFrom(attacker, "GET", "/v1/rulesets", viewerToken); rec.Code != http.StatusOK {
+		t.Fatalf("after the window: %d, want 200", rec.Code)
 	}
 }

@@ -102,13 +102,17 @@ func TestRollouts(t *testing.T) {
 	e.must(http.StatusNotFound, "GET", "/v1/rollouts/nope", viewerToken, nil)
 	e.must(http.StatusNotFound, "POST", "/v1/rollouts/nope/pause", operatorToken, nil)
 	e.must(http.StatusForbidden, "POST", "/v1/rollouts/"+ro.ID+"/pause", viewerToken, nil)
-	if e.revision() != before {
-		t.Fatal("refused controls wrote")
-	}
+	e.refusedOnly(before, "refused controls")
 
 	// Every rollout write is in the audit trail, newest first.
 	var recs []proto.AuditRecord
-	e.must(http.StatusOK, "GET", "/v1/audit?limit=4", adminToken, nil).decode(t, &recs)
+	e.must(http.StatusOK, "GET", "/v1/audit?limit=5", adminToken, nil).decode(t, &recs)
+	// The newest is the viewer's refused pause, audited as denied.
+	if len(recs) == 0 || recs[0].Who != "vera" || recs[0].Target != "denied" || !strings.HasPrefix(recs[0].Result, "403") ||
+		recs[0].Action != "POST /v1/rollouts/"+ro.ID+"/pause" {
+		t.Fatalf("newest audit record %+v, want the viewer's refused pause", recs)
+	}
+	recs = recs[1:]
 	want := []string{
 		"POST /v1/rollouts/" + ro.ID + "/abort: want abort (rule set web version 1)",
 		"POST /v1/rollouts/" + ro.ID + "/resume: want run (rule set web version 1)",
