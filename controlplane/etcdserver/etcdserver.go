@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -77,6 +78,21 @@ type Config struct {
 	// database (DefaultDefragInterval; negative turns it off). It
 	// defragments when half the file, and at least 64 MiB, is free.
 	DefragInterval time.Duration
+	// TLS, when set, makes the member serve its client and peer URLs (which
+	// must then be https) over TLS and require a client certificate signed
+	// by TLS.CAFile from every client and peer: with etcd's auth enabled,
+	// the certificate's common name is the client's etcd user.
+	TLS *TLSFiles
+}
+
+// TLSFiles are the member's certificate and key, and the CA its clients'
+// and peers' certificates must chain to.
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
+	// RootCertFile and RootKeyFile, when set, are a client certificate of
+	// etcd's root user: Start then turns etcd's authentication on with it
+	// (once; a member whose cluster has it on is left as it is).
+	RootCertFile, RootKeyFile string
 }
 
 // Server is one running member.
@@ -138,6 +154,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	for _, u := range ecfg.AdvertiseClientUrls {
 		s.endpoints = append(s.endpoints, u.String())
+	}
+	if cfg.TLS != nil && cfg.TLS.RootCertFile != "" {
+		if err := enableAuth(ctx, s.endpoints, cfg.TLS); err != nil {
+			abort(e, quiet)
+			return nil, fmt.Errorf("etcd member %s: %w", ecfg.Name, err)
+		}
 	}
 	go s.forward()
 	if every := cfg.DefragInterval; every >= 0 {
@@ -244,6 +266,24 @@ func embedConfig(cfg Config, quiet *atomic.Bool) (*embed.Config, error) {
 	peerURLs, err := parseURLs("peer", cfg.PeerURLs, DefaultPeerURL)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.TLS != nil {
+		if cfg.TLS.CertFile == "" || cfg.TLS.KeyFile == "" || cfg.TLS.CAFile == "" {
+			return nil, errors.New("etcd: TLS needs a certificate, its key and a client CA")
+		}
+		for _, u := range append(append([]url.URL(nil), clientURLs...), peerURLs...) {
+			if u.Scheme != "https" {
+				return nil, fmt.Errorf("etcd: %s: with TLS every client and peer URL is https", u.String())
+			}
+		}
+		tls := transport.TLSInfo{CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile, TrustedCAFile: cfg.TLS.CAFile, ClientCertAuth: true}
+		ecfg.ClientTLSInfo, ecfg.PeerTLSInfo = tls, tls
+	} else {
+		for _, u := range append(append([]url.URL(nil), clientURLs...), peerURLs...) {
+			if u.Scheme != "http" {
+				return nil, fmt.Errorf("etcd: %s: without TLS files every client and peer URL is http", u.String())
+			}
+		}
 	}
 	ecfg.ListenClientUrls, ecfg.AdvertiseClientUrls = clientURLs, clientURLs
 	ecfg.ListenPeerUrls, ecfg.AdvertisePeerUrls = peerURLs, peerURLs

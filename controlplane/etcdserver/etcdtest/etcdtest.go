@@ -6,6 +6,7 @@ package etcdtest
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
+	"github.com/xdpfw/xdpfw/controlplane/pki"
 )
 
 // StartTimeout bounds the wait for a single member to serve.
@@ -88,4 +90,58 @@ func StartWithClient(t testing.TB) (*etcdserver.Server, *clientv3.Client) {
 	t.Helper()
 	s := Start(t)
 	return s, Client(t, s.Endpoints())
+}
+
+// Secure is a member serving TLS with client certificates and etcd's
+// authentication on, as the control plane runs its own by default.
+type Secure struct {
+	*etcdserver.Server
+	// CA signs the member's and its clients' certificates.
+	CA *pki.CA
+	// Files are the member's certificate and key, the CA's certificate
+	// (CAFile) and the root user's client certificate.
+	Files *etcdserver.TLSFiles
+	// Dir holds the PKI's files.
+	Dir string
+}
+
+// StartSecure runs a secure single member for the length of the test.
+func StartSecure(t testing.TB) *Secure {
+	t.Helper()
+	cfg := Config(t, "secure")
+	for i, u := range cfg.ClientURLs {
+		cfg.ClientURLs[i] = "https" + strings.TrimPrefix(u, "http")
+	}
+	for i, u := range cfg.PeerURLs {
+		cfg.PeerURLs[i] = "https" + strings.TrimPrefix(u, "http")
+	}
+	dir := t.TempDir()
+	ca, files, err := etcdserver.PreparePKI(dir, cfg.ClientURLs, cfg.PeerURLs)
+	if err != nil {
+		t.Fatalf("etcd PKI: %v", err)
+	}
+	cfg.TLS = files
+	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
+	defer cancel()
+	s, err := etcdserver.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start secure etcd: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return &Secure{Server: s, CA: ca, Files: files, Dir: dir}
+}
+
+// Issue writes a client certificate of user into the PKI directory and
+// returns its files.
+func (s *Secure) Issue(t testing.TB, user string) (certFile, keyFile string) {
+	t.Helper()
+	certPEM, keyPEM, err := s.CA.IssueClient(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err = pki.WritePair(s.Dir, strings.NewReplacer(":", "-", "/", "-").Replace(user), certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
