@@ -30,10 +30,27 @@ type HostView struct {
 	Desired *proto.HostDesired
 	// DesiredRevision is the mod revision of the desired key (0: none).
 	DesiredRevision int64
+	// Enrollment is the host's enrollment, written by the control plane
+	// (nil: not enrolled, or it does not decode).
+	Enrollment *proto.HostEnrollment
 }
 
 // Live says whether the host's agent reports (its status is there).
 func (h HostView) Live() bool { return h.Status != nil }
+
+// Labels are what rule-set and rollout selectors match: an enrolled
+// host's labels are its enrollment's, whatever its agent reports, so
+// that no host can pick its own rules; a host that is not enrolled (a
+// fleet whose etcd has no per-host identities) is taken at its word.
+func (h HostView) Labels() map[string]string {
+	if h.Enrollment != nil {
+		return h.Enrollment.Labels
+	}
+	if h.Status != nil {
+		return h.Status.Labels
+	}
+	return nil
+}
 
 // RuleSetView is what the desired states need of a rule set.
 type RuleSetView struct {
@@ -166,7 +183,7 @@ func Desired(s *Snapshot) map[string][]proto.RuleSetRef {
 		refs := []proto.RuleSetRef{}
 		for _, name := range names {
 			rs := s.RuleSets[name]
-			if rs.Head == 0 || !Matches(rs.Selector, hv.Status.Labels) {
+			if rs.Head == 0 || !Matches(rs.Selector, hv.Labels()) {
 				continue
 			}
 			if ro := activeOf[name]; ro != nil {

@@ -1220,3 +1220,58 @@ func TestSnapshotParsesASpecOnce(t *testing.T) {
 		t.Fatalf("after a hand-written spec: parsed %+v (same as before: %v), want parsed again and refused", again, again == first)
 	}
 }
+
+// An enrolled host's rules follow its enrollment's labels, not the ones
+// its agent reports: a host cannot claim a role to pick its rules, or to
+// join (or leave) a rollout.
+func TestEnrollmentLabelsOverrideWhatAHostReports(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	e.putVersions("edge", edgeLabels, 1)
+	e.release("edge", 1)
+	e.startAgent("honest", edgeLabels)
+	e.startAgent("liar", edgeLabels)
+	waitFor(t, 10*time.Second, "both statuses", func() (bool, string) {
+		_, err1 := e.store.GetStatus(ctx, "honest")
+		_, err2 := e.store.GetStatus(ctx, "liar")
+		return err1 == nil && err2 == nil, fmt.Sprint(err1, err2)
+	})
+	enroll := func(host string, labels map[string]string) {
+		t.Helper()
+		w, err := etcdstore.PutJSON(e.keys.HostEnrollment(host), proto.HostEnrollment{APIVersion: proto.APIVersion,
+			Kind: proto.KindHostEnrollment, Host: host, User: proto.HostEtcdUser(host), Labels: labels})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := e.store.CommitIf(ctx, nil, []etcdstore.Write{w}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	enroll("honest", edgeLabels)
+	enroll("liar", map[string]string{"role": "core"})
+
+	snap, err := newSnapshotReader(e.store, zap.NewNop()).read(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := snap.Hosts["liar"].Labels()["role"]; got != "core" {
+		t.Fatalf("liar's labels: role %q, want its enrollment's core", got)
+	}
+	want := map[string]bool{"honest": true, "liar": false}
+	for host, gets := range want {
+		has := false
+		for _, r := range Desired(snap)[host] {
+			has = has || r.Name == "edge"
+		}
+		if has != gets {
+			t.Errorf("%s gets edge: %v, want %v (its enrollment says %v)", host, has, gets, snap.Hosts[host].Labels())
+		}
+	}
+	// A rollout of a rule set for every host, selecting role=core, finds
+	// the liar by its enrollment (both agents report role=edge).
+	e.putVersions("base", nil, 1)
+	if _, err := e.mgr.Create(ctx, proto.RolloutSpec{RuleSet: "base", Version: 1, Waves: []string{"100%"},
+		Selector: map[string]string{"role": "core"}}, "tester", nil); err != nil {
+		t.Fatalf("a rollout of role=core, the liar's enrolled role: %v", err)
+	}
+}

@@ -212,6 +212,11 @@ func (m *Manager) noHostProblem(ctx context.Context, rev int64, name string, hea
 	if err != nil {
 		return nil, err
 	}
+	// An enrolled host is matched by its enrollment's labels (HostView.Labels).
+	enrolled, _, err := m.st.Enrollments(ctx, rev)
+	if err != nil {
+		return nil, fmt.Errorf("read enrollments: %w", err)
+	}
 	live := 0
 	for lo := 0; lo < len(statuses); lo += txnOps {
 		batch := statuses[lo:min(lo+txnOps, len(statuses))]
@@ -228,7 +233,11 @@ func (m *Manager) noHostProblem(ctx context.Context, rev int64, name string, hea
 				return // the controller ignores it too
 			}
 			live++
-			matched = Matches(setSelector, st.Labels) && Matches(selector, st.Labels)
+			labels := st.Labels
+			if host, _, _ := m.keys.ParseHostKey(kv.Key); enrolled[host].User != "" {
+				labels = enrolled[host].Labels
+			}
+			matched = Matches(setSelector, labels) && Matches(selector, labels)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("read host statuses: %w", err)

@@ -85,6 +85,11 @@ func (r *snapshotReader) decode(kv etcdstore.KeyValue) cached {
 			if d, err = proto.DecodeHostDesired(kv.Value); err == nil {
 				c.value = &d
 			}
+		case "enrollment":
+			var e proto.HostEnrollment
+			if e, err = proto.DecodeHostEnrollment(kv.Value); err == nil {
+				c.value = &e
+			}
 		}
 	default:
 		if _, _, ok := r.keys.ParseRuleSetVersion(key); ok {
@@ -134,7 +139,7 @@ func (r *snapshotReader) ruleSetLeaf(key string) (name, leaf string, ok bool) {
 func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 	hostKeys, rev, err := r.st.ListKeys(ctx, r.keys.Hosts(), 0, func(k string) bool {
 		host, leaf, ok := r.keys.ParseHostKey(k)
-		return ok && (leaf == "status" || leaf == "desired") && proto.ValidateHostName(host) == nil
+		return ok && (leaf == "status" || leaf == "desired" || leaf == "enrollment") && proto.ValidateHostName(host) == nil
 	})
 	if err != nil {
 		return nil, err
@@ -176,6 +181,10 @@ func (r *snapshotReader) read(ctx context.Context) (*Snapshot, error) {
 			hv.Status = v
 		case *proto.HostDesired:
 			hv.Desired = v
+		case *proto.HostEnrollment:
+			if v.Host == host {
+				hv.Enrollment = v
+			}
 		}
 		if leaf == "desired" {
 			hv.DesiredRevision = l.ModRevision

@@ -93,7 +93,7 @@ func (s *stepper) step(ro *RolloutView) (proto.RolloutState, bool) {
 	// selector and by the rollout's own.
 	var candidates []string
 	for h, hv := range s.snap.Hosts {
-		if hv.Live() && Matches(rs.Selector, hv.Status.Labels) && Matches(p.selector, hv.Status.Labels) {
+		if hv.Live() && Matches(rs.Selector, hv.Labels()) && Matches(p.selector, hv.Labels()) {
 			candidates = append(candidates, h)
 		}
 	}
@@ -269,7 +269,7 @@ func (s *stepper) abort(ro *RolloutView, p plan, st *proto.RolloutState) {
 		// previous version, or nothing if the rule set no longer applies
 		// to it.
 		target := e.Previous
-		if hv.Live() && (rs.Head == 0 || !Matches(rs.Selector, hv.Status.Labels)) {
+		if hv.Live() && (rs.Head == 0 || !Matches(rs.Selector, hv.Labels())) {
 			target = 0
 		}
 		if !desiredAt(hv.Desired, name, target) {
