@@ -30,10 +30,10 @@ func (s *Store) ListRuleSets(ctx context.Context) ([]proto.RuleSetSummary, error
 	out := make([]proto.RuleSetSummary, 0, len(names))
 	// Two reads per rule set (head and release) per transaction, then
 	// the head versions, for their rule counts.
-	const per = txnBatch / 2
+	const per = txnBatch / 3
 	for start := 0; start < len(names); start += per {
 		batch := names[start:min(start+per, len(names))]
-		ops := make([]clientv3.Op, 0, 2*len(batch))
+		ops := make([]clientv3.Op, 0, 3*len(batch))
 		for _, name := range batch {
 			ops = append(ops, clientv3.OpGet(s.keys.RuleSetHead(name)), clientv3.OpGet(s.keys.RuleSetReleased(name)))
 		}
@@ -146,19 +146,25 @@ func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo
 			if err := proto.ValidateHostName(h); err != nil {
 				return nil, err
 			}
-			ops = append(ops, clientv3.OpGet(s.keys.HostDesired(h)), clientv3.OpGet(s.keys.HostStatus(h)))
+			ops = append(ops, clientv3.OpGet(s.keys.HostDesired(h)), clientv3.OpGet(s.keys.HostStatus(h)), clientv3.OpGet(s.keys.HostEnrollment(h)))
 		}
 		txn, err := s.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("read %s...: %w", s.keys.Host(batch[0]), err)
 		}
 		for i, h := range batch {
-			desired := txn.Responses[2*i].GetResponseRange().Kvs
-			status := txn.Responses[2*i+1].GetResponseRange().Kvs
-			if len(desired) == 0 && len(status) == 0 {
+			desired := txn.Responses[3*i].GetResponseRange().Kvs
+			status := txn.Responses[3*i+1].GetResponseRange().Kvs
+			enrollment := txn.Responses[3*i+2].GetResponseRange().Kvs
+			if len(desired) == 0 && len(status) == 0 && len(enrollment) == 0 {
 				continue // telemetry only, or gone since it was listed
 			}
 			info := proto.HostInfo{Host: h, Desired: []proto.RuleSetRef{}}
+			if len(enrollment) > 0 {
+				if e, err := proto.DecodeHostEnrollment(enrollment[0].Value); err == nil && e.Host == h {
+					info.Enrollment = &e
+				}
+			}
 			if len(desired) > 0 {
 				var d proto.HostDesired
 				if err := json.Unmarshal(desired[0].Value, &d); err == nil && d.RuleSets != nil {
@@ -171,8 +177,8 @@ func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo
 					return nil, err
 				}
 				info.Status = &st
-			} else {
-				info.Lost = true
+			} else if len(desired) > 0 {
+				info.Lost = true // an enrolled host that never reported is not lost
 			}
 			info.State, info.Reason = proto.HostStateOf(info)
 			out = append(out, info)

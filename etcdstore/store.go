@@ -474,7 +474,7 @@ func (s *Store) ListHosts(ctx context.Context) ([]string, error) {
 			return
 		}
 		switch leaf {
-		case "desired", "status", "telemetry":
+		case "desired", "status", "telemetry", "enrollment":
 			seen[host] = true
 			out = append(out, host)
 		}

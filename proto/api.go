@@ -249,6 +249,9 @@ type HostInfo struct {
 	Lost    bool         `json:"lost"`
 	Desired []RuleSetRef `json:"desired"`
 	Status  *HostStatus  `json:"status,omitempty"`
+	// Enrollment is the host's enrollment (nil: not enrolled); its labels
+	// are the ones selectors match.
+	Enrollment *HostEnrollment `json:"enrollment,omitempty"`
 	// State is one of the HostState* values and Reason, for the failed
 	// and error states, why (see HostStateOf).
 	State  string `json:"state"`

@@ -69,6 +69,11 @@ type Config struct {
 	// make within AuthFailureWindow before its requests get 429 (0:
 	// MaxAuthFailures; negative: no limit, for a test that needs many).
 	AuthFailureLimit int
+	// Issuer signs enrolled hosts' etcd client certificates (nil:
+	// enrollment answers 409).
+	Issuer Issuer
+	// EtcdEndpoints are the etcd client URLs an enrollment tells agents.
+	EtcdEndpoints []string
 }
 
 // Server is the API as an http.Handler.
@@ -80,6 +85,9 @@ type Server struct {
 	log      *zap.Logger
 	timeout  time.Duration
 	maxBody  int64
+	issuer   Issuer
+	// etcdEndpoints are told to enrolled hosts.
+	etcdEndpoints []string
 
 	mux      *http.ServeMux
 	registry *prometheus.Registry
@@ -108,6 +116,9 @@ func New(cfg Config) (*Server, error) {
 		mux:      http.NewServeMux(),
 		registry: prometheus.NewRegistry(),
 		failures: newFailures(cfg.AuthFailureLimit),
+		issuer:   cfg.Issuer,
+
+		etcdEndpoints: cfg.EtcdEndpoints,
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -163,6 +174,8 @@ func (s *Server) routes() {
 
 	s.handle("GET /v1/hosts", viewer, s.listHosts)
 	s.handle("GET /v1/hosts/{host}", viewer, s.getHost)
+	s.handle("POST /v1/hosts/{host}/enrollment", admin, s.enrollHost)
+	s.handle("DELETE /v1/hosts/{host}/enrollment", admin, s.revokeHost)
 	s.handle("GET /v1/telemetry", viewer, s.telemetry)
 	s.handle("GET /v1/audit", admin, s.audit)
 
