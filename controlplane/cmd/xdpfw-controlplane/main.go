@@ -5,7 +5,12 @@
 //
 // With --etcd-endpoints it uses that etcd cluster; without, it starts an
 // embedded single etcd member with its data in --data-dir, listening on
-// --etcd-listen-client so that agents can reach it.
+// --etcd-listen-client so that agents can reach it. That member is secure
+// unless told --insecure-etcd: it serves TLS, takes only clients with a
+// certificate of the CA the control plane creates on its first start in
+// <data-dir>/pki, and has etcd's authentication on. The control plane is
+// etcd's root user; hosts get their own users by enrollment
+// (docs/architecture.md, "Trust model").
 //
 // It prints one line to stdout once it serves:
 //
@@ -30,6 +35,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -42,6 +48,7 @@ import (
 	"github.com/xdpfw/xdpfw/controlplane/api"
 	"github.com/xdpfw/xdpfw/controlplane/auth"
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
+	"github.com/xdpfw/xdpfw/controlplane/pki"
 	"github.com/xdpfw/xdpfw/controlplane/rollout"
 	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
@@ -83,6 +90,8 @@ type options struct {
 	etcdTimeout, rolloutInterval  time.Duration
 	rolloutRetention              time.Duration
 	insecureHTTP                  bool
+	insecureEtcd                  bool
+	pkiDir, etcdCAKey             string
 }
 
 // parseFlags returns the options, or an exit code and nothing when the
@@ -103,8 +112,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.StringVar(&o.etcdKey, "etcd-key", "", "key of --etcd-cert")
 	fs.StringVar(&o.etcdCACert, "etcd-cacert", "", "CA certificate that signed etcd's")
 	fs.StringVar(&o.dataDir, "data-dir", "", "data directory of the embedded etcd member (required without --etcd-endpoints; etcd preallocates 64 MB WAL files)")
-	fs.StringVar(&o.etcdListen, "etcd-listen-client", etcdserver.DefaultClientURL, "client URL of the embedded etcd member, for this process and the agents")
-	fs.StringVar(&o.etcdPeer, "etcd-listen-peer", etcdserver.DefaultPeerURL, "peer URL of the embedded etcd member")
+	fs.StringVar(&o.etcdListen, "etcd-listen-client", "", "client URL of the embedded etcd member, for this process and the agents (https://127.0.0.1:2379; http:// with --insecure-etcd)")
+	fs.StringVar(&o.etcdPeer, "etcd-listen-peer", "", "peer URL of the embedded etcd member (https://127.0.0.1:2380; http:// with --insecure-etcd)")
+	fs.BoolVar(&o.insecureEtcd, "insecure-etcd", false, "run the embedded etcd member on plain HTTP with no authentication: anyone who reaches it controls every host's rules")
+	fs.StringVar(&o.pkiDir, "etcd-pki-dir", "", "where the embedded member's CA, server and root certificates live (default <data-dir>/pki; the CA is created on first start)")
+	fs.StringVar(&o.etcdCAKey, "etcd-ca-key", "", "key of --etcd-cacert, to sign enrolled hosts' certificates for an etcd cluster of your own (with --etcd-endpoints)")
 	fs.StringVar(&o.prefix, "prefix", proto.DefaultKeyPrefix, "etcd key prefix of xdpfw's documents")
 	fs.StringVar(&o.name, "name", host, "name of this replica (in leader election and rollout states; the embedded member's name too)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -142,15 +154,41 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 		}
 	}
 	if len(o.etcdEndpoints) > 0 {
-		if o.dataDir != "" {
-			return usage("--data-dir is for the embedded etcd member; with --etcd-endpoints drop it")
+		if o.dataDir != "" || o.etcdListen != "" || o.etcdPeer != "" || o.insecureEtcd || o.pkiDir != "" {
+			return usage("--data-dir, --etcd-listen-client, --etcd-listen-peer, --insecure-etcd and --etcd-pki-dir are for the embedded etcd member; with --etcd-endpoints drop them")
+		}
+		if o.etcdCAKey != "" && o.etcdCACert == "" {
+			return usage("--etcd-ca-key needs --etcd-cacert, the CA certificate it belongs to")
 		}
 	} else {
 		if o.dataDir == "" {
 			return usage("--data-dir is required without --etcd-endpoints (the embedded etcd member keeps its data there; there is no default because etcd preallocates 64 MB WAL files)")
 		}
-		if o.etcdCert != "" || o.etcdKey != "" || o.etcdCACert != "" {
-			return usage("--etcd-cert, --etcd-key and --etcd-cacert are for --etcd-endpoints; the embedded member listens on plain %s", o.etcdListen)
+		if o.etcdCert != "" || o.etcdKey != "" || o.etcdCACert != "" || o.etcdCAKey != "" {
+			return usage("--etcd-cert, --etcd-key, --etcd-cacert and --etcd-ca-key are for --etcd-endpoints; the embedded member's certificates are in --etcd-pki-dir")
+		}
+		scheme := "https"
+		if o.insecureEtcd {
+			scheme = "http"
+			if o.pkiDir != "" {
+				return usage("--etcd-pki-dir is for the secure member; --insecure-etcd has no certificates")
+			}
+		} else if o.pkiDir == "" {
+			o.pkiDir = filepath.Join(o.dataDir, etcdserver.PKIDir)
+		}
+		if o.etcdListen == "" {
+			o.etcdListen = scheme + "://127.0.0.1:2379"
+		}
+		if o.etcdPeer == "" {
+			o.etcdPeer = scheme + "://127.0.0.1:2380"
+		}
+		for _, u := range []string{o.etcdListen, o.etcdPeer} {
+			if !strings.HasPrefix(u, scheme+"://") {
+				if o.insecureEtcd {
+					return usage("%s: with --insecure-etcd the embedded member serves http://", u)
+				}
+				return usage("%s: the embedded member serves https:// (TLS with client certificates); --insecure-etcd runs it on plain http:// with no authentication", u)
+			}
 		}
 	}
 	if o.name == "" {
@@ -209,16 +247,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 
 	// etcd: the cluster given, or a member of our own.
 	var member *etcdserver.Server
+	var issuer api.Issuer
 	endpoints := o.etcdEndpoints
+	if o.etcdCAKey != "" {
+		ca, err := pki.LoadCA(o.etcdCACert, o.etcdCAKey)
+		if err != nil {
+			return fail("etcd CA not loaded", err)
+		}
+		issuer = ca
+	}
 	if len(endpoints) == 0 {
-		startCtx, cancel := context.WithTimeout(ctx, etcdStartTimeout)
-		member, err = etcdserver.Start(startCtx, etcdserver.Config{
+		ecfg := etcdserver.Config{
 			Name:       o.name,
 			DataDir:    o.dataDir,
 			ClientURLs: []string{o.etcdListen},
 			PeerURLs:   []string{o.etcdPeer},
 			Logger:     lg,
-		})
+		}
+		if !o.insecureEtcd {
+			ca, files, err := etcdserver.PreparePKI(o.pkiDir, ecfg.ClientURLs, ecfg.PeerURLs)
+			if err != nil {
+				return fail("etcd PKI not set up", err)
+			}
+			ecfg.TLS, issuer = files, ca
+			o.etcdCert, o.etcdKey, o.etcdCACert = files.RootCertFile, files.RootKeyFile, files.CAFile
+		}
+		startCtx, cancel := context.WithTimeout(ctx, etcdStartTimeout)
+		member, err = etcdserver.Start(startCtx, ecfg)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -232,7 +287,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 			lg.Info("embedded etcd member stopped")
 		}()
 		endpoints = member.Endpoints()
-		lg.Info("embedded etcd member ready", zap.Strings("endpoints", endpoints), zap.String("data_dir", o.dataDir))
+		lg.Info("embedded etcd member ready", zap.Strings("endpoints", endpoints), zap.String("data_dir", o.dataDir),
+			zap.Bool("secure", !o.insecureEtcd), zap.String("pki_dir", o.pkiDir))
+		if o.insecureEtcd {
+			lg.Warn("the embedded etcd member serves plain HTTP with no authentication (--insecure-etcd): anyone who reaches it controls every host's rules",
+				zap.Strings("endpoints", endpoints))
+			fmt.Fprintf(stderr, "xdpfw-controlplane: WARNING: etcd at %s has no TLS and no authentication (--insecure-etcd): anyone who reaches it controls every host's rules\n", strings.Join(endpoints, ","))
+		}
 	}
 	st, err := etcdstore.Open(etcdstore.ClientConfig{
 		Endpoints: endpoints,
@@ -253,6 +314,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 	handler, err := api.New(api.Config{
 		Store: st, Tokens: tokens,
 		Log: lg.Named("api"), Collectors: cols, EtcdTimeout: o.etcdTimeout,
+		Issuer: issuer, EtcdEndpoints: endpoints,
 	})
 	if err != nil {
 		return fail("api set-up failed", err)

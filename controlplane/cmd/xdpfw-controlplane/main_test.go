@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/etcdstore"
 	"github.com/xdpfw/xdpfw/proto"
 )
 
@@ -181,7 +182,7 @@ func TestRunFlags(t *testing.T) {
 	}{
 		{"no tokens file", []string{"--data-dir", "D"}, exitUsage, "--tokens-file is required"},
 		{"no data dir", []string{"--tokens-file", tokens}, exitUsage, "--data-dir is required without --etcd-endpoints"},
-		{"data dir and endpoints", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-endpoints", "127.0.0.1:1"}, exitUsage, "with --etcd-endpoints drop it"},
+		{"data dir and endpoints", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-endpoints", "127.0.0.1:1"}, exitUsage, "with --etcd-endpoints drop them"},
 		{"etcd tls without endpoints", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-cert", "c"}, exitUsage, "are for --etcd-endpoints"},
 		{"tls cert without key", []string{"--tokens-file", tokens, "--data-dir", "D", "--tls-cert", "c"}, exitUsage, "--tls-cert and --tls-key go together"},
 		{"client ca without tls", []string{"--tokens-file", tokens, "--data-dir", "D", "--client-ca", "c"}, exitUsage, "--client-ca needs --tls-cert"},
@@ -194,13 +195,19 @@ func TestRunFlags(t *testing.T) {
 		{"missing tls files", []string{"--tokens-file", tokens, "--data-dir", "D", "--tls-cert", "/nonexistent/c", "--tls-key", "/nonexistent/k"}, exitError, "load --tls-cert /nonexistent/c"},
 		{"plain HTTP off loopback", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", "198.18.0.1:8080"}, exitUsage, "not a loopback address"},
 		{"plain HTTP on every address", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", ":8080"}, exitUsage, "not a loopback address"},
+		{"secure member on http", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-listen-client", "http://127.0.0.1:2379"}, exitUsage, "--insecure-etcd runs it on plain http://"},
+		{"insecure member on https", []string{"--tokens-file", tokens, "--data-dir", "D", "--insecure-etcd", "--etcd-listen-client", "https://127.0.0.1:2379", "--etcd-listen-peer", "http://127.0.0.1:2380"}, exitUsage, "with --insecure-etcd the embedded member serves http://"},
+		{"CA key without its certificate", []string{"--tokens-file", tokens, "--etcd-endpoints", "127.0.0.1:1", "--etcd-ca-key", "k"}, exitUsage, "--etcd-ca-key needs --etcd-cacert"},
 		{"listen address in use", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", busy.Addr().String()}, exitError, "address already in use"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			urls := etcdtest.FreeURLs(t, 2)
+			urls := httpsURLs(t, 2)
 			dir := t.TempDir()
-			args := []string{"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1], "--listen", "127.0.0.1:0"}
+			args := []string{"--listen", "127.0.0.1:0"}
+			if !strings.Contains(strings.Join(tt.args, " "), "--etcd-") {
+				args = append(args, "--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1])
+			}
 			for _, a := range tt.args {
 				if a == "D" {
 					a = dir
@@ -220,12 +227,23 @@ func TestRunFlags(t *testing.T) {
 	}
 }
 
-// With no endpoints it runs its own etcd member, which agents reach on
-// --etcd-listen-client; SIGHUP reads the tokens file again.
+// httpsURLs are etcdtest.FreeURLs for a secure member.
+func httpsURLs(t *testing.T, n int) []string {
+	urls := etcdtest.FreeURLs(t, n)
+	for i, u := range urls {
+		urls[i] = "https" + strings.TrimPrefix(u, "http")
+	}
+	return urls
+}
+
+// With no endpoints it runs its own etcd member, secure by default, which
+// enrolled agents reach on --etcd-listen-client; SIGHUP reads the tokens
+// file again.
 func TestRunEmbedded(t *testing.T) {
-	urls := etcdtest.FreeURLs(t, 2)
+	urls := httpsURLs(t, 2)
 	tokens := tokensFile(t)
-	r := start(t, "--tokens-file", tokens, "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
+	dataDir := t.TempDir()
+	r := start(t, "--tokens-file", tokens, "--data-dir", dataDir, "--listen", "127.0.0.1:0",
 		"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1], "--prefix", "/cp-test/", "--name", "cp1")
 	if !strings.HasPrefix(r.url, "http://127.0.0.1:") {
 		t.Fatalf("API URL %q", r.url)
@@ -237,13 +255,50 @@ func TestRunEmbedded(t *testing.T) {
 	if code, body := call(t, c, "PUT", r.url+"/v1/rulesets/web", operatorToken, ruleSetYAML); code != 201 {
 		t.Fatalf("PUT: %d %s", code, body)
 	}
-	// An agent's view: the version under the prefix, on the member's URL.
-	cli := etcdtest.Client(t, []string{urls[0]})
+	// An enrolled agent's view: the version under the prefix, on the
+	// member's URL, with the bundle enrollment returned; and nothing
+	// without a certificate.
+	code, body := call(t, c, "POST", r.url+"/v1/hosts/web-1/enrollment", adminToken, `{"labels": {"role": "web"}}`)
+	if code != 200 {
+		t.Fatalf("enroll web-1: %d %s", code, body)
+	}
+	var bundle proto.EnrollResponse
+	if err := json.Unmarshal([]byte(body), &bundle); err != nil {
+		t.Fatal(err)
+	}
+	if len(bundle.Endpoints) != 1 || bundle.Endpoints[0] != urls[0] {
+		t.Fatalf("enrollment tells agents etcd is at %v, want %s", bundle.Endpoints, urls[0])
+	}
+	bdir := t.TempDir()
+	writeFile(t, bdir, "host.crt", bundle.CertPEM)
+	writeFile(t, bdir, "host.key", bundle.KeyPEM)
+	writeFile(t, bdir, "ca.crt", bundle.CAPEM)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := cli.Get(ctx, "/cp-test/rulesets/web/versions/1")
-	if err != nil || len(resp.Kvs) != 1 {
-		t.Fatalf("version 1 through the embedded member: %v %v", resp, err)
+	agent, err := etcdstore.Open(etcdstore.ClientConfig{Endpoints: bundle.Endpoints, CertFile: filepath.Join(bdir, "host.crt"),
+		KeyFile: filepath.Join(bdir, "host.key"), CAFile: filepath.Join(bdir, "ca.crt")}, proto.NewKeys("/cp-test/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	if kv, _, err := agent.GetAt(ctx, "/cp-test/rulesets/web/versions/1", 0); err != nil || kv == nil {
+		t.Fatalf("version 1 through the embedded member, as web-1: %v %v", kv, err)
+	}
+	if _, _, err := agent.CommitIf(ctx, nil, []etcdstore.Write{etcdstore.Put("/cp-test/rulesets/web/head", []byte("{}"))}); err == nil {
+		t.Fatal("web-1 rewrote a rule set's head")
+	}
+	stranger, err := etcdstore.Open(etcdstore.ClientConfig{Endpoints: bundle.Endpoints, CAFile: filepath.Join(bdir, "ca.crt")}, proto.NewKeys("/cp-test/"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+	defer scancel()
+	if err := stranger.Ping(sctx); err == nil {
+		t.Fatal("a client with no certificate reads the embedded member")
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, "pki", "ca.key")); err != nil {
+		t.Fatalf("the CA is not in <data-dir>/pki: %v", err)
 	}
 
 	// SIGHUP: the operator token goes, a new viewer comes.
@@ -456,7 +511,7 @@ func TestBinaryStopsOnSIGTERM(t *testing.T) {
 	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	urls := etcdtest.FreeURLs(t, 2)
+	urls := httpsURLs(t, 2)
 	cmd := exec.Command(bin, "--tokens-file", tokensFile(t), "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0",
 		"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1])
 	stdout, err := cmd.StdoutPipe()
@@ -636,5 +691,25 @@ func TestRunControllerLeadership(t *testing.T) {
 			t.Fatalf("the leader did not move the rollout on in 30s: %+v", ro.Status)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// --insecure-etcd runs the member on plain HTTP with no authentication,
+// and says so where an operator looks.
+func TestRunInsecureEtcdWarns(t *testing.T) {
+	urls := etcdtest.FreeURLs(t, 2)
+	r := start(t, "--tokens-file", tokensFile(t), "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--insecure-etcd",
+		"--etcd-listen-client", urls[0], "--etcd-listen-peer", urls[1])
+	if !strings.Contains(r.stderr.String(), "WARNING: etcd at "+urls[0]+" has no TLS and no authentication") {
+		t.Errorf("no warning of the insecure member; stderr:\n%s", r.stderr.String())
+	}
+	cli := etcdtest.Client(t, []string{urls[0]})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "/anyone/can", "write"); err != nil {
+		t.Fatalf("a plain client of the insecure member: %v", err)
+	}
+	if code := r.stop(t); code != exitOK {
+		t.Fatalf("exit %d; stderr:\n%s", code, r.stderr.String())
 	}
 }
