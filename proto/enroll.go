@@ -100,4 +100,6 @@ type EnrollResponse struct {
 	CAPEM   string `json:"caPEM"`
 	// Endpoints are etcd's client URLs, as agents should be given them.
 	Endpoints []string `json:"endpoints,omitempty"`
+	// KeyPrefix is the etcd prefix of xdpfw's keys.
+	KeyPrefix string `json:"keyPrefix"`
 }

@@ -78,7 +78,7 @@ func (s *Server) enrollHost(w http.ResponseWriter, r *http.Request, id auth.Iden
 	}
 	s.log.Info("host enrolled", zap.String("host", host), zapWho(id), zapRevision(rev))
 	writeJSON(w, http.StatusOK, proto.EnrollResponse{Enrollment: e, CertPEM: string(certPEM), KeyPEM: string(keyPEM),
-		CAPEM: string(s.issuer.CertPEM()), Endpoints: s.etcdEndpoints})
+		CAPEM: string(s.issuer.CertPEM()), Endpoints: s.etcdEndpoints, KeyPrefix: s.keys.Prefix})
 	return nil
 }
 

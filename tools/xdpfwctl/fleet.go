@@ -236,9 +236,14 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 			fmt.Fprintf(tw, "reason:\t%s\n", reason)
 		}
 		fmt.Fprintf(tw, "desired:\t%s\n", refList(h.Desired))
+		if e := h.Enrollment; e != nil {
+			fmt.Fprintf(tw, "enrolled:\tas etcd user %s by %s at %s, labels %s (these select its rule sets)\n", e.User, e.By, formatTime(e.EnrolledAt), labelList(e.Labels))
+		} else {
+			fmt.Fprintf(tw, "enrolled:\tno (its agent's labels select its rule sets)\n")
+		}
 		if st := h.Status; st != nil {
 			fmt.Fprintf(tw, "applied:\t%s\n", refList(st.Applied))
-			fmt.Fprintf(tw, "labels:\t%s\n", labelList(st.Labels))
+			fmt.Fprintf(tw, "reported labels:\t%s\n", labelList(st.Labels))
 			fmt.Fprintf(tw, "revision:\t%d\n", st.Revision)
 			fmt.Fprintf(tw, "agent:\t%s, started %s\n", st.AgentVersion, formatTime(st.StartedAt))
 			fmt.Fprintf(tw, "heartbeat:\t%s\n", formatTime(st.UpdatedAt))
@@ -272,6 +277,9 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 		applied, labels, beat := "-", "-", "-"
 		if st := h.Status; st != nil {
 			applied, labels, beat = refList(st.Applied), labelList(st.Labels), formatTime(st.UpdatedAt)
+		}
+		if e := h.Enrollment; e != nil {
+			labels = labelList(e.Labels) + " (enrolled)"
 		}
 		state, reason := hostState(h)
 		if reason == "" {

@@ -33,6 +33,7 @@ var topCommands = map[string]command{
 	"rollout":  {runRollout, "roll a version out in waves; pause, resume, abort"},
 	"stats":    {runStats, "fleet counters per outcome and per rule (per host with --host)"},
 	"top":      {runTop, "a live view of the busiest rules fleet-wide"},
+	"hosts":    {runHosts, "enroll a host (its etcd identity and labels) or revoke it"},
 	"etcd":     {runEtcd, "break-glass: read and write rule sets and host documents in etcd directly, bypassing the API"},
 }
 
