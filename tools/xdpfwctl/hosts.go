@@ -154,4 +154,3 @@ func runHostsRevoke(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "host %s revoked: etcd refuses its agent's certificate from now on; its status goes when its lease expires\n", rest[0])
 	return nil
 }
-
