@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# xdpfw fleet demo: a control plane with its embedded etcd, two web hosts
-# each running xdpfw-agent, a client and an attacker, all network
-# namespaces on one bridge. The operator writes a rule set through the API
-# and rolls it out in two waves; the attacker's packets are dropped on both
-# hosts, the client's pass, and the fleet's counters show it.
+# xdpfw fleet demo: a control plane with its embedded etcd (TLS, client
+# certificates, etcd auth on), two web hosts each enrolled (an etcd
+# identity allowed only its own keys) and running xdpfw-agent, a client and
+# an attacker, all network namespaces on one bridge. The operator writes a
+# rule set through the API and rolls it out in two waves; the attacker's
+# packets are dropped on both hosts, the client's pass, and the fleet's
+# counters show it. Last, web-1's identity tries to rewrite web-2's rules
+# and etcd refuses.
 # Run as root from the repository after `make build` (or `make demo`).
 # Everything it makes is named xdpfw-demo-* and removed on exit, failure
 # and Ctrl-C included.
@@ -21,6 +24,7 @@ CP_V4=198.18.0.10
 declare -A V4=([$CP]=198.18.0.10 [$CLIENT]=198.18.0.1 [$ATTACKER]=198.18.0.66 [$P-web-1]=198.18.0.21 [$P-web-2]=198.18.0.22)
 declare -A V6=([$CP]=2001:db8::10 [$CLIENT]=2001:db8::1 [$ATTACKER]=2001:db8::66 [$P-web-1]=2001:db8::21 [$P-web-2]=2001:db8::22)
 TOKEN=demo-operator-token-0123456789
+ADMIN_TOKEN=demo-admin-token-0123456789
 unexpected=0
 pids=()
 
@@ -35,6 +39,7 @@ on() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
 
 # ctl ARGS...: xdpfwctl against the API, from the client's namespace.
 ctl() { on "$CLIENT" "$BIN/xdpfwctl" "$@" --server "http://$CP_V4:8080" --token "$TOKEN"; }
+admin() { on "$CLIENT" "$BIN/xdpfwctl" "$@" --server "http://$CP_V4:8080" --token "$ADMIN_TOKEN"; }
 
 cleanup() {
 	for pid in "${pids[@]}"; do
@@ -100,20 +105,23 @@ for ns in "$CP" "$CLIENT" "$ATTACKER" "$P-web-1" "$P-web-2"; do
 		sleep 0.05
 	done
 done
-printf '  control plane  %s  (API :8080, embedded etcd :2379)\n' "${V4[$CP]}"
+printf '  control plane  %s  (API :8080, embedded etcd https :2379)\n' "${V4[$CP]}"
 printf '  client         %s  (stands for the office)\n' "${V4[$CLIENT]}"
 printf '  attacker       %s\n' "${V4[$ATTACKER]}"
 printf '  web-1, web-2   %s, %s  (ssh tcp/22, web tcp/80, DNS udp/53; an agent each)\n' "${V4[$P-web-1]}" "${V4[$P-web-2]}"
 
 # --- the control plane and the agents ------------------------------------------
-say "start xdpfw-controlplane (embedded etcd) and an xdpfw-agent on each web host"
+say "start xdpfw-controlplane (embedded etcd: TLS, client certificates, auth on)"
 cat >"$tmp/tokens.yaml" <<TOKENS
 tokens:
   - {name: demo-operator, role: operator, token: $TOKEN}
+  - {name: demo-admin, role: admin, token: $ADMIN_TOKEN}
 TOKENS
+# The API is plain HTTP on the demo's private bridge (--insecure-http);
+# give it --tls-cert and --tls-key anywhere else.
 nsenter --net="/run/netns/$CP" "$BIN/xdpfw-controlplane" --name cp-1 --listen "$CP_V4:8080" --insecure-http \
 	--tokens-file "$tmp/tokens.yaml" --data-dir "$tmp/etcd" \
-	--etcd-listen-client "http://$CP_V4:2379" --etcd-listen-peer "http://127.0.0.1:2380" \
+	--etcd-listen-client "https://$CP_V4:2379" --etcd-listen-peer "https://127.0.0.1:2380" \
 	--rollout-interval 250ms --log-level warn >"$tmp/cp.out" 2>"$tmp/cp.log" &
 pids+=($!)
 for _ in $(seq 300); do
@@ -122,10 +130,17 @@ for _ in $(seq 300); do
 done
 grep -q 'ready' "$tmp/cp.out" || { cat "$tmp/cp.log" >&2; die "the control plane did not start"; }
 sed 's/^/  /' "$tmp/cp.out"
+
+say "enroll web-1 and web-2 (xdpfwctl hosts enroll, admin): an etcd identity each, and the labels that pick their rules"
+for h in "${HOSTS[@]}"; do
+	admin hosts enroll "$h" --labels role=web --out "$tmp/enroll/$h" | sed 's/^/  /'
+done
+
+say "start an xdpfw-agent on each web host, with its enrollment's agent.yaml"
 declare -A agent_pid
 for h in "${HOSTS[@]}"; do
-	nsenter --net="/run/netns/$P-$h" "$BIN/xdpfw-agent" --endpoints "http://$CP_V4:2379" --host "$h" \
-		--labels role=web --iface eth0 --pin-path "$PIN_ROOT/$h" --telemetry-interval 1s --lease-ttl 5s \
+	nsenter --net="/run/netns/$P-$h" "$BIN/xdpfw-agent" --config "$tmp/enroll/$h/agent.yaml" \
+		--iface eth0 --pin-path "$PIN_ROOT/$h" --telemetry-interval 1s --lease-ttl 5s \
 		--metrics-addr 127.0.0.1:9464 --log-level warn 2>"$tmp/agent-$h.log" &
 	agent_pid[$h]=$!
 	pids+=($!)
@@ -242,6 +257,16 @@ sleep 2.5
 ctl stats
 echo
 ctl get hosts
+
+say "6. web-1's identity tries to give web-2 an empty desired state (xdpfwctl etcd, as web-1): etcd refuses"
+c=$tmp/enroll/web-1
+if out=$(on "$P-web-1" "$BIN/xdpfwctl" etcd desire --host web-2 --none --endpoints "https://$CP_V4:2379" \
+	--cert "$c/etcd-client.crt" --key "$c/etcd-client.key" --cacert "$c/etcd-ca.crt" 2>&1); then
+	unexpected=1
+	printf '  %s\n    ^ unexpected: web-1 rewrote web-2'"'"'s desired state\n' "$out"
+else
+	printf '  refused: %s\n' "$(tail -n 1 <<<"$out")"
+fi
 
 say "cleaning up (agents, control plane, namespaces, pins)"
 cleanup
