@@ -209,8 +209,8 @@ func (s *Store) Telemetry(ctx context.Context, host string) (docs []proto.HostTe
 		if !ok || leaf != "telemetry" {
 			return
 		}
-		var t proto.HostTelemetry
-		if err := json.Unmarshal(value, &t); err != nil || t.Kind != proto.KindHostTelemetry {
+		t, err := decodeTelemetry(key, value)
+		if err != nil {
 			bad++
 			return
 		}

@@ -436,6 +436,20 @@ func (s *Store) GetStatuses(ctx context.Context, hosts []string) (map[string]pro
 	return out, nil
 }
 
+// decodeTelemetry decodes a host's telemetry document; like a status it is
+// decoded leniently (a newer agent may report more), but its kind must be
+// right.
+func decodeTelemetry(key string, value []byte) (proto.HostTelemetry, error) {
+	var t proto.HostTelemetry
+	if err := json.Unmarshal(value, &t); err != nil {
+		return proto.HostTelemetry{}, fmt.Errorf("decode %s: %w", key, err)
+	}
+	if t.Kind != proto.KindHostTelemetry {
+		return proto.HostTelemetry{}, fmt.Errorf("decode %s: kind %q, want %q", key, t.Kind, proto.KindHostTelemetry)
+	}
+	return t, nil
+}
+
 func decodeStatus(key string, value []byte) (proto.HostStatus, error) {
 	var st proto.HostStatus
 	if err := json.Unmarshal(value, &st); err != nil {

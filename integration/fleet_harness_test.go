@@ -570,6 +570,10 @@ func (m *etcdMember) launch(t testing.TB, state string) {
 		"--initial-cluster", strings.Join(peers, ","),
 		"--initial-cluster-state", state,
 		"--log-level", memberLogLevel,
+		// The harness's etcd is a plain cluster: what it tests is
+		// failover and fan-out; etcd's TLS and auth are tested by the
+		// fleet demo (TestFleetDemo) and the etcdstore and agent tests.
+		"--insecure",
 	}
 	logf := openLog(t, m.logPath, fmt.Sprintf("xdpfw-etcd %s", strings.Join(args, " ")))
 	m.ready = make(chan struct{})

@@ -174,6 +174,11 @@ func (v *validator) sets() {
 			}
 		}
 		n := len(set.Prefixes)
+		if len(set.Chunks) == 0 && set.Count != 0 {
+			// A count belongs to chunk references; on a set that holds its
+			// prefixes (or nothing) it can only be a forgery or a bug.
+			v.add(path, "count %d without chunks", set.Count)
+		}
 		if len(set.Chunks) > 0 {
 			if !v.opts.AllowChunks {
 				v.add(path, "%v (resolve them before use)", ErrUnresolvedChunks)

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"sync/atomic"
 
@@ -85,12 +86,17 @@ type file struct {
 	Tokens []fileEntry `json:"tokens"`
 }
 
+// quoted matches what a parser's message quotes of its input.
+var quoted = regexp.MustCompile("`[^`]*`|\"(?:[^\"\\\\]|\\\\.)*\"|'[^']*'")
+
 // Parse reads a tokens file's content. Errors name the entry at fault
 // ("tokens[2] (bob): ...") and never include a token.
 func Parse(data []byte) (*Tokens, error) {
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fmt.Errorf("tokens file: %w", err)
+		// The YAML parser quotes the text it could not read, which may be
+		// a token: keep its line and reason, not its quotes.
+		return nil, fmt.Errorf("tokens file: %s", quoted.ReplaceAllString(err.Error(), "(...)"))
 	}
 	var f file
 	dec := json.NewDecoder(bytes.NewReader(j))

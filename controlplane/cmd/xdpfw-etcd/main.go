@@ -3,9 +3,17 @@
 // --initial-cluster form a cluster; the integration tests run each in its
 // own network namespace.
 //
+// The member is secure unless told --insecure: it serves TLS on https://
+// URLs, takes only clients and peers with a certificate of the CA in
+// --pki-dir (created on the first start of the first member; copy its
+// ca.crt and ca.key into every other member's --pki-dir before theirs),
+// and has etcd's authentication on. The control plane connects with the
+// root client certificate written there (root.crt, root.key) and, given
+// the CA's key too, enrolls hosts (docs/operator-guide.md).
+//
 // It prints one line to stdout once the member serves clients:
 //
-//	xdpfw-etcd: ready, clients at http://198.18.0.1:2379
+//	xdpfw-etcd: ready, clients at https://198.18.0.1:2379
 //
 // and logs JSON to stderr. SIGTERM or SIGINT stops it gracefully (exit 0);
 // a failure exits 1, bad flags exit 2.
@@ -19,6 +27,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +36,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver"
+	"github.com/xdpfw/xdpfw/controlplane/pki"
 )
 
 // Exit codes.
@@ -49,8 +59,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	name := fs.String("name", etcdserver.DefaultName, "member name, as in --initial-cluster")
 	dataDir := fs.String("data-dir", "", "data directory (required; etcd preallocates 64 MB WAL files)")
-	listenClient := fs.String("listen-client", etcdserver.DefaultClientURL, "comma-separated client URLs, listened on and advertised")
-	listenPeer := fs.String("listen-peer", etcdserver.DefaultPeerURL, "comma-separated peer URLs, listened on and advertised")
+	listenClient := fs.String("listen-client", "", "comma-separated client URLs, listened on and advertised (https://127.0.0.1:2379; http:// with --insecure)")
+	listenPeer := fs.String("listen-peer", "", "comma-separated peer URLs, listened on and advertised (https://127.0.0.1:2380; http:// with --insecure)")
+	insecure := fs.Bool("insecure", false, "serve plain HTTP with no authentication: anyone who reaches the member controls every host's rules")
+	pkiDir := fs.String("pki-dir", "", "the CA, the member's certificate and the root client certificate (default <data-dir>/pki; the CA is created there if absent)")
 	initialCluster := fs.String("initial-cluster", "", "NAME=PEER-URL,... of every member (empty: this member alone)")
 	clusterState := fs.String("initial-cluster-state", etcdserver.ClusterStateNew, "new (bootstrap a cluster) or existing (join one)")
 	retention := fs.String("auto-compaction-retention", etcdserver.DefaultAutoCompactionRetention, "history kept by periodic compaction (e.g. 1h, 30m)")
@@ -79,6 +91,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *clusterState != etcdserver.ClusterStateNew && *clusterState != etcdserver.ClusterStateExisting {
 		return usage(fmt.Sprintf("--initial-cluster-state %q: want new or existing", *clusterState))
 	}
+	scheme := "https"
+	if *insecure {
+		scheme = "http"
+		if *pkiDir != "" {
+			return usage("--pki-dir is for a secure member; --insecure has no certificates")
+		}
+	} else if *pkiDir == "" {
+		*pkiDir = filepath.Join(*dataDir, etcdserver.PKIDir)
+	}
+	if *listenClient == "" {
+		*listenClient = scheme + "://127.0.0.1:2379"
+	}
+	if *listenPeer == "" {
+		*listenPeer = scheme + "://127.0.0.1:2380"
+	}
+	clientURLs, peerURLs := splitList(*listenClient), splitList(*listenPeer)
+	for _, u := range append(append([]string(nil), clientURLs...), peerURLs...) {
+		if !strings.HasPrefix(u, scheme+"://") {
+			if *insecure {
+				return usage(fmt.Sprintf("%s: with --insecure the member serves http://", u))
+			}
+			return usage(fmt.Sprintf("%s: the member serves https:// (TLS with client certificates); --insecure runs it on plain http:// with no authentication", u))
+		}
+	}
 
 	lg := newLogger(stderr, level)
 	defer lg.Sync()
@@ -87,11 +123,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *startTimeout > 0 {
 		startCtx, cancel = context.WithTimeout(ctx, *startTimeout)
 	}
+	var tlsFiles *etcdserver.TLSFiles
+	if !*insecure {
+		if _, tlsFiles, err = etcdserver.PreparePKI(*pkiDir, clientURLs, peerURLs); err != nil {
+			cancel()
+			lg.Error("PKI not set up", zap.Error(err))
+			fmt.Fprintf(stderr, "xdpfw-etcd: %v\n", err)
+			return exitError
+		}
+	}
 	srv, err := etcdserver.Start(startCtx, etcdserver.Config{
+		TLS:                     tlsFiles,
 		Name:                    *name,
 		DataDir:                 *dataDir,
-		ClientURLs:              splitList(*listenClient),
-		PeerURLs:                splitList(*listenPeer),
+		ClientURLs:              clientURLs,
+		PeerURLs:                peerURLs,
 		InitialCluster:          *initialCluster,
 		ClusterState:            *clusterState,
 		AutoCompactionRetention: *retention,
@@ -110,7 +156,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitError
 	}
 	fmt.Fprintf(stdout, "xdpfw-etcd: ready, clients at %s\n", strings.Join(srv.Endpoints(), ","))
-	lg.Info("ready", zap.String("name", *name), zap.Strings("clients", srv.Endpoints()))
+	lg.Info("ready", zap.String("name", *name), zap.Strings("clients", srv.Endpoints()), zap.Bool("secure", !*insecure), zap.String("pki_dir", *pkiDir))
+	if *insecure {
+		lg.Warn("serving plain HTTP with no authentication (--insecure): anyone who reaches the member controls every host's rules",
+			zap.Strings("clients", srv.Endpoints()))
+	} else {
+		// What the control plane is given: --etcd-cert, --etcd-key,
+		// --etcd-cacert, and --etcd-ca-key to enroll hosts.
+		lg.Info("control plane certificates", zap.String("root_cert", tlsFiles.RootCertFile), zap.String("root_key", tlsFiles.RootKeyFile),
+			zap.String("ca_cert", tlsFiles.CAFile), zap.String("ca_key", filepath.Join(*pkiDir, pki.CAKeyFile)))
+	}
 
 	select {
 	case <-ctx.Done():

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,9 @@ import (
 	"time"
 
 	"github.com/xdpfw/xdpfw/controlplane/etcdserver/etcdtest"
+	"github.com/xdpfw/xdpfw/controlplane/pki"
+	"github.com/xdpfw/xdpfw/etcdstore"
+	"github.com/xdpfw/xdpfw/proto"
 )
 
 // syncBuffer is a bytes.Buffer that run's output and the test can share.
@@ -80,18 +84,53 @@ func (m *member) stop(t *testing.T) int {
 	}
 }
 
+// httpsURLs are etcdtest.FreeURLs for a secure member.
+func httpsURLs(t *testing.T, n int) []string {
+	urls := etcdtest.FreeURLs(t, n)
+	for i, u := range urls {
+		urls[i] = "https" + strings.TrimPrefix(u, "http")
+	}
+	return urls
+}
+
+// rootClient is a client of endpoints with the root certificate in a
+// member's PKI directory.
+func rootClient(t *testing.T, pkiDir string, endpoints []string) *etcdstore.Store {
+	t.Helper()
+	st, err := etcdstore.Open(etcdstore.ClientConfig{Endpoints: endpoints, CertFile: filepath.Join(pkiDir, pki.RootCertFile),
+		KeyFile: filepath.Join(pkiDir, pki.RootKeyFile), CAFile: filepath.Join(pkiDir, pki.CACertFile)}, proto.NewKeys(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 func TestRunServesUntilSignalled(t *testing.T) {
-	urls := etcdtest.FreeURLs(t, 2)
-	m := startMember("--name", "solo", "--data-dir", t.TempDir(), "--listen-client", urls[0], "--listen-peer", urls[1])
+	urls := httpsURLs(t, 2)
+	dataDir := t.TempDir()
+	m := startMember("--name", "solo", "--data-dir", dataDir, "--listen-client", urls[0], "--listen-peer", urls[1], "--log-level", "info")
 	line := m.waitReady(t)
 	if want := "xdpfw-etcd: ready, clients at " + urls[0] + "\n"; line != want {
 		t.Fatalf("stdout = %q, want %q", line, want)
 	}
-	cli := etcdtest.Client(t, []string{urls[0]})
+	if !strings.Contains(m.stderr.String(), `"root_cert":"`+filepath.Join(dataDir, "pki", "root.crt")) {
+		t.Errorf("stderr does not say which certificate the control plane uses:\n%s", m.stderr.String())
+	}
+	root := rootClient(t, filepath.Join(dataDir, "pki"), []string{urls[0]})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
-		t.Fatal(err)
+	if _, _, err := root.CommitIf(ctx, nil, []etcdstore.Write{etcdstore.Put("/k", []byte("v"))}); err != nil {
+		t.Fatalf("root writes: %v", err)
+	}
+	if on, err := root.AuthEnabled(ctx); err != nil || !on {
+		t.Fatalf("etcd auth on: %v, %v; want on", on, err)
+	}
+	plain := etcdtest.Client(t, []string{"http" + strings.TrimPrefix(urls[0], "https")})
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer pcancel()
+	if _, err := plain.Put(pctx, "/k", "plain"); err == nil {
+		t.Fatal("a plain-HTTP client wrote to the secure member")
 	}
 	if code := m.stop(t); code != exitOK {
 		t.Fatalf("exit %d after a signal, want 0; stderr:\n%s", code, m.stderr.String())
@@ -101,32 +140,51 @@ func TestRunServesUntilSignalled(t *testing.T) {
 	}
 }
 
+// Three secure members sharing one CA (created by the first, copied to
+// the others as an operator would) form a cluster with auth on.
 func TestRunThreeMembers(t *testing.T) {
 	var members []*member
 	var cluster, clients []string
-	urls := etcdtest.FreeURLs(t, 6)
+	urls := httpsURLs(t, 6)
 	for i := range 3 {
 		cluster = append(cluster, fmt.Sprintf("m%d=%s", i+1, urls[2*i+1]))
 		clients = append(clients, urls[2*i])
 	}
+	first := filepath.Join(t.TempDir(), "pki")
+	if _, err := pki.LoadOrCreateCA(first, "test CA"); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 3 {
+		dir := t.TempDir()
+		if i > 0 {
+			for _, f := range []string{pki.CACertFile, pki.CAKeyFile} {
+				data, err := os.ReadFile(filepath.Join(first, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, filepath.Join(dir, "pki"), f, data)
+			}
+		}
+		pkiDir := filepath.Join(dir, "pki")
+		if i == 0 {
+			pkiDir = first
+		}
 		members = append(members, startMember(
-			"--name", fmt.Sprintf("m%d", i+1), "--data-dir", t.TempDir(),
+			"--name", fmt.Sprintf("m%d", i+1), "--data-dir", dir, "--pki-dir", pkiDir,
 			"--listen-client", urls[2*i], "--listen-peer", urls[2*i+1],
 			"--initial-cluster", strings.Join(cluster, ",")))
 	}
 	for _, m := range members {
 		m.waitReady(t)
 	}
-	cli := etcdtest.Client(t, clients)
+	root := rootClient(t, first, clients)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	resp, err := cli.MemberList(ctx)
-	if err != nil {
-		t.Fatal(err)
+	if _, _, err := root.CommitIf(ctx, nil, []etcdstore.Write{etcdstore.Put("/k", []byte("v"))}); err != nil {
+		t.Fatalf("root writes to the cluster: %v", err)
 	}
-	if len(resp.Members) != 3 {
-		t.Fatalf("%d members, want 3", len(resp.Members))
+	if on, err := root.AuthEnabled(ctx); err != nil || !on {
+		t.Fatalf("etcd auth on: %v, %v; want on", on, err)
 	}
 	for i, m := range members {
 		if code := m.stop(t); code != exitOK {
@@ -152,15 +210,22 @@ func TestRunFailures(t *testing.T) {
 		{"bad level", []string{"--data-dir", "D", "--log-level", "loud"}, exitUsage, `--log-level "loud"`},
 		{"bad flag", []string{"--data-dir", "D", "--nope"}, exitUsage, "flag provided but not defined"},
 		{"extra argument", []string{"--data-dir", "D", "extra"}, exitUsage, `unexpected argument "extra"`},
-		{"port in use", []string{"--data-dir", "D", "--listen-client", "http://" + busy.Addr().String()}, exitError, "address already in use"},
+		{"port in use", []string{"--data-dir", "D", "--listen-client", "https://" + busy.Addr().String()}, exitError, "address already in use"},
+		{"plain HTTP without --insecure", []string{"--data-dir", "D", "--listen-client", "http://127.0.0.1:2379"}, exitUsage, "--insecure runs it on plain http://"},
+		{"https with --insecure", []string{"--data-dir", "D", "--insecure", "--listen-client", "https://127.0.0.1:2379", "--listen-peer", "http://127.0.0.1:2380"}, exitUsage, "with --insecure the member serves http://"},
 		{"no quorum", []string{"--data-dir", "D", "--name", "a", "--start-timeout", "1s",
 			"--initial-cluster", "a=PEER,b=http://127.0.0.1:1"}, exitError, "waiting for the cluster"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			urls := etcdtest.FreeURLs(t, 2)
+			urls := httpsURLs(t, 2)
 			dir := t.TempDir()
-			args := []string{"--listen-client", urls[0], "--listen-peer", urls[1]}
+			var args []string
+			if !strings.Contains(strings.Join(tt.args, " "), "--listen-client") {
+				args = []string{"--listen-client", urls[0], "--listen-peer", urls[1]}
+			} else if !strings.Contains(strings.Join(tt.args, " "), "--listen-peer") {
+				args = []string{"--listen-peer", urls[1]}
+			}
 			for _, a := range tt.args {
 				a = strings.ReplaceAll(a, "PEER", urls[1])
 				if a == "D" {
@@ -191,7 +256,7 @@ func TestBinaryStopsOnSIGTERM(t *testing.T) {
 	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	urls := etcdtest.FreeURLs(t, 2)
+	urls := httpsURLs(t, 2)
 	cmd := exec.Command(bin, "--data-dir", t.TempDir(), "--listen-client", urls[0], "--listen-peer", urls[1], "--log-level", "info")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -241,5 +306,15 @@ func TestBinaryStopsOnSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "stopping on a signal") {
 		t.Fatalf("log does not say it stopped on the signal:\n%s", stderr.String())
+	}
+}
+
+func writeFile(t *testing.T, dir, name string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
