@@ -125,7 +125,7 @@ func (s *Store) PutRuleSetAudited(ctx context.Context, rs proto.RuleSet, ifMatch
 	if ifMatch < -1 {
 		return PutResult{}, fmt.Errorf("rule set %s: if-match %d: want -1 (any version), 0 (a new rule set) or a version", rs.Name, ifMatch)
 	}
-	doc, err := s.encodeVersion(ctx, rs)
+	ev, err := s.encodeVersion(ctx, rs)
 	if err != nil {
 		return PutResult{}, err
 	}
@@ -170,12 +170,12 @@ func (s *Store) PutRuleSetAudited(ctx context.Context, rs proto.RuleSet, ifMatch
 			return PutResult{}, fmt.Errorf("rule set %s: %w", rs.Name, err)
 		}
 		res.AuditKey = auditKey
-		txn, err := s.cli.Txn(ctx).If(
+		txn, err := s.cli.Txn(ctx).If(append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(headKey), "=", modRev),
 			clientv3.Compare(clientv3.CreateRevision(versionKey), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(auditKey), "=", 0),
-		).Then(
-			clientv3.OpPut(versionKey, string(doc)),
+		}, s.epochGuard(ev)...)...).Then(
+			clientv3.OpPut(versionKey, string(ev.doc)),
 			clientv3.OpPut(headKey, string(head)),
 			auditPut,
 		).Else(
@@ -193,6 +193,11 @@ func (s *Store) PutRuleSetAudited(ctx context.Context, rs proto.RuleSet, ifMatch
 			return PutResult{}, err
 		}
 		if nowRev == modRev {
+			if moved, err := s.epochMoved(ctx, ev); err != nil {
+				return PutResult{}, err
+			} else if moved {
+				continue // chunks were collected meanwhile: stored again, try again
+			}
 			return PutResult{}, fmt.Errorf("rule set %s: %s already exists but the head %s says version %d: refusing to overwrite an immutable version",
 				rs.Name, versionKey, headKey, cur)
 		}

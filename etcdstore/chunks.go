@@ -21,7 +21,7 @@ const chunkTxnBytes = 768 << 10
 // their chunks are written first (each chunk key once: they are immutable
 // and named by their hash, so a chunk already there is the same chunk).
 // A chunk nobody references (a write that lost its race) is harmless.
-func (s *Store) encodeVersion(ctx context.Context, rs proto.RuleSet) ([]byte, error) {
+func (s *Store) encodeVersion(ctx context.Context, rs proto.RuleSet) (*encodedVersion, error) {
 	// Validate refuses sets that still name a feed file: stored documents
 	// go to hosts that cannot read the author's files.
 	if err := rs.Validate(); err != nil {
@@ -39,10 +39,73 @@ func (s *Store) encodeVersion(ctx context.Context, rs proto.RuleSet) ([]byte, er
 		return nil, fmt.Errorf("rule set %s: %w: %d bytes as JSON with its big sets as chunks, the limit is %d",
 			rs.Name, ErrTooLarge, len(doc), MaxDocumentBytes)
 	}
-	if err := s.putChunks(ctx, chunks); err != nil {
-		return nil, fmt.Errorf("rule set %s: %w", rs.Name, err)
+	ev := &encodedVersion{name: rs.Name, doc: doc, chunks: chunks}
+	if err := s.storeChunks(ctx, ev); err != nil {
+		return nil, err
 	}
-	return doc, nil
+	return ev, nil
+}
+
+// encodedVersion is a version ready to write: its document, the chunks
+// it names (stored), and the chunk epoch read before they were.
+type encodedVersion struct {
+	name   string
+	doc    []byte
+	chunks []proto.Chunk
+	epoch  int64
+}
+
+// storeChunks reads the chunk epoch, then writes the chunks etcd lacks.
+// The version's transaction guards on the epoch (guard): if the collector
+// deleted chunks in between, one of ours may be gone, and the write
+// stores them again (storeChunks) before it retries.
+func (s *Store) storeChunks(ctx context.Context, ev *encodedVersion) error {
+	if len(ev.chunks) == 0 {
+		return nil
+	}
+	resp, err := s.cli.Get(ctx, s.keys.ChunkEpoch())
+	if err != nil {
+		return fmt.Errorf("rule set %s: read %s: %w", ev.name, s.keys.ChunkEpoch(), err)
+	}
+	ev.epoch = 0
+	if len(resp.Kvs) > 0 {
+		ev.epoch = resp.Kvs[0].ModRevision
+	}
+	if err := s.putChunks(ctx, ev.chunks); err != nil {
+		return fmt.Errorf("rule set %s: %w", ev.name, err)
+	}
+	if s.afterChunksStored != nil {
+		s.afterChunksStored()
+	}
+	return nil
+}
+
+// guard is the compare of the version's transaction on the chunk epoch
+// (none for a version with no chunks).
+func (s *Store) epochGuard(ev *encodedVersion) []clientv3.Cmp {
+	if len(ev.chunks) == 0 {
+		return nil
+	}
+	return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.keys.ChunkEpoch()), "=", ev.epoch)}
+}
+
+// epochMoved says whether the chunk epoch moved since ev's chunks were
+// stored; if so it stores them again, for the next attempt.
+func (s *Store) epochMoved(ctx context.Context, ev *encodedVersion) (bool, error) {
+	if len(ev.chunks) == 0 {
+		return false, nil
+	}
+	before := ev.epoch
+	if err := s.storeChunks(ctx, ev); err != nil {
+		return false, err
+	}
+	return ev.epoch != before, nil
+}
+
+// ChunkEpochWrite is the write the storage collector adds to each
+// transaction that deletes chunks.
+func (s *Store) ChunkEpochWrite() Write {
+	return Put(s.keys.ChunkEpoch(), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 }
 
 // putChunks writes the chunks etcd lacks or holds corrupt (bytes other

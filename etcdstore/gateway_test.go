@@ -392,3 +392,43 @@ func TestWriteRepairsADamagedChunk(t *testing.T) {
 		t.Fatalf("version 1 after the repair: %v", err)
 	}
 }
+
+// A chunk collected after a write stored its chunks but before the write
+// published its version (the collector bumps the chunk epoch with every
+// delete) is stored again: the version never names a missing chunk.
+func TestVersionWriteSurvivesAChunkCollectedUnderIt(t *testing.T) {
+	s, cli := newStore(t)
+	ctx := testCtx(t)
+	prefixes := make([]string, 6000)
+	for i := range prefixes {
+		prefixes[i] = fmt.Sprintf("198.18.%d.%d/32", i/256, i%256)
+	}
+	rs := proto.RuleSet{APIVersion: proto.APIVersion, Kind: proto.KindRuleSet, Name: "big", Mode: proto.ModeDeny,
+		Sets:  map[string]proto.PrefixSet{"s": {Prefixes: prefixes}},
+		Rules: []proto.Rule{{ID: "x", Action: proto.ActionDrop, Src: []string{"set:s"}}}}
+	collected := 0
+	s.afterChunksStored = func() {
+		if collected > 0 {
+			return
+		}
+		resp, err := cli.Get(ctx, s.keys.Chunks(), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(1))
+		if err != nil || len(resp.Kvs) == 0 {
+			t.Errorf("no chunk to collect: %v", err)
+			return
+		}
+		if _, _, err := s.CommitIf(ctx, nil, []Write{Delete(string(resp.Kvs[0].Key)), s.ChunkEpochWrite()}); err != nil {
+			t.Error(err)
+		}
+		collected++
+	}
+	if _, _, err := s.PutRuleSet(ctx, rs, -1); err != nil {
+		t.Fatal(err)
+	}
+	if collected != 1 {
+		t.Fatalf("the hook collected %d chunks", collected)
+	}
+	got, _, err := s.GetRuleSet(ctx, "big", 1)
+	if err != nil || len(got.Sets["s"].Prefixes) != len(prefixes) {
+		t.Fatalf("version 1 after a chunk was collected under its write: %v", err)
+	}
+}

@@ -94,6 +94,9 @@ type Store struct {
 	// beforeDesiredTxn runs between SetDesired's reads and its
 	// transaction; tests use it to race a delete against the write.
 	beforeDesiredTxn func()
+	// afterChunksStored runs once a version's chunks are stored, before
+	// its transaction; tests use it to collect chunks under the write.
+	afterChunksStored func()
 }
 
 // New returns a store over a client; keys says where the documents are.
@@ -117,7 +120,7 @@ func (s *Store) PutRuleSet(ctx context.Context, rs proto.RuleSet, ifMatch int64)
 	if ifMatch < -1 {
 		return 0, 0, fmt.Errorf("rule set %s: if-match %d: want -1 (any version), 0 (a new rule set) or a version", rs.Name, ifMatch)
 	}
-	doc, err := s.encodeVersion(ctx, rs)
+	ev, err := s.encodeVersion(ctx, rs)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -143,11 +146,11 @@ func (s *Store) PutRuleSet(ctx context.Context, rs proto.RuleSet, ifMatch int64)
 			return 0, 0, fmt.Errorf("rule set %s: encode head: %w", rs.Name, err)
 		}
 		// ModRevision 0 is how etcd compares a key that does not exist.
-		txn, err := s.cli.Txn(ctx).If(
+		txn, err := s.cli.Txn(ctx).If(append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(headKey), "=", modRev),
 			clientv3.Compare(clientv3.CreateRevision(versionKey), "=", 0),
-		).Then(
-			clientv3.OpPut(versionKey, string(doc)),
+		}, s.epochGuard(ev)...)...).Then(
+			clientv3.OpPut(versionKey, string(ev.doc)),
 			clientv3.OpPut(headKey, string(head)),
 		).Else(
 			clientv3.OpGet(headKey),
@@ -165,6 +168,11 @@ func (s *Store) PutRuleSet(ctx context.Context, rs proto.RuleSet, ifMatch int64)
 			return 0, 0, err
 		}
 		if nowRev == modRev {
+			if moved, err := s.epochMoved(ctx, ev); err != nil {
+				return 0, 0, err
+			} else if moved {
+				continue // chunks were collected meanwhile: stored again, try again
+			}
 			// The head did not move, so the version key was there before
 			// it: something other than this package wrote it.
 			return 0, 0, fmt.Errorf("rule set %s: %s already exists but the head %s says version %d: refusing to overwrite an immutable version",

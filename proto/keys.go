@@ -140,5 +140,10 @@ func (k Keys) Election() string { return k.Prefix + "election/controller" }
 // Chunks is the prefix of the immutable chunks of big prefix sets.
 func (k Keys) Chunks() string { return k.Prefix + "chunks/" }
 
+// ChunkEpoch is written by the storage collector with every delete of
+// chunks: a version write that reused chunks guards on it, so it never
+// publishes a version naming a chunk collected under it.
+func (k Keys) ChunkEpoch() string { return k.Prefix + "gc/chunks" }
+
 // Chunk is the key of the chunk with a hash (see ChunkSets).
 func (k Keys) Chunk(hash string) string { return k.Chunks() + hash }

@@ -458,7 +458,36 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("not ready: etcd did not answer within %s", ReadyTimeout)})
 		return
 	}
+	if alarms, err := s.store.Alarms(ctx); err == nil && len(alarms) > 0 {
+		s.log.Warn("not ready: etcd raised alarms", zap.Strings("alarms", alarms))
+		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Code: proto.CodeUnavailable,
+			Message: "not ready: " + etcdstore.AlarmsMessage(alarmTypes(alarms))})
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// alarmTypes keeps the alarm names (NOSPACE, CORRUPT) of etcd's alarms,
+// not the members they name: /readyz answers anyone.
+func alarmTypes(alarms []string) []string {
+	out := make([]string, len(alarms))
+	for i, a := range alarms {
+		out[i], _, _ = strings.Cut(a, " ")
+	}
+	return out
+}
+
+// warnAlarms adds a Warning header naming etcd's raised alarms, if any,
+// to an answer that lists the fleet: hosts cannot report while etcd
+// refuses writes, so what the list says may be stale.
+func (s *Server) warnAlarms(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := s.etcdCtx(r)
+	defer cancel()
+	alarms, err := s.store.Alarms(ctx)
+	if err != nil || len(alarms) == 0 {
+		return
+	}
+	w.Header().Add("Warning", "199 xdpfw "+strconv.Quote(etcdstore.AlarmsMessage(alarms)+"; hosts' statuses may be stale"))
 }
 
 // audit answers GET /v1/audit?limit=N: the newest N records (100 by

@@ -30,6 +30,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request, _ auth.Identi
 	if err != nil {
 		return err
 	}
+	s.warnAlarms(w, r)
 	writeJSON(w, http.StatusOK, infos)
 	return nil
 }

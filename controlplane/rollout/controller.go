@@ -56,6 +56,8 @@ type ControllerOptions struct {
 	// newest rollout of each rule set is kept whatever its age; the audit
 	// trail keeps who did what.
 	Retention time.Duration
+	// GC configures the storage collector the leader runs between rounds.
+	GC GCOptions
 }
 
 // DefaultRetention is how long finished rollouts are kept by default.
@@ -75,6 +77,7 @@ type Controller struct {
 	name     string
 	interval time.Duration
 	keep     time.Duration
+	gc       GCOptions
 	log      *zap.Logger
 	metrics  *metrics
 
@@ -96,7 +99,7 @@ func NewController(st *etcdstore.Store, opts ControllerOptions) *Controller {
 		opts.Retention = DefaultRetention
 	}
 	return &Controller{
-		st: st, keys: st.Keys(), name: opts.Name, interval: opts.Interval, keep: opts.Retention,
+		st: st, keys: st.Keys(), name: opts.Name, interval: opts.Interval, keep: opts.Retention, gc: opts.GC,
 		log:     opts.Log.With(zap.String("controller", opts.Name)),
 		metrics: newMetrics(),
 		now:     time.Now, sessionTTL: SessionTTL,
@@ -197,10 +200,14 @@ func (c *Controller) lead(ctx context.Context, t *etcdstore.Term) error {
 	}()
 
 	reader := newSnapshotReader(c.st, c.log)
+	gc, err := newCollector(c.st, c.gc, c.log)
+	if err != nil {
+		return err
+	}
 	tick := time.NewTicker(c.interval)
 	defer tick.Stop()
 	for {
-		err := c.round(ctx, t, reader)
+		err := c.round(ctx, t, reader, gc)
 		switch {
 		case errors.Is(err, errNotLeader):
 			return err
@@ -295,7 +302,7 @@ func (c *Controller) relevant(key string) bool {
 
 // round reads a snapshot, moves the rollouts on and writes the desired
 // states that differ.
-func (c *Controller) round(ctx context.Context, t *etcdstore.Term, reader *snapshotReader) (err error) {
+func (c *Controller) round(ctx context.Context, t *etcdstore.Term, reader *snapshotReader, gc *collector) (err error) {
 	start := time.Now()
 	defer func() {
 		c.metrics.roundSeconds.Observe(time.Since(start).Seconds())
@@ -341,7 +348,15 @@ func (c *Controller) round(ctx context.Context, t *etcdstore.Term, reader *snaps
 	if err := c.writeDesired(ctx, t, snap); err != nil {
 		return err
 	}
-	return c.prune(ctx, t, snap, now)
+	if err := c.prune(ctx, t, snap, now); err != nil {
+		return err
+	}
+	if gc != nil && gc.due(now) {
+		if _, err := gc.collect(ctx, t, snap, now); err != nil {
+			return fmt.Errorf("storage collection: %w", err)
+		}
+	}
+	return nil
 }
 
 // prune deletes finished rollouts older than the retention, but for the

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,6 +83,9 @@ type apiClient struct {
 	token string
 	http  *http.Client
 	ctx   context.Context
+	// warn receives the API's Warning headers (such as etcd's NOSPACE
+	// alarm); nil: discarded.
+	warn io.Writer
 }
 
 func (f *apiFlags) client(ctx context.Context) (*apiClient, error) {
@@ -202,6 +206,11 @@ func (c *apiClient) call(method, path string, body any, header map[string]string
 		return unreachable{fmt.Errorf("the API at %s did not answer: %w", c.base, err)}
 	}
 	defer resp.Body.Close()
+	if c.warn != nil {
+		for _, w := range resp.Header.Values("Warning") {
+			fmt.Fprintf(c.warn, "xdpfwctl: warning: %s\n", warningText(w))
+		}
+	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return unreachable{fmt.Errorf("%s %s: read the answer: %w", method, path, err)}
@@ -246,8 +255,20 @@ func apiCommand(name string, args []string, stderr io.Writer, outputs string, ex
 		cancel()
 		return nil, nil, nil, nil, err
 	}
+	c.warn = stderr
 	return c, &af, rest, cancel, nil
 }
 
 // exitCoder is an error that says which exit code it deserves.
 type exitCoder interface{ ExitCode() int }
+
+// warningText is the text of an RFC 9111 Warning header value
+// (`199 xdpfw "text"`), or the value as it is.
+func warningText(v string) string {
+	if i := strings.IndexByte(v, '"'); i >= 0 {
+		if t, err := strconv.Unquote(v[i:]); err == nil {
+			return t
+		}
+	}
+	return v
+}

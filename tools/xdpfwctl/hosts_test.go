@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,5 +65,19 @@ func TestHostsEnrollWritesTheAgentsBundle(t *testing.T) {
 	code, stdout, stderr = ctl(srv, "hosts", "revoke", "web-1")
 	if code != 0 || !strings.Contains(stdout, "host web-1 revoked") || f.seen[len(f.seen)-1].method != "DELETE" {
 		t.Fatalf("revoke: exit %d, %s %s", code, stdout, stderr)
+	}
+}
+
+// The API's Warning headers (etcd's NOSPACE alarm) reach the operator.
+func TestAPIWarningsPrinted(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Warning", `199 xdpfw "etcd raised NOSPACE on member 1: every write is refused"`)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte("[]"))
+	}))
+	defer srv.Close()
+	code, _, stderr := ctl(srv.URL, "get", "hosts")
+	if code != 0 || !strings.Contains(stderr, "xdpfwctl: warning: etcd raised NOSPACE on member 1: every write is refused\n") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
 }

@@ -92,6 +92,7 @@ type options struct {
 	insecureHTTP                  bool
 	insecureEtcd                  bool
 	pkiDir, etcdCAKey             string
+	gc                            rollout.GCOptions
 }
 
 // parseFlags returns the options, or an exit code and nothing when the
@@ -123,6 +124,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	fs.DurationVar(&o.etcdTimeout, "etcd-timeout", api.DefaultEtcdTimeout, "how long an API request waits for etcd before answering 503")
 	fs.DurationVar(&o.rolloutInterval, "rollout-interval", 0, "how often the rollout controller looks at the fleet (0: its default)")
 	fs.DurationVar(&o.rolloutRetention, "rollout-retention", rollout.DefaultRetention, "how long finished rollouts are kept (the newest of each rule set always is); negative: forever")
+	fs.IntVar(&o.gc.KeepVersions, "keep-versions", rollout.DefaultKeepVersions, "newest versions of each rule set always kept; older ones go when no host, release or rollout needs them (negative: keep all)")
+	fs.DurationVar(&o.gc.ChunkGrace, "chunk-grace", rollout.DefaultChunkGrace, "how long a chunk no version names is kept after it was written")
+	fs.DurationVar(&o.gc.AuditRetention, "audit-retention", 0, "how long audit records stay in etcd; older ones are appended to --audit-export, then deleted (0: forever)")
+	fs.StringVar(&o.gc.AuditExport, "audit-export", "", "JSON-lines file audit records are appended to before they are deleted (default <data-dir>/audit-export.jsonl with an embedded member)")
+	fs.DurationVar(&o.gc.Interval, "gc-interval", rollout.DefaultGCInterval, "how often the leader collects old versions, chunks and audit records")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, exitOK
@@ -193,6 +199,15 @@ func parseFlags(args []string, stderr io.Writer) (*options, int) {
 	}
 	if o.name == "" {
 		return usage("--name is required: the host name could not be read")
+	}
+	if o.gc.AuditRetention < 0 {
+		return usage("--audit-retention %s: want 0 (forever) or a positive duration", o.gc.AuditRetention)
+	}
+	if o.gc.AuditRetention > 0 && o.gc.AuditExport == "" {
+		if o.dataDir == "" {
+			return usage("--audit-retention needs --audit-export: records are exported before they are deleted")
+		}
+		o.gc.AuditExport = filepath.Join(o.dataDir, "audit-export.jsonl")
 	}
 	if o.etcdTimeout <= 0 {
 		return usage("--etcd-timeout %s: want a positive duration", o.etcdTimeout)
@@ -308,7 +323,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, hup <-cha
 
 	// The API (with its rollout manager) and the leader-elected rollout
 	// controller.
-	ctl := newController(st, o.name, o.rolloutInterval, o.rolloutRetention, lg)
+	ctl := newController(st, o.name, o.rolloutInterval, o.rolloutRetention, o.gc, lg)
 	cols := append([]prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
 		ctl.Collectors()...)
 	handler, err := api.New(api.Config{

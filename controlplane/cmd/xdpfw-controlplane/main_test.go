@@ -197,6 +197,8 @@ func TestRunFlags(t *testing.T) {
 		{"plain HTTP on every address", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", ":8080"}, exitUsage, "not a loopback address"},
 		{"secure member on http", []string{"--tokens-file", tokens, "--data-dir", "D", "--etcd-listen-client", "http://127.0.0.1:2379"}, exitUsage, "--insecure-etcd runs it on plain http://"},
 		{"insecure member on https", []string{"--tokens-file", tokens, "--data-dir", "D", "--insecure-etcd", "--etcd-listen-client", "https://127.0.0.1:2379", "--etcd-listen-peer", "http://127.0.0.1:2380"}, exitUsage, "with --insecure-etcd the embedded member serves http://"},
+		{"audit retention without an export", []string{"--tokens-file", tokens, "--etcd-endpoints", "127.0.0.1:1", "--audit-retention", "720h"}, exitUsage, "--audit-retention needs --audit-export"},
+		{"negative audit retention", []string{"--tokens-file", tokens, "--data-dir", "D", "--audit-retention", "-1h"}, exitUsage, "--audit-retention -1h0m0s"},
 		{"CA key without its certificate", []string{"--tokens-file", tokens, "--etcd-endpoints", "127.0.0.1:1", "--etcd-ca-key", "k"}, exitUsage, "--etcd-ca-key needs --etcd-cacert"},
 		{"listen address in use", []string{"--tokens-file", tokens, "--data-dir", "D", "--listen", busy.Addr().String()}, exitError, "address already in use"},
 	}
