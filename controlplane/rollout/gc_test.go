@@ -174,7 +174,6 @@ func TestCollectorNeedsAnExportForAuditRetention(t *testing.T) {
 	}
 }
 
-
 func clientv3WithPrefixCount() []clientv3.OpOption {
 	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCountOnly()}
 }
