@@ -28,6 +28,9 @@ type metrics struct {
 	// an apply, and those decoded from the watch before a rollout named
 	// them (which the apply then does not read).
 	docReads, docsAhead prometheus.Counter
+	// watchEvents and watchBytes count what the watch brought: the
+	// host's desired state and the versions of the rule sets it enforces.
+	watchEvents, watchBytes prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -93,13 +96,21 @@ func newMetrics() *metrics {
 			Name: "xdpfw_agent_documents_ahead_total",
 			Help: "Newer versions of enforced rule sets decoded from the watch before a rollout named them.",
 		}),
+		watchEvents: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_watch_events_total",
+			Help: "Events the watch brought: the host's desired state and versions of the rule sets it enforces (no other rule set's).",
+		}),
+		watchBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "xdpfw_agent_watch_bytes_total",
+			Help: "Bytes of the values the watch brought.",
+		}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.applySeconds, m.applyPhaseSeconds, m.applyErrors, m.mapWrites, m.watchRestarts,
 		m.resyncErrors, m.leaseGrants, m.etcdConnected, m.revision, m.inSync, m.dataPlaneReady, m.loadErrors,
-		m.docReads, m.docsAhead}
+		m.docReads, m.docsAhead, m.watchEvents, m.watchBytes}
 }
 
 // observeApply records a successful apply's phases and total.

@@ -372,7 +372,9 @@ func (a *Agent) watch(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := a.cache.rev + 1
-	batches := a.etcd.WatchHostInputs(wctx, a.cfg.Host, from)
+	iw := a.etcd.WatchHostInputs(wctx, a.cfg.Host, from)
+	a.follow(iw, from)
+	batches := iw.Batches()
 
 	retry := time.NewTicker(2 * time.Second)
 	defer retry.Stop()
@@ -403,9 +405,33 @@ func (a *Agent) watch(ctx context.Context) error {
 		if b.Err != nil {
 			return b.Err
 		}
+		desiredRev := a.cache.desiredRev
 		if err := a.applyEvents(wctx, b); err != nil {
 			return err
 		}
+		if a.cache.desiredRev != desiredRev {
+			// The versions it names were read at desiredRev: follow
+			// their rule sets from the revision after.
+			a.follow(iw, a.cache.desiredRev+1)
+		}
+	}
+}
+
+// follow makes the watch follow exactly the rule sets the desired state
+// names: a version write of any other rule set reaches this host no more
+// (a new rule set is followed from revision from).
+func (a *Agent) follow(iw *etcdstore.InputWatch, from int64) {
+	want := map[string]bool{}
+	for _, r := range a.cache.refs {
+		want[r.Name] = true
+	}
+	for _, name := range iw.Following() {
+		if !want[name] {
+			iw.Unfollow(name)
+		}
+	}
+	for name := range want {
+		iw.Follow(name, from)
 	}
 }
 
@@ -417,6 +443,8 @@ func (a *Agent) applyEvents(ctx context.Context, b etcdstore.WatchBatch) error {
 	desiredChanged := false
 	for _, ev := range b.Events {
 		key := ev.Key
+		a.metrics.watchEvents.Inc()
+		a.metrics.watchBytes.Add(float64(len(ev.Value)))
 		switch {
 		case key == desiredKey:
 			if ev.ModRevision <= c.desiredRev && !ev.Deleted {

@@ -76,7 +76,9 @@ func TestEnrolledHostsAreIsolated(t *testing.T) {
 		}
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	batches := a.WatchHostInputs(wctx, "web-1", 1)
+	iw := a.WatchHostInputs(wctx, "web-1", 1)
+	iw.Follow("edge", 1)
+	batches := iw.Batches()
 	select {
 	case b := <-batches:
 		if b.Err != nil {

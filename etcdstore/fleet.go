@@ -174,7 +174,11 @@ func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo
 			if len(status) > 0 {
 				st, err := decodeStatus(string(status[0].Key), status[0].Value)
 				if err != nil {
-					return nil, err
+					// Reported in place: one bad record does not hide
+					// the fleet.
+					info.State, info.Reason = proto.HostStateBadStatus, err.Error()
+					out = append(out, info)
+					continue
 				}
 				info.Status = &st
 			} else if len(desired) > 0 {

@@ -100,7 +100,15 @@ func TestWatchHostInputs(t *testing.T) {
 	from := resp.Header.Revision + 1
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := s.WatchHostInputs(wctx, "h1", from)
+	iw := s.WatchHostInputs(wctx, "h1", from)
+	iw.Follow("edge", from)
+	iw.Follow("edge", from) // again: nothing more
+	iw.Follow("gone", from)
+	iw.Unfollow("gone")
+	if got := iw.Following(); !slices.Equal(got, []string{"edge"}) {
+		t.Fatalf("following %v, want [edge]", got)
+	}
+	batches := iw.Batches()
 
 	writes := []struct {
 		key     string
@@ -108,8 +116,11 @@ func TestWatchHostInputs(t *testing.T) {
 	}{
 		{s.keys.HostDesired("h1"), false},
 		{s.keys.RuleSetVersion("edge", 1), false},
-		{s.keys.HostDesired("h2"), false}, // another host's: not seen
-		{s.keys.HostStatus("h1"), false},  // not an input: not seen
+		{s.keys.RuleSetVersion("web", 1), false},  // a rule set not followed: not seen
+		{s.keys.RuleSetVersion("gone", 1), false}, // unfollowed: not seen
+		{s.keys.RuleSetHead("edge"), false},       // not a version: not seen
+		{s.keys.HostDesired("h2"), false},         // another host's: not seen
+		{s.keys.HostStatus("h1"), false},          // not an input: not seen
 		{s.keys.RuleSetVersion("edge", 1), true},
 	}
 	for i, w := range writes {
@@ -153,7 +164,9 @@ func TestWatchHostInputs(t *testing.T) {
 	if _, err := cli.Compact(ctx, cresp.Header.Revision); err != nil {
 		t.Fatal(err)
 	}
-	old := s.WatchHostInputs(wctx, "h1", from)
+	oldWatch := s.WatchHostInputs(wctx, "h1", from)
+	oldWatch.Follow("edge", from)
+	old := oldWatch.Batches()
 	b := <-old
 	if !errors.Is(b.Err, ErrCompacted) {
 		t.Fatalf("watch from a compacted revision: %v, want ErrCompacted", b.Err)

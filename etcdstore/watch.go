@@ -3,6 +3,7 @@ package etcdstore
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -58,84 +59,171 @@ func (s *Store) GetAt(ctx context.Context, key string, rev int64) (*KeyValue, in
 	return &KeyValue{Key: string(kv.Key), Value: kv.Value, ModRevision: kv.ModRevision}, resp.Header.Revision, nil
 }
 
-// WatchHostInputs follows what an agent enforces from: the host's desired
-// state key and every rule set's keys, from revision from, as one stream of
-// batches. The watch fails, instead of going quiet, when the member it uses
-// is cut off from the quorum. The channel closes after a batch with Err or
-// when ctx ends; the caller cancels ctx to stop it.
-func (s *Store) WatchHostInputs(ctx context.Context, host string, from int64) <-chan WatchBatch {
-	wctx := clientv3.WithRequireLeader(ctx)
-	sources := []clientv3.WatchChan{
-		s.cli.Watch(wctx, s.keys.HostDesired(host), clientv3.WithRev(from)),
-		s.cli.Watch(wctx, s.keys.RuleSets(), clientv3.WithPrefix(), clientv3.WithRev(from)),
-	}
-	return merge(ctx, sources, from)
+// InputWatch follows what an agent enforces from: its desired-state key,
+// and the versions of the rule sets it follows (Follow), as one stream of
+// batches. Only the rule sets a host follows reach it: a version write of
+// any other costs it nothing. The watch fails, instead of going quiet,
+// when the member it uses is cut off from the quorum. The channel closes
+// after a batch with Err or when ctx ends; the caller cancels ctx to stop
+// it.
+type InputWatch struct {
+	s    *Store
+	ctx  context.Context
+	m    *mergedWatch
+	mu   sync.Mutex
+	rule map[string]context.CancelFunc
 }
 
-// merge forwards the responses of several watches into one channel, which
-// closes once every source has ended, failed or ctx ends. The first error
-// ends the merged stream.
-func merge(ctx context.Context, sources []clientv3.WatchChan, from int64) <-chan WatchBatch {
-	out := make(chan WatchBatch)
-	ctx, cancel := context.WithCancel(ctx)
-	// send delivers one batch; after the first error nothing more is
-	// sent, though several sources fail together (a compacted revision
-	// fails them all). The lock is held across the send so that no batch
-	// follows the error.
-	var mu sync.Mutex
-	failed := false
-	send := func(b WatchBatch) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		if failed {
-			return false
-		}
-		select {
-		case out <- b:
-		case <-ctx.Done():
-			return false
-		}
-		if b.Err != nil {
-			failed = true
-			cancel() // one failed source ends the stream
-			return false
-		}
-		return true
+// WatchHostInputs starts an InputWatch of host's desired state from
+// revision from, following no rule set yet.
+func (s *Store) WatchHostInputs(ctx context.Context, host string, from int64) *InputWatch {
+	m := newMergedWatch(ctx)
+	w := &InputWatch{s: s, ctx: m.ctx, m: m, rule: map[string]context.CancelFunc{}}
+	m.add(m.ctx, s.cli.Watch(clientv3.WithRequireLeader(m.ctx), s.keys.HostDesired(host), clientv3.WithRev(from)), from)
+	return w
+}
+
+// Batches is the stream.
+func (w *InputWatch) Batches() <-chan WatchBatch { return w.m.out }
+
+// Follow adds the versions of rule set name, from revision from (the
+// revision after the one its referenced version was read at, so that no
+// write is missed). Following a rule set already followed does nothing.
+func (w *InputWatch) Follow(name string, from int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.rule[name]; ok {
+		return
 	}
-	var wg sync.WaitGroup
-	for _, src := range sources {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				var resp clientv3.WatchResponse
-				var ok bool
-				select {
-				case <-ctx.Done():
-					return
-				case resp, ok = <-src:
-				}
-				var b WatchBatch
-				switch {
-				case !ok:
-					b.Err = fmt.Errorf("watch from revision %d: channel closed", from)
-				case resp.Err() != nil:
-					b.Err = fmt.Errorf("watch from revision %d: %w", from, resp.Err())
-				default:
-					b = toBatch(resp)
-				}
-				if !send(b) {
-					return
-				}
-			}
-		}()
-	}
-	go func() {
-		wg.Wait()
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.rule[name] = cancel
+	w.m.add(ctx, w.s.cli.Watch(clientv3.WithRequireLeader(ctx), w.s.keys.RuleSetVersions(name), clientv3.WithPrefix(), clientv3.WithRev(from)), from)
+}
+
+// Unfollow stops following rule set name.
+func (w *InputWatch) Unfollow(name string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if cancel, ok := w.rule[name]; ok {
 		cancel()
-		close(out)
-	}()
+		delete(w.rule, name)
+	}
+}
+
+// Following lists the rule sets followed.
+func (w *InputWatch) Following() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]string, 0, len(w.rule))
+	for n := range w.rule {
+		out = append(out, n)
+	}
+	sort.Strings(out)
 	return out
+}
+
+// mergedWatch forwards the responses of several watches into one channel,
+// which closes when ctx ends or after the first error. A source whose own
+// context was canceled (Unfollow) just stops.
+type mergedWatch struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	out    chan WatchBatch
+	// mu is held across a send so that no batch follows the error.
+	mu     sync.Mutex
+	failed bool
+	// addMu orders adds against the closer: no source is added once the
+	// stream is closing (a send on the closed channel would panic).
+	addMu   sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
+}
+
+func newMergedWatch(ctx context.Context) *mergedWatch {
+	ctx, cancel := context.WithCancel(ctx)
+	m := &mergedWatch{ctx: ctx, cancel: cancel, out: make(chan WatchBatch)}
+	// The closer: once ctx ends, every source goroutine returns; then the
+	// channel closes. It holds one wg slot until then, so that sources
+	// added later are waited for too.
+	m.wg.Add(1)
+	go func() {
+		<-ctx.Done()
+		m.addMu.Lock()
+		m.closing = true
+		m.addMu.Unlock()
+		m.wg.Done()
+	}()
+	go func() {
+		m.wg.Wait()
+		close(m.out)
+	}()
+	return m
+}
+
+// send delivers one batch; false once the stream has failed or ended.
+func (m *mergedWatch) send(b WatchBatch) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failed {
+		return false
+	}
+	select {
+	case m.out <- b:
+	case <-m.ctx.Done():
+		return false
+	}
+	if b.Err != nil {
+		m.failed = true
+		m.cancel() // one failed source ends the stream
+		return false
+	}
+	return true
+}
+
+// add forwards a watch's responses. A source ends without an error when
+// etcd's client closes it because its own context was canceled.
+func (m *mergedWatch) add(srcCtx context.Context, src clientv3.WatchChan, from int64) {
+	m.addMu.Lock()
+	defer m.addMu.Unlock()
+	if m.closing {
+		return
+	}
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for {
+			var resp clientv3.WatchResponse
+			var ok bool
+			select {
+			case <-m.ctx.Done():
+				return
+			case resp, ok = <-src:
+			}
+			var b WatchBatch
+			switch {
+			case (!ok || resp.Canceled) && srcCtx.Err() != nil:
+				return // the stream ended, or this source was Unfollowed
+			case !ok:
+				b.Err = fmt.Errorf("watch from revision %d: channel closed", from)
+			case resp.Err() != nil:
+				b.Err = fmt.Errorf("watch from revision %d: %w", from, resp.Err())
+			default:
+				b = toBatch(resp)
+			}
+			if !m.send(b) {
+				return
+			}
+		}
+	}()
+}
+
+// merge is a mergedWatch of fixed sources.
+func merge(ctx context.Context, sources []clientv3.WatchChan, from int64) <-chan WatchBatch {
+	m := newMergedWatch(ctx)
+	for _, src := range sources {
+		m.add(m.ctx, src, from)
+	}
+	return m.out
 }
 
 func toBatch(resp clientv3.WatchResponse) WatchBatch {

@@ -267,6 +267,7 @@ const (
 	HostStateLost      = "lost"             // its lease expired (no status)
 	HostStateNoStatus  = "no status"        // no agent ever reported
 	HostStateNoDesired = "no desired state" // nothing given to it yet
+	HostStateBadStatus = "bad status"       // its status key holds a document that does not decode (Reason says why)
 )
 
 // HostStateOf says what a host is doing and, when it failed or refused

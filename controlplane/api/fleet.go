@@ -3,7 +3,9 @@ package api
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"sort"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,14 +23,49 @@ func zapWho(id auth.Identity) zap.Field {
 }
 func zapRollout(id string) zap.Field { return zap.String("rollout", id) }
 
-// listHosts answers GET /v1/hosts: every host with a desired state or a
-// status.
+// MaxHostsPage is the most hosts one page of GET /v1/hosts holds.
+const MaxHostsPage = 5000
+
+// listHosts answers GET /v1/hosts[?limit=N[&continue=HOST]]: every host
+// with a desired state, a status or an enrollment, by name. With limit,
+// one page of at most N hosts after continue, and, when more follow, a
+// Link header (rel="next") whose continue is the page's last host.
 func (s *Server) listHosts(w http.ResponseWriter, r *http.Request, _ auth.Identity) error {
+	q := r.URL.Query()
+	limit := 0
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxHostsPage {
+			return invalid("limit=%q: want a number from 1 to %d", v, MaxHostsPage)
+		}
+		limit = n
+	}
+	after := q.Get("continue")
+	if after != "" {
+		if err := proto.ValidateHostName(after); err != nil {
+			return invalid("continue=%q: %v", after, err)
+		}
+	}
 	ctx, cancel := s.etcdCtx(r)
 	defer cancel()
-	infos, err := s.store.HostInfos(ctx, nil)
+	names, err := s.store.ListHosts(ctx)
 	if err != nil {
 		return err
+	}
+	if after != "" {
+		names = names[sort.SearchStrings(names, after+"\x00"):]
+	}
+	more := limit > 0 && len(names) > limit
+	if more {
+		names = names[:limit]
+	}
+	infos, err := s.store.HostInfos(ctx, names)
+	if err != nil {
+		return err
+	}
+	if more {
+		next := url.Values{"limit": {strconv.Itoa(limit)}, "continue": {names[len(names)-1]}}
+		w.Header().Set("Link", fmt.Sprintf(`</v1/hosts?%s>; rel="next"`, next.Encode()))
 	}
 	s.warnAlarms(w, r)
 	writeJSON(w, http.StatusOK, infos)

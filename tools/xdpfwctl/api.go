@@ -86,6 +86,9 @@ type apiClient struct {
 	// warn receives the API's Warning headers (such as etcd's NOSPACE
 	// alarm); nil: discarded.
 	warn io.Writer
+	// next is the path of the next page the last answer linked to
+	// (Link: <...>; rel="next"), or "".
+	next string
 }
 
 func (f *apiFlags) client(ctx context.Context) (*apiClient, error) {
@@ -206,6 +209,7 @@ func (c *apiClient) call(method, path string, body any, header map[string]string
 		return unreachable{fmt.Errorf("the API at %s did not answer: %w", c.base, err)}
 	}
 	defer resp.Body.Close()
+	c.next = nextLink(resp.Header.Values("Link"))
 	if c.warn != nil {
 		for _, w := range resp.Header.Values("Warning") {
 			fmt.Fprintf(c.warn, "xdpfwctl: warning: %s\n", warningText(w))
@@ -271,4 +275,21 @@ func warningText(v string) string {
 		}
 	}
 	return v
+}
+
+// nextLink is the target of a rel="next" Link header value, or "".
+func nextLink(values []string) string {
+	for _, v := range values {
+		for _, link := range strings.Split(v, ",") {
+			target, params, ok := strings.Cut(strings.TrimSpace(link), ";")
+			if !ok || !strings.Contains(params, `rel="next"`) {
+				continue
+			}
+			target = strings.TrimSpace(target)
+			if strings.HasPrefix(target, "<") && strings.HasSuffix(target, ">") {
+				return target[1 : len(target)-1]
+			}
+		}
+	}
+	return ""
 }

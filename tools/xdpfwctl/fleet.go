@@ -219,6 +219,9 @@ func hostState(h proto.HostInfo) (state, reason string) {
 	return proto.HostStateOf(h)
 }
 
+// hostsPage is how many hosts xdpfwctl asks for per page.
+const hostsPage = 1000
+
 func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 	if name != "" {
 		var h proto.HostInfo
@@ -264,9 +267,14 @@ func getHosts(c *apiClient, af *apiFlags, name string, stdout io.Writer) error {
 		}
 		return tw.Flush()
 	}
+	// Page by page: one answer stays small however big the fleet.
 	var list []proto.HostInfo
-	if err := c.call("GET", "/v1/hosts", nil, nil, &list); err != nil {
-		return err
+	for path := "/v1/hosts?limit=" + strconv.Itoa(hostsPage); path != ""; path = c.next {
+		var page []proto.HostInfo
+		if err := c.call("GET", path, nil, nil, &page); err != nil {
+			return err
+		}
+		list = append(list, page...)
 	}
 	if done, err := structured(af, stdout, list); done {
 		return err

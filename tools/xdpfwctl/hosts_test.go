@@ -81,3 +81,26 @@ func TestAPIWarningsPrinted(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
 }
+
+// get hosts follows the API's pages (Link rel="next") to the end.
+func TestGetHostsFollowsPages(t *testing.T) {
+	var queries []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		queries = append(queries, r.URL.RawQuery)
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Query().Get("continue") == "" {
+			w.Header().Set("Link", `</v1/hosts?continue=web-1&limit=1000>; rel="next"`)
+			w.Write([]byte(`[{"host":"web-1","state":"in sync","desired":[]}]`))
+			return
+		}
+		w.Write([]byte(`[{"host":"web-2","state":"lost","desired":[]}]`))
+	}))
+	defer srv.Close()
+	code, stdout, stderr := ctl(srv.URL, "get", "hosts")
+	if code != 0 || !strings.Contains(stdout, "web-1") || !strings.Contains(stdout, "web-2") {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	if len(queries) != 2 || queries[0] != "limit=1000" || queries[1] != "continue=web-1&limit=1000" {
+		t.Fatalf("queries %q", queries)
+	}
+}
