@@ -30,10 +30,10 @@ func (s *Store) ListRuleSets(ctx context.Context) ([]proto.RuleSetSummary, error
 	out := make([]proto.RuleSetSummary, 0, len(names))
 	// Two reads per rule set (head and release) per transaction, then
 	// the head versions, for their rule counts.
-	const per = txnBatch / 3
+	const per = txnBatch / 2
 	for start := 0; start < len(names); start += per {
 		batch := names[start:min(start+per, len(names))]
-		ops := make([]clientv3.Op, 0, 3*len(batch))
+		ops := make([]clientv3.Op, 0, 2*len(batch))
 		for _, name := range batch {
 			ops = append(ops, clientv3.OpGet(s.keys.RuleSetHead(name)), clientv3.OpGet(s.keys.RuleSetReleased(name)))
 		}
@@ -138,10 +138,11 @@ func (s *Store) HostInfos(ctx context.Context, hosts []string) ([]proto.HostInfo
 		}
 	}
 	out := make([]proto.HostInfo, 0, len(hosts))
-	const per = txnBatch / 2
+	// Three reads per host (desired, status, enrollment) per transaction.
+	const per = txnBatch / 3
 	for start := 0; start < len(hosts); start += per {
 		batch := hosts[start:min(start+per, len(hosts))]
-		ops := make([]clientv3.Op, 0, 2*len(batch))
+		ops := make([]clientv3.Op, 0, 3*len(batch))
 		for _, h := range batch {
 			if err := proto.ValidateHostName(h); err != nil {
 				return nil, err
