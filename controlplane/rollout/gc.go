@@ -109,6 +109,11 @@ func (g *collector) collect(ctx context.Context, t *etcdstore.Term, snap *Snapsh
 	g.last = now
 	g.stats = GCStats{}
 	g.marks = append(g.marks, revMark{at: now, rev: snap.Revision})
+	// Keep one mark at least a grace period old (the one in use) and the
+	// younger ones: a handful, whatever the runs find.
+	for len(g.marks) > 1 && now.Sub(g.marks[1].at) >= g.opts.ChunkGrace {
+		g.marks = g.marks[1:]
+	}
 	if err := g.collectVersionsAndChunks(ctx, t, snap, now); err != nil {
 		return g.stats, err
 	}
@@ -278,10 +283,6 @@ func (g *collector) collectVersionsAndChunks(ctx context.Context, t *etcdstore.T
 			return fmt.Errorf("delete %d unreferenced chunks: %w", len(batch), err)
 		}
 		g.stats.Chunks += len(batch)
-	}
-	// Forget marks older than the one in use.
-	for len(g.marks) > 1 && now.Sub(g.marks[1].at) >= g.opts.ChunkGrace {
-		g.marks = g.marks[1:]
 	}
 	return nil
 }
