@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -86,6 +87,13 @@ type file struct {
 	Tokens []fileEntry `json:"tokens"`
 }
 
+// Errors show a name or a role only when it looks like one, so that a
+// token pasted into the wrong field is not echoed into logs.
+var (
+	shownName = regexp.MustCompile(`^[A-Za-z0-9._@-]{1,64}$`)
+	shownRole = regexp.MustCompile(`^[A-Za-z]{0,16}$`)
+)
+
 // quoted matches what a parser's message quotes of its input.
 var quoted = regexp.MustCompile("`[^`]*`|\"(?:[^\"\\\\]|\\\\.)*\"|'[^']*'")
 
@@ -110,7 +118,7 @@ func Parse(data []byte) (*Tokens, error) {
 	var problems []string
 	bad := func(i int, name, format string, args ...any) {
 		where := fmt.Sprintf("tokens[%d]", i)
-		if name != "" {
+		if shownName.MatchString(name) {
 			where += " (" + name + ")"
 		}
 		problems = append(problems, where+": "+fmt.Sprintf(format, args...))
@@ -128,7 +136,11 @@ func Parse(data []byte) (*Tokens, error) {
 			names[name] = i
 		}
 		if !ValidRole(fe.Role) {
-			bad(i, name, "unknown role %q: want %s, %s or %s", fe.Role, proto.RoleViewer, proto.RoleOperator, proto.RoleAdmin)
+			role := "(not shown: not a word)" // a token pasted in the wrong field stays out of logs
+			if shownRole.MatchString(fe.Role) {
+				role = strconv.Quote(fe.Role)
+			}
+			bad(i, name, "unknown role %s: want %s, %s or %s", role, proto.RoleViewer, proto.RoleOperator, proto.RoleAdmin)
 		}
 		var digest [sha256.Size]byte
 		switch {
