@@ -94,17 +94,21 @@ var (
 	shownRole = regexp.MustCompile(`^[A-Za-z]{0,16}$`)
 )
 
-// quoted matches what a parser's message quotes of its input.
-var quoted = regexp.MustCompile("`[^`]*`|\"(?:[^\"\\\\]|\\\\.)*\"|'[^']*'")
+// yamlLine finds the line numbers a YAML parser's message names.
+var yamlLine = regexp.MustCompile(`line \d+`)
 
 // Parse reads a tokens file's content. Errors name the entry at fault
 // ("tokens[2] (bob): ...") and never include a token.
 func Parse(data []byte) (*Tokens, error) {
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		// The YAML parser quotes the text it could not read, which may be
-		// a token: keep its line and reason, not its quotes.
-		return nil, fmt.Errorf("tokens file: %s", quoted.ReplaceAllString(err.Error(), "(...)"))
+		// The YAML parser's message can quote or print the text it could
+		// not read, which may be a token: say where, not what.
+		where := ""
+		if lines := yamlLine.FindAllString(err.Error(), 3); len(lines) > 0 {
+			where = " at " + strings.Join(lines, ", ")
+		}
+		return nil, fmt.Errorf("tokens file: not valid YAML%s (check indentation and quoting; the parser's message is not shown, as it can quote a token)", where)
 	}
 	var f file
 	dec := json.NewDecoder(bytes.NewReader(j))
